@@ -1,0 +1,150 @@
+"""Settings and classifier thresholds: frozen dataclasses, overridable from TOML.
+
+The defaults here are mirrored in ``configs/default.toml`` (a test keeps the two equal).
+A config file may set any subset of keys in the tables ``[settings]`` and ``[thresholds]``;
+unknown keys are an error, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opdgeo.errors import ConfigError
+
+SCOPES = ("all", "linear", "attention")
+SPECTRAL_METHODS = ("gram", "svd")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How tensors are selected and how each diagnostic is computed."""
+
+    scope: str = "all"
+    """Which tensors enter the comparison: all float tensors, 2-D linear weights inside
+    transformer blocks, or attention q/k/v/o only."""
+    include: str | None = None
+    """Regex; only tensors whose name matches are compared."""
+    exclude: str | None = None
+    """Regex; tensors whose name matches are left out."""
+    atol: float = 1e-5
+    """Absolute tolerance of ``sparsity_atol`` (MUK 2505.11711 §2.2)."""
+    angle_k: int = 0
+    """Top-k for principal angles; 0 picks ``clamp(min(m, n) // 8, 1, 512)`` (OPDG uses 512)."""
+    energy_rank_frac: float = 0.10
+    """Rank of the principal-energy projection as a fraction of min(m, n) (DSSU rho = 10 %)."""
+    mask_rank: int = 64
+    """Rank r of the reconstruction that defines the principal mask (OPDG r = 64); capped at
+    ``ceil(min(m, n) / 16)`` so that small matrices keep a low-rank mask."""
+    alpha: float = 0.3
+    """Fraction of entries in the principal / low-magnitude masks (OPDG Fig. 3: 0.3)."""
+    spectral_method: str = "gram"
+    """``gram``: float64 Gram matrix + eigh (fast, accurate for top-k and NSS);
+    ``svd``: float64 full SVD (exact, slow)."""
+    spectral_embeddings: bool = False
+    """Run spectral metrics on embedding / lm_head matrices too (V x h Grams are costly)."""
+    max_spectral_dim: int = 16384
+    """Matrices whose smaller side exceeds this get sparsity and norms only."""
+    power_iters: int = 200
+    """Upper bound on block power iterations for the top singular value of the update."""
+    device: str = "cpu"
+    """Where the linear algebra runs: ``cpu`` or ``cuda``."""
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise ConfigError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+        if self.spectral_method not in SPECTRAL_METHODS:
+            raise ConfigError(
+                f"spectral_method must be one of {', '.join(SPECTRAL_METHODS)}, "
+                f"got {self.spectral_method!r}"
+            )
+        if not 0.0 < self.alpha < 1.0:
+            raise ConfigError(f"alpha must be in (0, 1), got {self.alpha}")
+        if not 0.0 < self.energy_rank_frac <= 1.0:
+            raise ConfigError(f"energy_rank_frac must be in (0, 1], got {self.energy_rank_frac}")
+        if self.atol < 0:
+            raise ConfigError(f"atol must be >= 0, got {self.atol}")
+        if self.angle_k < 0 or self.mask_rank < 1:
+            raise ConfigError("angle_k must be >= 0 and mask_rank >= 1")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be cpu or cuda, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Cut points of the regime classifier (papers.md §7.3; each sits between the published
+    SFT / OPD / RLVR values of OPDG 2606.07082 on Qwen3-8B)."""
+
+    sparsity_sft_below: float = 0.30
+    """sparsity_bf16 below this votes sft-like (published: SFT 8.1 %, OPD 51.6 %)."""
+    sparsity_rlvr_above: float = 0.65
+    """sparsity_bf16 above this votes rlvr-like (published: OPD 51.6 %, RLVR 77.2 %)."""
+    lowmag_sft_below: float = 1.3
+    """lowmag_overlap / alpha below this votes sft-like (published: 1.06x / 1.79x / 2.45x)."""
+    lowmag_rlvr_above: float = 2.1
+    """lowmag_overlap / alpha above this votes rlvr-like."""
+    angle_sft_above: float = 4.0
+    """principal_angle_deg above this votes sft-like (published: >10 / ~1 / <0.5 degrees)."""
+    angle_rlvr_below: float = 0.7
+    """principal_angle_deg below this votes rlvr-like."""
+    nss_sft_above: float = 3e-4
+    """nss above this votes sft-like (published: ~1e-3 / 1e-4 / 1e-5)."""
+    nss_rlvr_below: float = 3e-5
+    """nss below this votes rlvr-like."""
+    unrelated_rel_norm: float = 0.5
+    """rel_norm at or above this, with almost no bf16-identical entries, means unrelated."""
+    unrelated_sparsity_below: float = 0.01
+    """sparsity_bf16 below this (with a large rel_norm) means unrelated."""
+    unrelated_angle_above: float = 30.0
+    """principal_angle_deg above this supports unrelated (reported as a reason)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs besides its inputs."""
+
+    settings: Settings = field(default_factory=Settings)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+
+def _build(cls: type[Any], table: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        default = getattr(cls(), key)
+        if isinstance(default, bool) != isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be {type(default).__name__}, got {value!r}")
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if default is not None and not isinstance(value, type(default)):
+            raise ConfigError(f"{where}: {key} must be {type(default).__name__}, got {value!r}")
+        values[key] = value
+    return cls(**values)
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> Config:
+    """Read a TOML config (or the defaults) and apply non-None keyword overrides to settings."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - {"settings", "thresholds", "study"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)}")
+    settings_table = dict(data.get("settings", {}))
+    settings_table.update({k: v for k, v in overrides.items() if v is not None})
+    settings = _build(Settings, settings_table, f"{path or 'options'} [settings]")
+    thresholds = _build(Thresholds, dict(data.get("thresholds", {})), f"{path} [thresholds]")
+    return Config(settings=settings, thresholds=thresholds)

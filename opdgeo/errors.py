@@ -1,0 +1,39 @@
+"""Typed, user-facing errors. Each carries the exit code the CLI returns (see README, "Exit codes").
+
+Messages are one line, name the object at fault and say what to do next; the CLI prints them
+as ``error: <message>`` on stderr without a traceback (``--debug`` shows one).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_COMPARABLE = 3
+EXIT_INTERRUPTED = 130
+
+
+class OpdgeoError(Exception):
+    """Base class: an error whose message is meant for the user."""
+
+    exit_code: int = EXIT_ERROR
+
+
+class SourceError(OpdgeoError):
+    """A checkpoint path is missing, unreadable, or not a safetensors checkpoint."""
+
+
+class FormatError(SourceError):
+    """A safetensors file is malformed (bad header, offsets, dtype, truncated data)."""
+
+
+class ConfigError(OpdgeoError):
+    """A configuration file or option value is invalid."""
+
+    exit_code = EXIT_USAGE
+
+
+class NotComparableError(OpdgeoError):
+    """The two checkpoints share no tensor that can be compared."""
+
+    exit_code = EXIT_NOT_COMPARABLE

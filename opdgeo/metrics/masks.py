@@ -1,0 +1,55 @@
+"""Where the visible updates land: overlap with principal / low-magnitude masks (papers.md D6)."""
+
+from __future__ import annotations
+
+import torch
+
+from opdgeo.linalg import fraction_mask
+from opdgeo.metrics import metric
+from opdgeo.pair import TensorPair
+
+NAN = float("nan")
+
+
+@metric(
+    "mask_overlap",
+    columns=("principal_overlap", "lowmag_overlap", "principal_notlow_overlap",
+             "overlap_baseline", "principal_notlow_baseline", "mask_rank"),
+    matrix_only=True,
+)  # fmt: skip
+def mask_overlap(pair: TensorPair) -> dict[str, float]:
+    """Share of visibly updated entries that fall in W0's principal / low-magnitude masks.
+
+    ``M_upd = {bf16(W1) ≠ bf16(W0)}`` (D3). ``M_princ`` = top-α entries of
+    ``|U_r Σ_r V_rᵀ|`` (rank-r reconstruction of W0, r = ``mask_rank``; OPDG r = 64, LIFT's
+    principal weights); ``M_low`` = bottom-α entries of ``|W0|``; α = ``alpha`` (OPDG Fig. 3:
+    0.3), ties filled in index order so each mask holds exactly round(α·n) entries.
+    ``overlap(M) = |M ∩ M_upd| / |M_upd|``; an update blind to the masks scores α
+    (``overlap_baseline``). ``principal_notlow_overlap`` uses ``M_princ ∩ M_lowᶜ`` (PNT Fig. 5),
+    whose baseline is that mask's density. NaN when no entry changed visibly.
+    """
+    alpha = pair.settings.alpha
+    r = pair.mask_rank
+    low = fraction_mask(pair.w0.abs(), alpha, largest=False)
+    sp = pair.spec0
+    recon = (sp.u[:, :r] * sp.s[:r]).to(torch.float32) @ sp.v[:, :r].to(torch.float32).T
+    princ = fraction_mask(recon.abs_(), alpha, largest=True)
+    del recon
+    notlow = princ & ~low
+    n = pair.numel
+    result = {
+        "overlap_baseline": alpha,
+        "principal_notlow_baseline": int(notlow.sum()) / n,
+        "mask_rank": r,
+    }
+    visible = pair.visible
+    n_vis = int(visible.sum())
+    if n_vis == 0:
+        return {**result, "principal_overlap": NAN, "lowmag_overlap": NAN,
+                "principal_notlow_overlap": NAN}  # fmt: skip
+    return {
+        **result,
+        "principal_overlap": int((princ & visible).sum()) / n_vis,
+        "lowmag_overlap": int((low & visible).sum()) / n_vis,
+        "principal_notlow_overlap": int((notlow & visible).sum()) / n_vis,
+    }

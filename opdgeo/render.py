@@ -1,0 +1,187 @@
+"""Output: the rich terminal report, CSV and JSON writers, and atomic file output."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from opdgeo.errors import OpdgeoError
+from opdgeo.report import RunResult
+
+REGIME_STYLE = {
+    "sft-like": "bold red",
+    "opd-like": "bold magenta",
+    "rlvr-like": "bold green",
+    "unchanged": "bold blue",
+    "unrelated": "bold yellow",
+}
+MAX_SKIPPED_SHOWN = 8
+TOP_MODULES = 6
+
+
+def _pct(x: Any) -> str:
+    return "-" if _missing(x) else f"{100 * float(x):.1f}%"
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    if _missing(x):
+        return "-"
+    x = float(x)
+    if x != 0 and (abs(x) < 1e-2 or abs(x) >= 1e4):
+        return f"{x:.2e}"
+    return f"{x:.{digits}g}"
+
+
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def render_table(console: Console, runs: Sequence[RunResult], settings_line: str) -> None:
+    """Print the human report: summary table, reasons, top modules, relative order, skipped."""
+    base = runs[0].summary["base"]
+    table = Table(title=f"opdgeo compare  base: {base}", caption=settings_line, show_lines=False)
+    for header, justify in (
+        ("run", "left"), ("regime", "left"), ("conf", "right"), ("params", "right"),
+        ("sparsity\nbf16", "right"), ("sparsity\natol", "right"), ("rel\nnorm", "right"),
+        ("angle\n(deg)", "right"), ("NSS", "right"), ("princ.\nenergy", "right"),
+        ("princ.\noverlap", "right"), ("low-mag\noverlap", "right"), ("stable\nrank", "right"),
+    ):  # fmt: skip
+        table.add_column(header, justify=justify)  # type: ignore[arg-type]
+    for run in runs:
+        s = run.summary
+        table.add_row(
+            str(s["run"]),
+            Text(s["regime"], style=REGIME_STYLE.get(s["regime"], "")),
+            f"{s['confidence']:.2f}",
+            _params(s["n_params"]),
+            _pct(s["sparsity_bf16"]),
+            _pct(s["sparsity_atol"]),
+            _num(s["rel_norm"]),
+            _num(s["principal_angle_deg"]),
+            _num(s["nss"]),
+            _pct(s["principal_energy"]),
+            _pct(s["principal_overlap"]),
+            _pct(s["lowmag_overlap"]),
+            _num(s["stable_rank"]),
+        )
+    console.print(table)
+    for run in runs:
+        _render_reasons(console, run)
+    if len(runs) > 1 and any("order_mean" in r.summary for r in runs):
+        _render_order(console, runs)
+    _render_skipped(console, runs)
+
+
+def _params(n: Any) -> str:
+    n = int(n)
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def _render_reasons(console: Console, run: RunResult) -> None:
+    s = run.summary
+    style = REGIME_STYLE.get(s["regime"], "")
+    console.print()
+    console.print(Text.assemble(f"{s['run']}: ", (s["regime"], style), f"  (confidence {s['confidence']:.2f})"))
+    for reason in run.verdict.reasons:
+        console.print(f"  - {reason}", soft_wrap=True)
+    for caveat in run.verdict.caveats:
+        console.print(Text(f"  ! {caveat}", style="yellow"), soft_wrap=True)
+    mods = sorted(run.modules, key=lambda g: -(g["energy_share"] if not _missing(g["energy_share"]) else -1))
+    if not mods:
+        return
+    table = Table(title="top-changed module types (by share of update energy)", title_justify="left")
+    for header in ("module", "params", "energy share", "sparsity bf16", "rel norm",
+                   "angle (deg)", "low-mag overlap", "stable rank"):  # fmt: skip
+        table.add_column(header, justify="left" if header == "module" else "right")
+    for g in mods[:TOP_MODULES]:
+        table.add_row(
+            str(g["group"]), _params(g["n_params"]), _pct(g["energy_share"]), _pct(g["sparsity_bf16"]),
+            _num(g["rel_norm"]), _num(g["principal_angle_deg"]), _pct(g["lowmag_overlap"]),
+            _num(g["stable_rank"]),
+        )  # fmt: skip
+    console.print(table)
+
+
+def _render_order(console: Console, runs: Sequence[RunResult]) -> None:
+    table = Table(title="relative order on each feature (1 = most SFT-like; expected SFT < OPD < RLVR)",
+                  title_justify="left")  # fmt: skip
+    columns = ("order_sparsity_bf16", "order_lowmag_enrichment", "order_principal_angle_deg",
+               "order_nss", "order_mean")  # fmt: skip
+    table.add_column("run")
+    for c in columns:
+        table.add_column(c.removeprefix("order_"), justify="right")
+    for run in runs:
+        s = run.summary
+        table.add_row(str(s["run"]), *("-" if _missing(s.get(c)) else _num(s.get(c)) for c in columns))
+    console.print()
+    console.print(table)
+    w = runs[0].summary.get("order_concordance")
+    if not _missing(w):
+        console.print(f"feature concordance (Kendall's W): {float(w):.2f}")
+
+
+def _render_skipped(console: Console, runs: Sequence[RunResult]) -> None:
+    for run in runs:
+        skipped = run.skipped
+        if not skipped:
+            continue
+        console.print()
+        console.print(f"[yellow]{run.summary['run']}: {len(skipped)} tensor(s) not compared[/]")
+        for item in skipped[:MAX_SKIPPED_SHOWN]:
+            console.print(f"  {item['tensor']}: {item['reason']}", soft_wrap=True, highlight=False)
+        if len(skipped) > MAX_SKIPPED_SHOWN:
+            console.print(f"  ... and {len(skipped) - MAX_SKIPPED_SHOWN} more (see --per-tensor)")
+
+
+def csv_text(frame: pd.DataFrame) -> str:
+    """CSV with full float precision (no silent rounding)."""
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False)
+    return buf.getvalue()
+
+
+def json_text(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, allow_nan=False, default=str) + "\n"
+
+
+def check_output_path(path: Path, inputs: Sequence[str]) -> Path:
+    """Refuse to write over an input file or into a checkpoint directory."""
+    target = path.expanduser().resolve()
+    for spec in inputs:
+        src = Path(spec).expanduser()
+        if not src.exists():
+            continue
+        src = src.resolve()
+        folder = src if src.is_dir() else src.parent
+        if target == src or (src.is_dir() and folder in target.parents):
+            raise OpdgeoError(f"refusing to write {path}: it is (inside) the input checkpoint {spec}")
+        if src.is_file() and target.parent == folder and target.suffix == ".safetensors":
+            raise OpdgeoError(f"refusing to write {path} next to checkpoint {spec} as .safetensors")
+    return target
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and rename (never a half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

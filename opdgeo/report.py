@@ -1,0 +1,137 @@
+"""Assemble per-tensor records into run results: summary row, verdict, groups, skipped list.
+
+This is also the library entry point: :func:`compare_checkpoints` runs a whole comparison
+without any terminal output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from opdgeo import engine
+from opdgeo.aggregate import clean, groups, summarize
+from opdgeo.config import Config
+from opdgeo.pairing import plan_pairs
+from opdgeo.regimes import REGIMES, Verdict, classify, relative_order
+from opdgeo.sources import open_checkpoint
+
+CONTRACT_COLUMNS = (
+    "run", "base", "regime", "confidence", "n_tensors", "n_params", "sparsity_bf16",
+    "sparsity_atol", "rel_norm", "principal_angle_deg", "nss", "principal_energy",
+    "principal_overlap", "lowmag_overlap", "stable_rank",
+)  # fmt: skip
+"""Summary columns fixed by the output contract (v1), in order; more follow them."""
+
+
+@dataclass
+class RunResult:
+    """Everything known about one tuned checkpoint compared against its base."""
+
+    summary: dict[str, Any]
+    verdict: Verdict
+    tensors: pd.DataFrame
+    modules: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        rows = self.tensors[self.tensors["skipped"] != ""]
+        return [{"tensor": str(r.tensor), "reason": str(r.skipped)} for r in rows.itertuples()]
+
+
+def build_run(records: Iterable[dict[str, Any]], config: Config) -> RunResult:
+    """Summarise and classify one run from its per-tensor records."""
+    frame = pd.DataFrame.from_records(list(records), columns=engine.tensor_columns())
+    frame["skipped"] = frame["skipped"].fillna("")
+    frame["tied"] = frame["tied"].fillna(False).astype(bool)
+    summary = summarize(frame)
+    verdict = classify(summary, config.thresholds)
+    assert verdict.regime in REGIMES
+    summary.update(
+        regime=verdict.regime,
+        confidence=verdict.confidence,
+        reasons="; ".join(verdict.reasons),
+        caveats="; ".join(verdict.caveats),
+    )
+    return RunResult(summary, verdict, frame, groups(frame, "module"), groups(frame, "layer"))
+
+
+def add_relative_order(runs: Sequence[RunResult]) -> None:
+    """Relative mode: with two or more classified runs sharing a base, rank them per feature."""
+    ranked = [r for r in runs if r.verdict.regime not in ("unchanged", "unrelated")]
+    if len(ranked) < 2 or len({r.summary["base"] for r in ranked}) != 1:
+        return
+    for run, order in zip(ranked, relative_order([r.summary for r in ranked]), strict=True):
+        run.summary.update(order)
+
+
+def summary_frame(runs: Sequence[RunResult]) -> pd.DataFrame:
+    """One row per run: the contract columns first, then every extra column."""
+    frame = pd.DataFrame([r.summary for r in runs])
+    extra = [c for c in frame.columns if c not in CONTRACT_COLUMNS]
+    return frame[[*CONTRACT_COLUMNS, *extra]]
+
+
+def tensors_frame(runs: Sequence[RunResult]) -> pd.DataFrame:
+    """Per-tensor rows of all runs."""
+    return pd.concat([r.tensors for r in runs], ignore_index=True)
+
+
+def groups_frame(runs: Sequence[RunResult]) -> pd.DataFrame:
+    """Per-module-type and per-layer rows of all runs."""
+    rows = [
+        {"run": r.summary["run"], "base": r.summary["base"], **g}
+        for r in runs
+        for g in (*r.modules, *r.layers)
+    ]
+    return pd.DataFrame(rows)
+
+
+def to_json(runs: Sequence[RunResult], meta: dict[str, Any]) -> dict[str, Any]:
+    """The JSON document: metadata plus, per run, summary, verdict, groups and skipped tensors."""
+
+    def cleaned(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: clean(v) for k, v in d.items()}
+
+    return {
+        **meta,
+        "runs": [
+            {
+                "summary": cleaned(r.summary),
+                "verdict": {
+                    "regime": r.verdict.regime,
+                    "confidence": r.verdict.confidence,
+                    "reasons": list(r.verdict.reasons),
+                    "caveats": list(r.verdict.caveats),
+                    "votes": dict(r.verdict.votes),
+                },
+                "modules": [cleaned(g) for g in r.modules],
+                "layers": [cleaned(g) for g in r.layers],
+                "skipped": r.skipped,
+            }
+            for r in runs
+        ],
+    }
+
+
+def compare_checkpoints(base: str, tuned: Sequence[str], config: Config | None = None) -> list[RunResult]:
+    """Library API: compare each of ``tuned`` against ``base`` (local paths); no output."""
+    config = config or Config()
+    base_ckpt = open_checkpoint(base)
+    runs = []
+    try:
+        for spec in tuned:
+            tuned_ckpt = open_checkpoint(spec)
+            try:
+                plan = plan_pairs(base_ckpt, tuned_ckpt, config.settings)
+                runs.append(build_run(engine.compare(base_ckpt, tuned_ckpt, plan, config.settings), config))
+            finally:
+                tuned_ckpt.close()
+    finally:
+        base_ckpt.close()
+    add_relative_order(runs)
+    return runs

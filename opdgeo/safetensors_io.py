@@ -1,0 +1,192 @@
+"""A strict, streaming reader for the safetensors format.
+
+Layout: 8-byte little-endian header length N, an N-byte JSON object
+``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``, then the
+data; offsets count from the first byte after the header.
+
+Only the header is read up front. Tensor bytes are read on demand with ``readinto`` into a
+fresh buffer (no mmap), so resident memory holds the tensors in flight and nothing else.
+Every header field is validated before use: a malformed file raises :class:`FormatError`
+naming the file and the problem, never a crash or a huge allocation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+from opdgeo.errors import FormatError, SourceError
+
+MAX_HEADER_BYTES = 100_000_000
+"""Refuse headers above 100 MB (huggingface_hub refuses above 25 MB; real ones are < 1 MB)."""
+
+DTYPE_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2,
+    "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "F4": 1,
+    "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+    "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+}  # fmt: skip
+FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                "BF16": torch.bfloat16}  # fmt: skip
+QUANTIZED_DTYPES = {"F8_E4M3", "F8_E5M2", "F8_E8M0", "F4"}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives: file, dtype string, shape and absolute byte range."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: Path
+    start: int
+    """Absolute offset of the first data byte in ``file``."""
+    nbytes: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+
+def _fail(path: Path, problem: str) -> FormatError:
+    return FormatError(f"{path}: not a valid safetensors file: {problem}")
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Parse and validate the header of ``path``; return tensor infos and ``__metadata__``."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise _fail(path, f"file is {size} bytes, shorter than the 8-byte header length")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES:
+                raise _fail(path, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
+            if n > size - 8:
+                raise _fail(path, f"header length {n} is larger than the file ({size} bytes)")
+            raw = fh.read(n)
+    except FormatError:
+        raise
+    except OSError as exc:
+        raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _fail(path, f"header is not JSON ({exc.__class__.__name__})") from None
+    if not isinstance(header, dict):
+        raise _fail(path, "header is not a JSON object")
+    data_start = 8 + n
+    data_size = size - data_start
+    metadata = header.pop("__metadata__", {}) or {}
+    if not isinstance(metadata, dict):
+        raise _fail(path, "__metadata__ is not an object")
+    infos: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        infos[name] = _parse_entry(path, name, entry, data_start, data_size)
+    _check_overlaps(path, infos)
+    return infos, {str(k): str(v) for k, v in metadata.items()}
+
+
+def _parse_entry(path: Path, name: str, entry: object, data_start: int, data_size: int) -> TensorInfo:
+    if not isinstance(entry, dict):
+        raise _fail(path, f"entry for {name!r} is not an object")
+    dtype = entry.get("dtype")
+    shape = entry.get("shape")
+    offsets = entry.get("data_offsets")
+    if dtype not in DTYPE_BYTES:
+        raise _fail(path, f"tensor {name!r} has unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise _fail(path, f"tensor {name!r} has an invalid shape {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+    ):
+        raise _fail(path, f"tensor {name!r} has invalid data_offsets {offsets!r}")
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_size:
+        raise _fail(
+            path, f"tensor {name!r} data_offsets [{begin}, {end}] outside the {data_size}-byte data"
+        )
+    expected = math.prod(shape) * DTYPE_BYTES[dtype]
+    if end - begin != expected:
+        raise _fail(
+            path,
+            f"tensor {name!r} spans {end - begin} bytes but shape {shape} x {dtype} needs {expected}",
+        )
+    return TensorInfo(name, dtype, tuple(shape), path, data_start + begin, end - begin)
+
+
+def _check_overlaps(path: Path, infos: dict[str, TensorInfo]) -> None:
+    spans = sorted((i.start, i.start + i.nbytes, i.name) for i in infos.values() if i.nbytes)
+    for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:], strict=False):
+        if start_b < end_a:
+            raise _fail(path, f"tensors {name_a!r} and {name_b!r} overlap")
+
+
+class TensorReader:
+    """Reads tensors from files, keeping at most one file open at a time."""
+
+    def __init__(self) -> None:
+        self._path: Path | None = None
+        self._fh: BinaryIO | None = None
+
+    def _handle(self, path: Path) -> BinaryIO:
+        if self._path != path or self._fh is None:
+            self.close()
+            try:
+                self._fh = open(path, "rb")  # noqa: SIM115 - kept open across reads
+            except OSError as exc:
+                raise SourceError(f"cannot open {path}: {exc.strerror or exc}") from None
+            self._path = path
+        return self._fh
+
+    def read(self, info: TensorInfo, rows: int | None = None) -> torch.Tensor:
+        """Read ``info`` (or only its first ``rows`` rows) as a CPU tensor of its own dtype.
+
+        Non-float dtypes come back as raw uint8 bytes; callers skip them anyway.
+        """
+        shape = info.shape
+        nbytes = info.nbytes
+        if rows is not None:
+            if not shape or rows > shape[0]:
+                raise ValueError(f"cannot take {rows} rows of {info.name} {shape}")
+            shape = (rows, *shape[1:])
+            nbytes = math.prod(shape) * DTYPE_BYTES[info.dtype]
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        if nbytes:
+            fh = self._handle(info.file)
+            fh.seek(info.start)
+            got = fh.readinto(memoryview(buf.numpy()))
+            if got != nbytes:
+                raise _fail(info.file, f"truncated: tensor {info.name!r} needs {nbytes} bytes, "
+                                       f"file ends after {got}")  # fmt: skip
+        dtype = FLOAT_DTYPES.get(info.dtype)
+        if dtype is None:
+            return buf
+        return buf.view(dtype).reshape(shape)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        self._fh = None
+        self._path = None
+
+
+def file_size(path: Path) -> int:
+    """Size of ``path`` in bytes (for planning and reports)."""
+    return os.stat(path).st_size

@@ -1,0 +1,155 @@
+"""Checkpoints: a ``.safetensors`` file or a directory of them, opened header-first.
+
+A directory is resolved in this order: ``model.safetensors.index.json`` (sharded), then
+``model.safetensors``, then the ``*.safetensors`` files it holds. Only headers are read
+when a checkpoint is opened; tensor data is read one tensor at a time through :meth:`read`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from opdgeo.errors import SourceError
+from opdgeo.safetensors_io import TensorInfo, TensorReader, read_header
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass
+class Checkpoint:
+    """Header view of one checkpoint plus a streaming reader (one open file at a time)."""
+
+    label: str
+    tensors: dict[str, TensorInfo]
+    files: list[Path]
+    config: dict[str, Any] = field(default_factory=dict)
+    _reader: TensorReader = field(default_factory=TensorReader, repr=False)
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.numel for t in self.tensors.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+    @property
+    def dtypes(self) -> list[str]:
+        """Distinct dtypes, most parameters first."""
+        count: dict[str, int] = {}
+        for t in self.tensors.values():
+            count[t.dtype] = count.get(t.dtype, 0) + t.numel
+        return sorted(count, key=lambda d: -count[d])
+
+    @property
+    def tie_word_embeddings(self) -> bool | None:
+        value = self.config.get("tie_word_embeddings")
+        return value if isinstance(value, bool) else None
+
+    def file_position(self, name: str) -> tuple[int, int]:
+        """Sort key that orders tensors as they lie on disk (file, then offset)."""
+        info = self.tensors[name]
+        return self.files.index(info.file), info.start
+
+    def read(self, name: str, rows: int | None = None) -> torch.Tensor:
+        """Read tensor ``name`` (optionally only its first ``rows`` rows)."""
+        return self._reader.read(self.tensors[name], rows)
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def open_checkpoint(spec: str) -> Checkpoint:
+    """Open a local checkpoint from a path given on the command line (headers only)."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise SourceError(f"no such file or directory: {spec}")
+    if path.is_file():
+        if path.suffix in PICKLE_SUFFIXES:
+            raise SourceError(
+                f"{spec}: pickle-based weights are not read (they can run code when loaded); "
+                "convert to safetensors first"
+            )
+        if path.suffix != ".safetensors":
+            raise SourceError(f"{spec}: not a .safetensors file")
+        files = [path]
+        config = _read_config(path.parent / "config.json") if path.name == "model.safetensors" else {}
+        tensors = _merge_headers(files)
+        return Checkpoint(spec, tensors, files, config)
+    if not path.is_dir():
+        raise SourceError(f"{spec}: not a file or directory")
+    config = _read_config(path / "config.json")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        tensors, files = _from_index(index)
+        return Checkpoint(spec, tensors, files, config)
+    single = path / "model.safetensors"
+    if single.is_file():
+        return Checkpoint(spec, _merge_headers([single]), [single], config)
+    files = sorted(p for p in path.glob("*.safetensors") if p.is_file())
+    if files:
+        return Checkpoint(spec, _merge_headers(files), files, config)
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    hint = f" (found {pickles[0]}: pickle weights are not read, convert to safetensors)" if pickles else ""
+    raise SourceError(
+        f"no safetensors weights in {spec} "
+        f"(looked for model.safetensors.index.json, model.safetensors, *.safetensors){hint}"
+    )
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _merge_headers(files: list[Path]) -> dict[str, TensorInfo]:
+    tensors: dict[str, TensorInfo] = {}
+    for file in files:
+        infos, _ = read_header(file)
+        for name, info in infos.items():
+            if name in tensors:
+                raise SourceError(
+                    f"tensor {name!r} appears in both {tensors[name].file.name} and {file.name}"
+                )
+            tensors[name] = info
+    return tensors
+
+
+def _from_index(index: Path) -> tuple[dict[str, TensorInfo], list[Path]]:
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SourceError(f"cannot read {index}: {exc.strerror or exc}") from None
+    except ValueError:
+        raise SourceError(f"{index}: not valid JSON") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise SourceError(f"{index}: no weight_map of tensor name -> shard file")
+    shard_names = sorted(set(weight_map.values()))
+    headers: dict[str, dict[str, TensorInfo]] = {}
+    files: list[Path] = []
+    for shard in shard_names:
+        file = (index.parent / shard).resolve()
+        if index.parent.resolve() not in file.parents:
+            raise SourceError(f"{index}: shard {shard!r} points outside the checkpoint directory")
+        if not file.is_file():
+            raise SourceError(f"{index}: shard {shard} is missing")
+        headers[shard], _ = read_header(file)
+        files.append(file)
+    tensors: dict[str, TensorInfo] = {}
+    for name, shard in weight_map.items():
+        info = headers[shard].get(name)
+        if info is None:
+            raise SourceError(f"{index}: tensor {name!r} is not in its shard {shard}")
+        tensors[name] = info
+    return tensors, files

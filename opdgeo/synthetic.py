@@ -1,0 +1,139 @@
+"""A small synthetic checkpoint family for the demo and the tests.
+
+The base is a 4-layer Qwen-shaped model (GQA attention, gated MLP, untied lm_head) whose
+matrices have decaying spectra ``s_i ∝ i^-0.6``. Three "fine-tunes" are planted with the
+update geometry the papers describe, applied in float32 and stored in bf16 like released
+models (so bf16 rounding decides which entries visibly change):
+
+* ``sft``: a large dense update: the top singular values are rescaled, the principal
+  subspace is rotated, and dense noise touches every weight (norms included).
+* ``opd``: a moderate rank-16 update orthogonal to the base's top-32 singular directions.
+* ``rlvr``: a small full-rank update orthogonal to the top-32 directions; norms frozen.
+
+These are planted patterns, not trained models: they show what each regime looks like to
+opdgeo, they do not prove that training produces it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+HIDDEN, KV, INTER, VOCAB, LAYERS = 128, 64, 352, 512, 4
+PROTECTED_RANK = 32
+
+
+def _shapes() -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (VOCAB, HIDDEN)}
+    for i in range(LAYERS):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (HIDDEN,),
+            p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
+            p + "self_attn.k_proj.weight": (KV, HIDDEN),
+            p + "self_attn.v_proj.weight": (KV, HIDDEN),
+            p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+            p + "post_attention_layernorm.weight": (HIDDEN,),
+            p + "mlp.gate_proj.weight": (INTER, HIDDEN),
+            p + "mlp.up_proj.weight": (INTER, HIDDEN),
+            p + "mlp.down_proj.weight": (HIDDEN, INTER),
+        })  # fmt: skip
+    shapes["model.norm.weight"] = (HIDDEN,)
+    shapes["lm_head.weight"] = (VOCAB, HIDDEN)
+    return shapes
+
+
+def _orthonormal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(rows, cols, generator=gen, dtype=torch.float64))
+    return q
+
+
+def base_matrix(m: int, n: int, gen: torch.Generator, scale: float = 0.02) -> torch.Tensor:
+    """``U diag(s) Vᵀ`` with ``s_i ∝ i^-0.6``, scaled so the entries have RMS ``scale``."""
+    r = min(m, n)
+    s = torch.arange(1, r + 1, dtype=torch.float64) ** -0.6
+    w = (_orthonormal(m, r, gen) * s) @ _orthonormal(n, r, gen).T
+    return w * (scale / w.pow(2).mean().sqrt())
+
+
+def make_base(seed: int = 0) -> dict[str, torch.Tensor]:
+    """The base checkpoint in float64 (callers store it as bf16)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape in _shapes().items():
+        if len(shape) == 1:
+            out[name] = 1.0 + 0.05 * torch.randn(shape, generator=gen, dtype=torch.float64)
+        else:
+            out[name] = base_matrix(shape[0], shape[1], gen)
+    return out
+
+
+def _off_principal(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Project ``g`` off the top-PROTECTED_RANK left and right singular directions of ``w``."""
+    u, _, vh = torch.linalg.svd(w, full_matrices=False)
+    k = min(PROTECTED_RANK, u.shape[1] // 2)
+    uk, vk = u[:, :k], vh[:k].T
+    g = g - uk @ (uk.T @ g)
+    return g - (g @ vk) @ vk.T
+
+
+def sft_update(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Dense, principal-aligned: rescale and rotate the top-16 directions, plus dense noise."""
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    k = min(16, s.shape[0] // 2)
+    rot = _orthonormal(k, k, gen)
+    mix = torch.eye(k, dtype=w.dtype) + 0.15 * (rot - rot.T)
+    principal = (u[:, :k] @ mix * (s[:k] * 1.05)) @ vh[:k] - (u[:, :k] * s[:k]) @ vh[:k]
+    noise = torch.randn(w.shape, generator=gen, dtype=w.dtype) * 0.04 * w.std()
+    return principal + noise
+
+
+def opd_update(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Moderate rank-16 update in the base's off-principal complement."""
+    m, n = w.shape
+    a = torch.randn(m, 16, generator=gen, dtype=w.dtype)
+    b = torch.randn(n, 16, generator=gen, dtype=w.dtype)
+    g = _off_principal(w, a @ b.T)
+    return g * (0.0035 * w.norm() / g.norm())
+
+
+def rlvr_update(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Small full-rank update in the base's off-principal complement."""
+    g = _off_principal(w, torch.randn(w.shape, generator=gen, dtype=w.dtype))
+    return g * (0.0012 * w.norm() / g.norm())
+
+
+def make_family(seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    """Base plus sft/opd/rlvr variants, all as bf16 tensors."""
+    base = make_base(seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    family: dict[str, dict[str, torch.Tensor]] = {"base": {}, "sft": {}, "opd": {}, "rlvr": {}}
+    for name, w in base.items():
+        w0 = w.to(torch.bfloat16).double()
+        family["base"][name] = w0.to(torch.bfloat16)
+        if w.dim() == 1:
+            noise = torch.randn(w.shape, generator=gen, dtype=w.dtype)
+            family["sft"][name] = (w0 + 0.01 * noise).to(torch.bfloat16)
+            family["opd"][name] = (w0 + 0.0005 * noise).to(torch.bfloat16)
+            family["rlvr"][name] = family["base"][name].clone()
+            continue
+        family["sft"][name] = (w0 + sft_update(w0, gen)).to(torch.bfloat16)
+        family["opd"][name] = (w0 + opd_update(w0, gen)).to(torch.bfloat16)
+        family["rlvr"][name] = (w0 + rlvr_update(w0, gen)).to(torch.bfloat16)
+    return family
+
+
+def write_family(directory: Path, seed: int = 0) -> dict[str, Path]:
+    """Write ``base/``, ``sft/``, ``opd/``, ``rlvr/`` checkpoint directories under ``directory``."""
+    directory = Path(directory)
+    paths = {}
+    for label, tensors in make_family(seed).items():
+        folder = directory / label
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"),
+                  metadata={"format": "pt", "opdgeo_synthetic": label})  # fmt: skip
+        (folder / "config.json").write_text('{"model_type": "qwen2", "tie_word_embeddings": false}\n')
+        paths[label] = folder
+    return paths
