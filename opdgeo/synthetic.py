@@ -1,14 +1,15 @@
 """A small synthetic checkpoint family for the demo and the tests.
 
 The base is a 4-layer Qwen-shaped model (GQA attention, gated MLP, untied lm_head) whose
-matrices have decaying spectra ``s_i ∝ i^-0.6``. Three "fine-tunes" are planted with the
+matrices are eight spikes over a Marchenko-Pastur bulk, like trained weights. Three "fine-tunes" are planted with the
 update geometry the papers describe, applied in float32 and stored in bf16 like released
 models (so bf16 rounding decides which entries visibly change):
 
-* ``sft``: a large dense update: the top singular values are rescaled, the principal
-  subspace is rotated, and dense noise touches every weight (norms included).
-* ``opd``: a moderate rank-16 update orthogonal to the base's top-32 singular directions.
-* ``rlvr``: a small full-rank update orthogonal to the top-32 directions; norms frozen.
+* ``sft``: a large dense update: the spikes grow and dense noise touches every weight
+  (norms included).
+* ``opd``: a moderate rank-16 update that avoids the spikes but moves the leading bulk
+  directions (a "relaxed off-principal" update).
+* ``rlvr``: a small full-rank update orthogonal to the spikes; norms frozen.
 
 These are planted patterns, not trained models: they show what each regime looks like to
 opdgeo, they do not prove that training produces it.
@@ -16,13 +17,14 @@ opdgeo, they do not prove that training produces it.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 HIDDEN, KV, INTER, VOCAB, LAYERS = 128, 64, 352, 512, 4
-PROTECTED_RANK = 32
+SPIKES = 8
 
 
 def _shapes() -> dict[str, tuple[int, ...]]:
@@ -51,10 +53,11 @@ def _orthonormal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def base_matrix(m: int, n: int, gen: torch.Generator, scale: float = 0.02) -> torch.Tensor:
-    """``U diag(s) Vᵀ`` with ``s_i ∝ i^-0.6``, scaled so the entries have RMS ``scale``."""
-    r = min(m, n)
-    s = torch.arange(1, r + 1, dtype=torch.float64) ** -0.6
-    w = (_orthonormal(m, r, gen) * s) @ _orthonormal(n, r, gen).T
+    """Eight spikes (2-6x the bulk edge) over a Gaussian (Marchenko-Pastur) bulk, RMS ``scale``."""
+    edge = 1 + math.sqrt(min(m, n) / max(m, n))
+    spikes = edge * torch.tensor([6, 5, 4, 3.5, 3, 2.5, 2, 1.6], dtype=torch.float64)
+    bulk = torch.randn(m, n, generator=gen, dtype=torch.float64) / math.sqrt(max(m, n))
+    w = (_orthonormal(m, SPIKES, gen) * spikes) @ _orthonormal(n, SPIKES, gen).T + bulk
     return w * (scale / w.pow(2).mean().sqrt())
 
 
@@ -70,39 +73,42 @@ def make_base(seed: int = 0) -> dict[str, torch.Tensor]:
     return out
 
 
-def _off_principal(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Project ``g`` off the top-PROTECTED_RANK left and right singular directions of ``w``."""
+def _off_spikes(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Project ``g`` off the top-SPIKES left and right singular directions of ``w``."""
     u, _, vh = torch.linalg.svd(w, full_matrices=False)
-    k = min(PROTECTED_RANK, u.shape[1] // 2)
-    uk, vk = u[:, :k], vh[:k].T
+    uk, vk = u[:, :SPIKES], vh[:SPIKES].T
     g = g - uk @ (uk.T @ g)
     return g - (g @ vk) @ vk.T
 
 
+def _scaled(g: torch.Tensor, w: torch.Tensor, rel: float) -> torch.Tensor:
+    return g * (rel * w.norm() / g.norm())
+
+
 def sft_update(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Dense, principal-aligned: rescale and rotate the top-16 directions, plus dense noise."""
+    """Dense and principal: grow the spikes by 8 % and add dense noise (8 % of the entry RMS)."""
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
-    k = min(16, s.shape[0] // 2)
-    rot = _orthonormal(k, k, gen)
-    mix = torch.eye(k, dtype=w.dtype) + 0.15 * (rot - rot.T)
-    principal = (u[:, :k] @ mix * (s[:k] * 1.05)) @ vh[:k] - (u[:, :k] * s[:k]) @ vh[:k]
-    noise = torch.randn(w.shape, generator=gen, dtype=w.dtype) * 0.04 * w.std()
-    return principal + noise
+    principal = (u[:, :SPIKES] * (0.08 * s[:SPIKES])) @ vh[:SPIKES]
+    return principal + torch.randn(w.shape, generator=gen, dtype=w.dtype) * 0.08 * w.std()
 
 
 def opd_update(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Moderate rank-16 update in the base's off-principal complement."""
+    """Rank-16, off the spikes, mostly inside the bulk's leading directions; ‖ΔW‖ = 0.3 % ‖W‖."""
     m, n = w.shape
+    u, _, vh = torch.linalg.svd(w, full_matrices=False)
+    band = slice(SPIKES, SPIKES + 32)
+    inner = (u[:, band] @ torch.randn(32, 16, generator=gen, dtype=w.dtype)) @ (
+        vh[band].T @ torch.randn(32, 16, generator=gen, dtype=w.dtype)
+    ).T
     a = torch.randn(m, 16, generator=gen, dtype=w.dtype)
     b = torch.randn(n, 16, generator=gen, dtype=w.dtype)
-    g = _off_principal(w, a @ b.T)
-    return g * (0.0035 * w.norm() / g.norm())
+    outer = _off_spikes(w, a @ b.T)
+    return _scaled(0.8 * inner / inner.norm() + 0.2 * outer / outer.norm(), w, 0.003)
 
 
 def rlvr_update(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Small full-rank update in the base's off-principal complement."""
-    g = _off_principal(w, torch.randn(w.shape, generator=gen, dtype=w.dtype))
-    return g * (0.0012 * w.norm() / g.norm())
+    """Small, full-rank, off the spikes; ‖ΔW‖ = 0.05 % ‖W‖."""
+    return _scaled(_off_spikes(w, torch.randn(w.shape, generator=gen, dtype=w.dtype)), w, 0.0005)
 
 
 def make_family(seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
