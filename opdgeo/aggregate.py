@@ -62,6 +62,7 @@ def pool(rows: pd.DataFrame, total_delta2: float | None = None) -> dict[str, Any
         "sparsity_atol_strict": _wmean(rows["sparsity_atol_strict"], numel),
         "sparsity_exact": _wmean(rows["sparsity_exact"], numel),
         "rel_norm": math.sqrt(delta2 / base2) if base2 > 0 else math.nan,
+        "rel_norm_median": _nan_stat(rows.loc[rows["shape"].str.count("x") == 1, "rel_norm"], "median"),
         "delta_fro": math.sqrt(delta2),
         "max_abs_delta": float(rows["max_abs_delta"].max()) if len(rows) else math.nan,
         "principal_angle_deg": _nan_stat(mats["angle_left_mean_deg"], "median"),

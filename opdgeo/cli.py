@@ -15,7 +15,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 
@@ -59,6 +58,9 @@ def user_errors() -> Iterator[None]:
             raise
         _err().print(f"[red]error:[/] {exc}", markup=True)
         raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        _err().print("interrupted: no report was written")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def _version(value: bool) -> None:
@@ -228,6 +230,7 @@ def inspect(
     import pandas as pd
 
     from opdgeo import render
+    from opdgeo.aggregate import clean
     from opdgeo.naming import layer_index, module_type
     from opdgeo.sources import open_checkpoint
 
@@ -249,7 +252,8 @@ def inspect(
         elif chosen is Format.json:
             doc = {"source": source, "n_tensors": len(names), "n_params": ckpt.n_params,
                    "nbytes": ckpt.nbytes, "dtypes": ckpt.dtypes, "files": [f.name for f in ckpt.files],
-                   "tensors": frame.to_dict(orient="records")}  # fmt: skip
+                   "tensors": [{k: clean(v) for k, v in r.items()}
+                               for r in frame.to_dict(orient="records")]}  # fmt: skip
             sys.stdout.write(render.json_text(doc))
         else:
             from rich.table import Table
@@ -284,21 +288,12 @@ def demo(
 
 
 def main() -> None:
-    """Console-script entry point: maps interrupts to exit 130 and usage errors to exit 2."""
+    """Console-script entry point. typer maps usage errors to exit 2 and Ctrl-C to 130."""
     try:
-        app(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        print("interrupted", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        app()
     except Exception as exc:  # an unexpected failure: one line, traceback only with --debug
         if _state["debug"]:
             raise
         print(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
               file=sys.stderr)  # fmt: skip
         sys.exit(EXIT_ERROR)
-    sys.exit(0)

@@ -89,7 +89,9 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         raise _fail(path, "header is not a JSON object")
     data_start = 8 + n
     data_size = size - data_start
-    metadata = header.pop("__metadata__", {}) or {}
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict):
         raise _fail(path, "__metadata__ is not an object")
     infos: dict[str, TensorInfo] = {}
