@@ -14,7 +14,7 @@ Tied rows (an lm_head paired with an embedding) and skipped tensors never enter 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -22,10 +22,19 @@ import pandas as pd
 SCHEMA_VERSION = 1
 
 GROUP_COLUMNS = (
-    "n_tensors", "n_params", "sparsity_bf16", "sparsity_atol", "rel_norm", "energy_share",
-    "principal_angle_deg", "nss", "principal_energy", "principal_overlap", "lowmag_overlap",
+    "n_tensors",
+    "n_params",
+    "sparsity_bf16",
+    "sparsity_atol",
+    "rel_norm",
+    "energy_share",
+    "principal_angle_deg",
+    "nss",
+    "principal_energy",
+    "principal_overlap",
+    "lowmag_overlap",
     "stable_rank",
-)  # fmt: skip
+)
 
 
 def _wmean(values: pd.Series, weights: pd.Series) -> float:
@@ -57,12 +66,18 @@ def pool(rows: pd.DataFrame, total_delta2: float | None = None) -> dict[str, Any
         "n_tensors": len(rows),
         "n_params": int(numel.sum()),
         "n_matrices": len(mats),
-        "sparsity_bf16": float(rows["unchanged_bf16"].sum()) / numel.sum() if len(rows) else math.nan,
-        "sparsity_atol": float(rows["unchanged_atol"].sum()) / numel.sum() if len(rows) else math.nan,
+        "sparsity_bf16": float(rows["unchanged_bf16"].sum()) / numel.sum()
+        if len(rows)
+        else math.nan,
+        "sparsity_atol": float(rows["unchanged_atol"].sum()) / numel.sum()
+        if len(rows)
+        else math.nan,
         "sparsity_atol_strict": _wmean(rows["sparsity_atol_strict"], numel),
         "sparsity_exact": _wmean(rows["sparsity_exact"], numel),
         "rel_norm": math.sqrt(delta2 / base2) if base2 > 0 else math.nan,
-        "rel_norm_median": _nan_stat(rows.loc[rows["shape"].str.count("x") == 1, "rel_norm"], "median"),
+        "rel_norm_median": _nan_stat(
+            rows.loc[rows["shape"].str.count("x") == 1, "rel_norm"], "median"
+        ),
         "delta_fro": math.sqrt(delta2),
         "max_abs_delta": float(rows["max_abs_delta"].max()) if len(rows) else math.nan,
         "principal_angle_deg": _nan_stat(mats["angle_left_mean_deg"], "median"),
@@ -123,7 +138,7 @@ def groups(frame: pd.DataFrame, by: str) -> list[dict[str, Any]]:
     out = []
     for key, part in keyed.groupby(by, sort=True):
         pooled = pool(part, total2)
-        key_value: Any = int(key) if by == "layer" else str(key)
+        key_value: Any = int(cast(float, key)) if by == "layer" else str(key)
         out.append({"group_by": by, "group": key_value, **{c: pooled[c] for c in GROUP_COLUMNS}})
     return out
 

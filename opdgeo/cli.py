@@ -11,7 +11,7 @@ import os
 import shlex
 import sys
 from collections.abc import Iterator
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,13 +32,13 @@ app = typer.Typer(
 _state = {"debug": os.environ.get("OPDGEO_DEBUG", "") not in ("", "0")}
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
 
 
-class Scope(str, Enum):
+class Scope(StrEnum):
     all = "all"
     linear = "linear"
     attention = "attention"
@@ -72,8 +72,12 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,  # fmt: skip
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """opdgeo: parameter-space diagnostics of post-training (SFT / OPD / RLVR)."""
     if debug:
@@ -84,19 +88,72 @@ def _root(
 def compare(
     base: Annotated[str, typer.Argument(help="Base checkpoint: .safetensors file or directory.")],
     tuned: Annotated[list[str], typer.Argument(help="One or more fine-tuned checkpoints.")],
-    fmt: Annotated[Format | None, typer.Option("--format", "-f", help="table (default on a terminal), csv (default when piped) or json.")] = None,  # noqa: E501
-    output: Annotated[Path | None, typer.Option("--output", "-o", dir_okay=False, help="Write the report here instead of stdout (atomic).")] = None,  # noqa: E501
-    per_tensor: Annotated[Path | None, typer.Option("--per-tensor", dir_okay=False, help="Also write per-tensor rows (CSV).")] = None,  # noqa: E501
-    per_group: Annotated[Path | None, typer.Option("--per-group", dir_okay=False, help="Also write per-module-type and per-layer rows (CSV).")] = None,  # noqa: E501
-    scope: Annotated[Scope | None, typer.Option(help="Tensors to compare: all, linear (2-D weights in blocks) or attention (q/k/v/o).")] = None,  # noqa: E501
-    include: Annotated[str | None, typer.Option(help="Regex: compare only matching tensor names.")] = None,
-    exclude: Annotated[str | None, typer.Option(help="Regex: leave out matching tensor names.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config (see configs/).")] = None,
-    exact: Annotated[bool, typer.Option("--exact", help="Float64 full SVD instead of float64 Gram + eigh (slow).")] = False,  # noqa: E501
-    k: Annotated[int | None, typer.Option("--k", min=1, help="Top-k for principal angles (default min(m,n)//8, max 512).")] = None,  # noqa: E501
-    alpha: Annotated[float | None, typer.Option("--alpha", help="Mask fraction for principal / low-magnitude overlap (default 0.3).")] = None,  # noqa: E501
-    device: Annotated[str | None, typer.Option("--device", help="cpu or cuda for the linear algebra.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")] = False,
+    fmt: Annotated[
+        Format | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="table (default on a terminal), csv (default when piped) or json.",
+        ),
+    ] = None,  # noqa: E501
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            dir_okay=False,
+            help="Write the report here instead of stdout (atomic).",
+        ),
+    ] = None,  # noqa: E501
+    per_tensor: Annotated[
+        Path | None,
+        typer.Option("--per-tensor", dir_okay=False, help="Also write per-tensor rows (CSV)."),
+    ] = None,  # noqa: E501
+    per_group: Annotated[
+        Path | None,
+        typer.Option(
+            "--per-group",
+            dir_okay=False,
+            help="Also write per-module-type and per-layer rows (CSV).",
+        ),
+    ] = None,  # noqa: E501
+    scope: Annotated[
+        Scope | None,
+        typer.Option(
+            help="Tensors to compare: all, linear (2-D weights in blocks) or attention (q/k/v/o)."
+        ),
+    ] = None,  # noqa: E501
+    include: Annotated[
+        str | None, typer.Option(help="Regex: compare only matching tensor names.")
+    ] = None,
+    exclude: Annotated[
+        str | None, typer.Option(help="Regex: leave out matching tensor names.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="TOML config (see configs/).")
+    ] = None,
+    exact: Annotated[
+        bool,
+        typer.Option("--exact", help="Float64 full SVD instead of float64 Gram + eigh (slow)."),
+    ] = False,  # noqa: E501
+    k: Annotated[
+        int | None,
+        typer.Option(
+            "--k", min=1, help="Top-k for principal angles (default min(m,n)//8, max 512)."
+        ),
+    ] = None,  # noqa: E501
+    alpha: Annotated[
+        float | None,
+        typer.Option(
+            "--alpha", help="Mask fraction for principal / low-magnitude overlap (default 0.3)."
+        ),
+    ] = None,  # noqa: E501
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu or cuda for the linear algebra.")
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")
+    ] = False,
 ) -> None:
     """Compare each TUNED checkpoint against BASE, tensor by tensor, and name its regime."""
     from opdgeo import engine, render, report
@@ -119,7 +176,9 @@ def compare(
         _check_regex(cfg.settings.exclude, "--exclude")
         engine.check_device(cfg.settings)
         inputs = [base, *tuned]
-        targets = [render.check_output_path(p, inputs) for p in (output, per_tensor, per_group) if p]
+        targets = [
+            render.check_output_path(p, inputs) for p in (output, per_tensor, per_group) if p
+        ]
         del targets
         err = _err()
         base_ckpt = open_checkpoint(base)
@@ -128,7 +187,9 @@ def compare(
             tuned_ckpt = open_checkpoint(spec)
             plan = plan_pairs(base_ckpt, tuned_ckpt, cfg.settings)
             records = engine.compare(base_ckpt, tuned_ckpt, plan, cfg.settings)
-            with _progress(err, quiet, f"{spec}", plan.n_params + sum(p.numel for p in plan.pairs if p.tied)) as advance:  # noqa: E501
+            with _progress(
+                err, quiet, f"{spec}", plan.n_params + sum(p.numel for p in plan.pairs if p.tied)
+            ) as advance:  # noqa: E501
                 runs.append(report.build_run(_tracked(records, advance), cfg))
             tuned_ckpt.close()
             if not quiet:
@@ -150,7 +211,7 @@ def compare(
                 "schema_version": 1,
                 "opdgeo_version": __version__,
                 "command": shlex.join(["opdgeo", *sys.argv[1:]]),
-                "settings": {k: v for k, v in vars(cfg.settings).items()},
+                "settings": dict(vars(cfg.settings)),
                 "thresholds": dict(vars(cfg.thresholds)),
             }
             text = render.json_text(report.to_json(runs, meta))
@@ -192,14 +253,28 @@ def _check_regex(pattern: str | None, option: str) -> None:
 
 @contextlib.contextmanager
 def _progress(err: Console, quiet: bool, label: str, total: int) -> Iterator[Any]:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     disable = quiet or not err.is_terminal
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-        console=err, transient=True, disable=disable, redirect_stdout=False, redirect_stderr=False,
-    )  # fmt: skip
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=disable,
+        redirect_stdout=False,
+        redirect_stderr=False,
+    )
     with progress:
         task = progress.add_task(label, total=max(total, 1))
         yield lambda n: progress.advance(task, n)
@@ -214,17 +289,23 @@ def _tracked(records: Iterator[dict[str, Any]], advance: Any) -> Iterator[dict[s
 def _notes(err: Console, run: Any) -> None:
     skipped = run.skipped
     if skipped:
-        err.print(f"[yellow]note:[/] {run.summary['run']}: {len(skipped)} tensor(s) not compared "
-                  f"(first: {skipped[0]['tensor']}: {skipped[0]['reason']})")  # fmt: skip
+        err.print(
+            f"[yellow]note:[/] {run.summary['run']}: {len(skipped)} tensor(s) not compared "
+            f"(first: {skipped[0]['tensor']}: {skipped[0]['reason']})"
+        )
     if run.summary.get("n_nonfinite"):
-        err.print(f"[yellow]warning:[/] {run.summary['run']}: {run.summary['n_nonfinite']} NaN/Inf "
-                  "entries; spectral metrics skipped for those tensors")  # fmt: skip
+        err.print(
+            f"[yellow]warning:[/] {run.summary['run']}: {run.summary['n_nonfinite']} NaN/Inf "
+            "entries; spectral metrics skipped for those tensors"
+        )
 
 
 @app.command()
 def inspect(
     source: Annotated[str, typer.Argument(help="Checkpoint: .safetensors file or directory.")],
-    fmt: Annotated[Format | None, typer.Option("--format", "-f", help="table, csv or json.")] = None,
+    fmt: Annotated[
+        Format | None, typer.Option("--format", "-f", help="table, csv or json.")
+    ] = None,
 ) -> None:
     """List tensors, dtypes, shapes and bytes from the headers only (no weights are read)."""
     import pandas as pd
@@ -239,10 +320,16 @@ def inspect(
         names = sorted(ckpt.tensors, key=ckpt.file_position)
         frame = pd.DataFrame(
             [
-                {"tensor": n, "dtype": ckpt.tensors[n].dtype,
-                 "shape": "x".join(map(str, ckpt.tensors[n].shape)), "numel": ckpt.tensors[n].numel,
-                 "nbytes": ckpt.tensors[n].nbytes, "module": module_type(n), "layer": layer_index(n),
-                 "file": ckpt.tensors[n].file.name}  # fmt: skip
+                {
+                    "tensor": n,
+                    "dtype": ckpt.tensors[n].dtype,
+                    "shape": "x".join(map(str, ckpt.tensors[n].shape)),
+                    "numel": ckpt.tensors[n].numel,
+                    "nbytes": ckpt.tensors[n].nbytes,
+                    "module": module_type(n),
+                    "layer": layer_index(n),
+                    "file": ckpt.tensors[n].file.name,
+                }
                 for n in names
             ]
         )
@@ -250,29 +337,48 @@ def inspect(
         if chosen is Format.csv:
             sys.stdout.write(render.csv_text(frame))
         elif chosen is Format.json:
-            doc = {"source": source, "n_tensors": len(names), "n_params": ckpt.n_params,
-                   "nbytes": ckpt.nbytes, "dtypes": ckpt.dtypes, "files": [f.name for f in ckpt.files],
-                   "tensors": [{k: clean(v) for k, v in r.items()}
-                               for r in frame.to_dict(orient="records")]}  # fmt: skip
+            doc = {
+                "source": source,
+                "n_tensors": len(names),
+                "n_params": ckpt.n_params,
+                "nbytes": ckpt.nbytes,
+                "dtypes": ckpt.dtypes,
+                "files": [f.name for f in ckpt.files],
+                "tensors": [
+                    {k: clean(v) for k, v in r.items()} for r in frame.to_dict(orient="records")
+                ],
+            }
             sys.stdout.write(render.json_text(doc))
         else:
             from rich.table import Table
 
-            table = Table(title=f"{source}: {len(names)} tensors, {ckpt.n_params:,} params, "
-                                f"{ckpt.nbytes / 1e6:.1f} MB, {', '.join(ckpt.dtypes)}")  # fmt: skip
+            table = Table(
+                title=f"{source}: {len(names)} tensors, {ckpt.n_params:,} params, "
+                f"{ckpt.nbytes / 1e6:.1f} MB, {', '.join(ckpt.dtypes)}"
+            )
             for col in ("tensor", "dtype", "shape", "numel", "file"):
                 table.add_column(col, justify="right" if col == "numel" else "left")
             for row in frame.itertuples():
-                table.add_row(row.tensor, row.dtype, row.shape, f"{row.numel:,}", row.file)
+                table.add_row(
+                    *(str(x) for x in (row.tensor, row.dtype, row.shape)),
+                    f"{row.numel:,}",
+                    str(row.file),
+                )
             Console().print(table)
 
 
 @app.command()
 def demo(
-    directory: Annotated[Path, typer.Argument(help="Where to write the synthetic checkpoints.")] = Path("demo"),
-    fmt: Annotated[Format | None, typer.Option("--format", "-f", help="table, csv or json.")] = None,
+    directory: Annotated[
+        Path, typer.Argument(help="Where to write the synthetic checkpoints.")
+    ] = Path("demo"),
+    fmt: Annotated[
+        Format | None, typer.Option("--format", "-f", help="table, csv or json.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed of the synthetic family.")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")
+    ] = False,
 ) -> None:
     """Generate a small synthetic base + SFT/OPD/RLVR-like family and compare it."""
     from opdgeo.synthetic import write_family
@@ -282,9 +388,23 @@ def demo(
         if not quiet:
             _err().print(f"wrote synthetic checkpoints to {directory}/ (base, sft, opd, rlvr)")
     args = [str(paths["base"]), str(paths["sft"]), str(paths["opd"]), str(paths["rlvr"])]
-    compare(args[0], args[1:], fmt=fmt, output=None, per_tensor=None, per_group=None, scope=None,
-            include=None, exclude=None, config=None, exact=False, k=None, alpha=None, device=None,
-            quiet=quiet)  # fmt: skip
+    compare(
+        args[0],
+        args[1:],
+        fmt=fmt,
+        output=None,
+        per_tensor=None,
+        per_group=None,
+        scope=None,
+        include=None,
+        exclude=None,
+        config=None,
+        exact=False,
+        k=None,
+        alpha=None,
+        device=None,
+        quiet=quiet,
+    )
 
 
 def main() -> None:
@@ -294,6 +414,8 @@ def main() -> None:
     except Exception as exc:  # an unexpected failure: one line, traceback only with --debug
         if _state["debug"]:
             raise
-        print(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_ERROR)

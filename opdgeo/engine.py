@@ -19,10 +19,23 @@ from opdgeo.pairing import Pair, Plan
 from opdgeo.sources import Checkpoint
 
 RECORD_COLUMNS = (
-    "run", "base", "tensor", "tuned_name", "module", "layer", "shape", "numel",
-    "dtype_base", "dtype_tuned", "tied", "added_rows", "skipped", "spectral_skipped",
-    "method", "n_nonfinite",
-)  # fmt: skip
+    "run",
+    "base",
+    "tensor",
+    "tuned_name",
+    "module",
+    "layer",
+    "shape",
+    "numel",
+    "dtype_base",
+    "dtype_tuned",
+    "tied",
+    "added_rows",
+    "skipped",
+    "spectral_skipped",
+    "method",
+    "n_nonfinite",
+)
 """Identity columns of a per-tensor record; metric columns follow (see :func:`tensor_columns`)."""
 
 
@@ -59,7 +72,7 @@ def analyze_pair(
     settings: Settings,
     pool: BufferPool | None = None,
 ) -> dict[str, Any]:
-    """All metric columns for one tensor pair (plus ``method``, ``n_nonfinite``, ``spectral_skipped``)."""
+    """Every metric column for one pair, plus ``method``, ``n_nonfinite``, ``spectral_skipped``."""
     tp = TensorPair(base, tuned, settings, pool, module=pair.module)
     reason = spectral_skip_reason(pair, tp, settings)
     record: dict[str, Any] = {"n_nonfinite": tp.n_nonfinite, "spectral_skipped": reason}
@@ -110,5 +123,10 @@ def compare(
 def _identity(base: Checkpoint, tuned: Checkpoint, name: str) -> dict[str, Any]:
     from opdgeo.naming import layer_index, module_type
 
-    return {"run": tuned.label, "base": base.label, "tensor": name,
-            "module": module_type(name), "layer": layer_index(name)}  # fmt: skip
+    return {
+        "run": tuned.label,
+        "base": base.label,
+        "tensor": name,
+        "module": module_type(name),
+        "layer": layer_index(name),
+    }

@@ -3,8 +3,9 @@
 Canonicalisation removes wrapper prefixes added by training frameworks so that the same
 weight pairs up across checkpoints saved by different tools (peers.md §B.6):
 ``module.`` (DDP), ``_orig_mod.`` (torch.compile), ``base_model.model.`` (PEFT-merged),
-``model.language_model.`` / ``language_model.`` (VLM wrappers) -> ``model.``, and finally a
-leading ``model.`` so that ``layers.0...`` meets ``model.layers.0...``.
+``model.language_model.`` / ``language_model.model.`` / ``language_model.`` (VLM wrappers)
+-> ``model.``, and finally a leading ``model.`` so that ``layers.0...`` meets
+``model.layers.0...``.
 """
 
 from __future__ import annotations
@@ -12,12 +13,27 @@ from __future__ import annotations
 import re
 
 _WRAPPERS = ("module.", "_orig_mod.", "base_model.model.")
-_REWRITES = (("model.language_model.", "model."), ("language_model.", "model."))
+_REWRITES = (
+    ("model.language_model.", "model."),
+    ("language_model.model.", "model."),  # LLaVA-style: language_model.model.layers.N
+    ("language_model.", "model."),
+)
 
 MODULE_TYPES = (
-    "q", "k", "v", "o", "qkv", "gate", "up", "gate_up", "down",
-    "embed", "lm_head", "norm", "other",
-)  # fmt: skip
+    "q",
+    "k",
+    "v",
+    "o",
+    "qkv",
+    "gate",
+    "up",
+    "gate_up",
+    "down",
+    "embed",
+    "lm_head",
+    "norm",
+    "other",
+)
 ATTENTION_TYPES = frozenset({"q", "k", "v", "o", "qkv"})
 LINEAR_TYPES = frozenset({"q", "k", "v", "o", "qkv", "gate", "up", "gate_up", "down", "other"})
 

@@ -114,7 +114,9 @@ class TensorPair:
     def identical(self) -> bool:
         """True when both tensors hold exactly the same values (cheap early exit)."""
         if self.base.dtype == self.tuned.dtype:
-            return torch.equal(self.base.view(-1).view(torch.uint8), self.tuned.view(-1).view(torch.uint8))
+            return torch.equal(
+                self.base.view(-1).view(torch.uint8), self.tuned.view(-1).view(torch.uint8)
+            )
         return bool(torch.equal(self.w0, self.w1))
 
     @cached_property

@@ -77,7 +77,9 @@ class Plan:
         return sum(p.numel for p in self.pairs if not p.tied)
 
 
-def _match_names(base: list[str], tuned: list[str]) -> tuple[list[tuple[str, str]], list[str], list[str]]:
+def _match_names(
+    base: list[str], tuned: list[str]
+) -> tuple[list[tuple[str, str]], list[str], list[str]]:
     tuned_set = set(tuned)
     matches = [(n, n) for n in base if n in tuned_set]
     done = {n for n, _ in matches}
@@ -170,8 +172,12 @@ def plan_pairs(base: Checkpoint, tuned: Checkpoint, settings: Settings) -> Plan:
             if not resizable:
                 shape_mismatches += 1
                 plan.skipped.append(
-                    Skipped(label, f"shape mismatch {list(bi.shape)} vs {list(ti.shape)}",
-                            bi.shape, ti.shape)  # fmt: skip
+                    Skipped(
+                        label,
+                        f"shape mismatch {list(bi.shape)} vs {list(ti.shape)}",
+                        bi.shape,
+                        ti.shape,
+                    )
                 )
                 continue
             rows = min(bi.shape[0], ti.shape[0])

@@ -15,10 +15,12 @@ nss                    1e-3 / 1e-4 / 1e-5          3e-4, 3e-5
 
 The label is the plurality vote. A tie goes to the label nearest the mean vote position
 (sft = 0, opd = 1, rlvr = 2; ``opd-like`` when two are equally near), so a 2-2 split between
-sft-like and rlvr-like reads as the in-between regime with a low confidence. ``confidence`` = agreeing features / 4, so a feature that
-could not be measured lowers it. Before voting: ``unchanged`` when every compared entry is
-bit-identical; ``unrelated`` when ``rel_norm`` (whole model, or the median over 2-D matrices,
-whichever is larger) is of order one and almost no bf16 entry is shared. Relative mode (:func:`relative_order`) ranks runs that share a base on each feature.
+sft-like and rlvr-like reads as the in-between regime with a low confidence.
+``confidence`` = agreeing features / 4, so a feature that could not be measured lowers it.
+Before voting: ``unchanged`` when every compared entry is bit-identical; ``unrelated`` when
+``rel_norm`` (whole model, or the median over 2-D matrices, whichever is larger) is of order
+one and almost no bf16 entry is shared. Relative mode (:func:`relative_order`) ranks runs
+that share a base on each feature.
 """
 
 from __future__ import annotations
@@ -97,20 +99,30 @@ def classify(row: Mapping[str, Any], t: Thresholds | None = None) -> Verdict:
     max_abs = _num(row, "max_abs_delta")
     if max_abs == 0 and not _num(row, "n_nonfinite"):
         return Verdict(UNCHANGED, 1.0, (f"all {n_tensors} compared tensors are bit-identical",))
-    rel = max((v for v in (_num(row, "rel_norm"), _num(row, "rel_norm_median")) if not math.isnan(v)),
-              default=math.nan)  # fmt: skip
+    rel = max(
+        (v for v in (_num(row, "rel_norm"), _num(row, "rel_norm_median")) if not math.isnan(v)),
+        default=math.nan,
+    )
     sparsity = _num(row, "sparsity_bf16")
     angle = _num(row, "principal_angle_deg")
     if rel >= t.unrelated_rel_norm and sparsity < t.unrelated_sparsity_below:
-        reasons = [
-            f"rel_norm {_fmt(rel)} >= {_fmt(t.unrelated_rel_norm)} (whole model or median matrix): "
-            "the update is as large as the weights",
-            f"sparsity_bf16 {_fmt(sparsity)} < {_fmt(t.unrelated_sparsity_below)}: almost no entry is shared",
+        why = [
+            f"rel_norm {_fmt(rel)} >= {_fmt(t.unrelated_rel_norm)} (whole model or median "
+            "matrix): the update is as large as the weights",
+            f"sparsity_bf16 {_fmt(sparsity)} < {_fmt(t.unrelated_sparsity_below)}: "
+            "almost no entry is shared",
         ]
         if angle > t.unrelated_angle_above:
-            reasons.append(f"principal_angle_deg {_fmt(angle)} > {_fmt(t.unrelated_angle_above)}: subspaces rotated")
-        return Verdict(UNRELATED, 1.0 if len(reasons) == 3 else 0.75, tuple(reasons),
-                       ("these checkpoints do not look like a fine-tune of one another",))  # fmt: skip
+            why.append(
+                f"principal_angle_deg {_fmt(angle)} > {_fmt(t.unrelated_angle_above)}: "
+                "subspaces rotated"
+            )
+        return Verdict(
+            UNRELATED,
+            1.0 if len(why) == 3 else 0.75,
+            tuple(why),
+            ("these checkpoints do not look like a fine-tune of one another",),
+        )
 
     caveats: list[str] = []
     fp32 = _stored_fp32(row)

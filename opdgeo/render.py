@@ -52,11 +52,20 @@ def render_table(console: Console, runs: Sequence[RunResult], settings_line: str
     base = runs[0].summary["base"]
     table = Table(title=f"opdgeo compare  base: {base}", caption=settings_line, show_lines=False)
     for header, justify in (
-        ("run", "left"), ("regime", "left"), ("conf", "right"), ("params", "right"),
-        ("sparsity\nbf16", "right"), ("sparsity\natol", "right"), ("rel\nnorm", "right"),
-        ("angle\n(deg)", "right"), ("NSS", "right"), ("princ.\nenergy", "right"),
-        ("princ.\noverlap", "right"), ("low-mag\noverlap", "right"), ("stable\nrank", "right"),
-    ):  # fmt: skip
+        ("run", "left"),
+        ("regime", "left"),
+        ("conf", "right"),
+        ("params", "right"),
+        ("sparsity\nbf16", "right"),
+        ("sparsity\natol", "right"),
+        ("rel\nnorm", "right"),
+        ("angle\n(deg)", "right"),
+        ("NSS", "right"),
+        ("princ.\nenergy", "right"),
+        ("princ.\noverlap", "right"),
+        ("low-mag\noverlap", "right"),
+        ("stable\nrank", "right"),
+    ):
         table.add_column(header, justify=justify)  # type: ignore[arg-type]
     for run in runs:
         s = run.summary
@@ -95,43 +104,73 @@ def _render_reasons(console: Console, run: RunResult) -> None:
     s = run.summary
     style = REGIME_STYLE.get(s["regime"], "")
     console.print()
-    console.print(Text.assemble(f"{s['run']}: ", (s["regime"], style), f"  (confidence {s['confidence']:.2f})"))
+    console.print(
+        Text.assemble(
+            f"{s['run']}: ", (s["regime"], style), f"  (confidence {s['confidence']:.2f})"
+        )
+    )
     for reason in run.verdict.reasons:
         console.print(f"  - {reason}", soft_wrap=True)
     for caveat in run.verdict.caveats:
         console.print(Text(f"  ! {caveat}", style="yellow"), soft_wrap=True)
-    mods = sorted(run.modules, key=lambda g: -(g["energy_share"] if not _missing(g["energy_share"]) else -1))
+    mods = sorted(
+        run.modules, key=lambda g: -(g["energy_share"] if not _missing(g["energy_share"]) else -1)
+    )
     if not mods:
         return
-    table = Table(title="top-changed module types (by share of update energy)", title_justify="left")
-    for header in ("module", "params", "energy share", "sparsity bf16", "rel norm",
-                   "angle (deg)", "low-mag overlap", "stable rank"):  # fmt: skip
+    table = Table(
+        title="top-changed module types (by share of update energy)", title_justify="left"
+    )
+    for header in (
+        "module",
+        "params",
+        "energy share",
+        "sparsity bf16",
+        "rel norm",
+        "angle (deg)",
+        "low-mag overlap",
+        "stable rank",
+    ):
         table.add_column(header, justify="left" if header == "module" else "right")
     for g in mods[:TOP_MODULES]:
         table.add_row(
-            str(g["group"]), _params(g["n_params"]), _pct(g["energy_share"]), _pct(g["sparsity_bf16"]),
-            _num(g["rel_norm"]), _num(g["principal_angle_deg"]), _pct(g["lowmag_overlap"]),
+            str(g["group"]),
+            _params(g["n_params"]),
+            _pct(g["energy_share"]),
+            _pct(g["sparsity_bf16"]),
+            _num(g["rel_norm"]),
+            _num(g["principal_angle_deg"]),
+            _pct(g["lowmag_overlap"]),
             _num(g["stable_rank"]),
-        )  # fmt: skip
+        )
     console.print(table)
 
 
 def _render_order(console: Console, runs: Sequence[RunResult]) -> None:
-    table = Table(title="relative order on each feature (1 = most SFT-like; expected SFT < OPD < RLVR)",
-                  title_justify="left")  # fmt: skip
-    columns = ("order_sparsity_bf16", "order_lowmag_enrichment", "order_principal_angle_deg",
-               "order_nss", "order_mean")  # fmt: skip
+    table = Table(
+        title="relative order on each feature (1 = most SFT-like; expected SFT < OPD < RLVR)",
+        title_justify="left",
+    )
+    columns = (
+        "order_sparsity_bf16",
+        "order_lowmag_enrichment",
+        "order_principal_angle_deg",
+        "order_nss",
+        "order_mean",
+    )
     table.add_column("run")
     for c in columns:
         table.add_column(c.removeprefix("order_"), justify="right")
     for run in runs:
         s = run.summary
-        table.add_row(str(s["run"]), *("-" if _missing(s.get(c)) else _num(s.get(c)) for c in columns))
+        table.add_row(
+            str(s["run"]), *("-" if _missing(s.get(c)) else _num(s.get(c)) for c in columns)
+        )
     console.print()
     console.print(table)
     w = runs[0].summary.get("order_concordance")
-    if not _missing(w):
-        console.print(f"feature concordance (Kendall's W): {float(w):.2f}")
+    if isinstance(w, float) and not math.isnan(w):
+        console.print(f"feature concordance (Kendall's W): {w:.2f}")
 
 
 def _render_skipped(console: Console, runs: Sequence[RunResult]) -> None:
@@ -168,7 +207,9 @@ def check_output_path(path: Path, inputs: Sequence[str]) -> Path:
         src = src.resolve()
         folder = src if src.is_dir() else src.parent
         if target == src or (src.is_dir() and folder in target.parents):
-            raise OpdgeoError(f"refusing to write {path}: it is (inside) the input checkpoint {spec}")
+            raise OpdgeoError(
+                f"refusing to write {path}: it is (inside) the input checkpoint {spec}"
+            )
         if src.is_file() and target.parent == folder and target.suffix == ".safetensors":
             raise OpdgeoError(f"refusing to write {path} next to checkpoint {spec} as .safetensors")
     return target

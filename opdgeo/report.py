@@ -20,10 +20,22 @@ from opdgeo.regimes import REGIMES, Verdict, classify, relative_order
 from opdgeo.sources import open_checkpoint
 
 CONTRACT_COLUMNS = (
-    "run", "base", "regime", "confidence", "n_tensors", "n_params", "sparsity_bf16",
-    "sparsity_atol", "rel_norm", "principal_angle_deg", "nss", "principal_energy",
-    "principal_overlap", "lowmag_overlap", "stable_rank",
-)  # fmt: skip
+    "run",
+    "base",
+    "regime",
+    "confidence",
+    "n_tensors",
+    "n_params",
+    "sparsity_bf16",
+    "sparsity_atol",
+    "rel_norm",
+    "principal_angle_deg",
+    "nss",
+    "principal_energy",
+    "principal_overlap",
+    "lowmag_overlap",
+    "stable_rank",
+)
 """Summary columns fixed by the output contract (v1), in order; more follow them."""
 
 
@@ -118,7 +130,9 @@ def to_json(runs: Sequence[RunResult], meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def compare_checkpoints(base: str, tuned: Sequence[str], config: Config | None = None) -> list[RunResult]:
+def compare_checkpoints(
+    base: str, tuned: Sequence[str], config: Config | None = None
+) -> list[RunResult]:
     """Library API: compare each of ``tuned`` against ``base`` (local paths); no output."""
     config = config or Config()
     base_ckpt = open_checkpoint(base)
@@ -128,7 +142,9 @@ def compare_checkpoints(base: str, tuned: Sequence[str], config: Config | None =
             tuned_ckpt = open_checkpoint(spec)
             try:
                 plan = plan_pairs(base_ckpt, tuned_ckpt, config.settings)
-                runs.append(build_run(engine.compare(base_ckpt, tuned_ckpt, plan, config.settings), config))
+                runs.append(
+                    build_run(engine.compare(base_ckpt, tuned_ckpt, plan, config.settings), config)
+                )
             finally:
                 tuned_ckpt.close()
     finally:

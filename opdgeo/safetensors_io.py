@@ -12,13 +12,13 @@ naming the file and the problem, never a crash or a huge allocation.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
@@ -28,13 +28,30 @@ MAX_HEADER_BYTES = 100_000_000
 """Refuse headers above 100 MB (huggingface_hub refuses above 25 MB; real ones are < 1 MB)."""
 
 DTYPE_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2,
-    "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "F4": 1,
-    "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-    "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
-}  # fmt: skip
-FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-                "BF16": torch.bfloat16}  # fmt: skip
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F8_E8M0": 1,
+    "F4": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "U8": 1,
+    "BOOL": 1,
+}
+FLOAT_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+}
 QUANTIZED_DTYPES = {"F8_E4M3", "F8_E5M2", "F8_E8M0", "F4"}
 
 
@@ -101,7 +118,9 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     return infos, {str(k): str(v) for k, v in metadata.items()}
 
 
-def _parse_entry(path: Path, name: str, entry: object, data_start: int, data_size: int) -> TensorInfo:
+def _parse_entry(
+    path: Path, name: str, entry: object, data_start: int, data_size: int
+) -> TensorInfo:
     if not isinstance(entry, dict):
         raise _fail(path, f"entry for {name!r} is not an object")
     dtype = entry.get("dtype")
@@ -128,7 +147,8 @@ def _parse_entry(path: Path, name: str, entry: object, data_start: int, data_siz
     if end - begin != expected:
         raise _fail(
             path,
-            f"tensor {name!r} spans {end - begin} bytes but shape {shape} x {dtype} needs {expected}",
+            f"tensor {name!r} spans {end - begin} bytes but shape {shape} x {dtype} "
+            f"needs {expected}",
         )
     return TensorInfo(name, dtype, tuple(shape), path, data_start + begin, end - begin)
 
@@ -145,9 +165,9 @@ class TensorReader:
 
     def __init__(self) -> None:
         self._path: Path | None = None
-        self._fh: BinaryIO | None = None
+        self._fh: io.BufferedReader | None = None
 
-    def _handle(self, path: Path) -> BinaryIO:
+    def _handle(self, path: Path) -> io.BufferedReader:
         if self._path != path or self._fh is None:
             self.close()
             try:
@@ -173,10 +193,12 @@ class TensorReader:
         if nbytes:
             fh = self._handle(info.file)
             fh.seek(info.start)
-            got = fh.readinto(memoryview(buf.numpy()))
+            got = fh.readinto(buf.numpy().data)
             if got != nbytes:
-                raise _fail(info.file, f"truncated: tensor {info.name!r} needs {nbytes} bytes, "
-                                       f"file ends after {got}")  # fmt: skip
+                raise _fail(
+                    info.file,
+                    f"truncated: tensor {info.name!r} needs {nbytes} bytes, file ends after {got}",
+                )
         dtype = FLOAT_DTYPES.get(info.dtype)
         if dtype is None:
             return buf

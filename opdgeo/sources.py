@@ -78,7 +78,9 @@ def open_checkpoint(spec: str) -> Checkpoint:
         if path.suffix != ".safetensors":
             raise SourceError(f"{spec}: not a .safetensors file")
         files = [path]
-        config = _read_config(path.parent / "config.json") if path.name == "model.safetensors" else {}
+        config = (
+            _read_config(path.parent / "config.json") if path.name == "model.safetensors" else {}
+        )
         tensors = _merge_headers(files)
         return Checkpoint(spec, tensors, files, config)
     if not path.is_dir():
@@ -95,7 +97,11 @@ def open_checkpoint(spec: str) -> Checkpoint:
     if files:
         return Checkpoint(spec, _merge_headers(files), files, config)
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    hint = f" (found {pickles[0]}: pickle weights are not read, convert to safetensors)" if pickles else ""
+    hint = (
+        f" (found {pickles[0]}: pickle weights are not read, convert to safetensors)"
+        if pickles
+        else ""
+    )
     raise SourceError(
         f"no safetensors weights in {spec} "
         f"(looked for model.safetensors.index.json, model.safetensors, *.safetensors){hint}"

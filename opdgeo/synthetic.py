@@ -1,9 +1,10 @@
 """A small synthetic checkpoint family for the demo and the tests.
 
 The base is a 4-layer Qwen-shaped model (GQA attention, gated MLP, untied lm_head) whose
-matrices are eight spikes over a Marchenko-Pastur bulk, like trained weights. Three "fine-tunes" are planted with the
-update geometry the papers describe, applied in float32 and stored in bf16 like released
-models (so bf16 rounding decides which entries visibly change):
+matrices are eight spikes over a Marchenko-Pastur bulk, like trained weights. Three
+"fine-tunes" are planted with the update geometry the papers describe, applied in float32
+and stored in bf16 like released models (so bf16 rounding decides which entries visibly
+change):
 
 * ``sft``: a large dense update: the spikes grow and dense noise touches every weight
   (norms included).
@@ -31,24 +32,28 @@ def _shapes() -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (VOCAB, HIDDEN)}
     for i in range(LAYERS):
         p = f"model.layers.{i}."
-        shapes.update({
-            p + "input_layernorm.weight": (HIDDEN,),
-            p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
-            p + "self_attn.k_proj.weight": (KV, HIDDEN),
-            p + "self_attn.v_proj.weight": (KV, HIDDEN),
-            p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
-            p + "post_attention_layernorm.weight": (HIDDEN,),
-            p + "mlp.gate_proj.weight": (INTER, HIDDEN),
-            p + "mlp.up_proj.weight": (INTER, HIDDEN),
-            p + "mlp.down_proj.weight": (HIDDEN, INTER),
-        })  # fmt: skip
+        shapes.update(
+            {
+                p + "input_layernorm.weight": (HIDDEN,),
+                p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
+                p + "self_attn.k_proj.weight": (KV, HIDDEN),
+                p + "self_attn.v_proj.weight": (KV, HIDDEN),
+                p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+                p + "post_attention_layernorm.weight": (HIDDEN,),
+                p + "mlp.gate_proj.weight": (INTER, HIDDEN),
+                p + "mlp.up_proj.weight": (INTER, HIDDEN),
+                p + "mlp.down_proj.weight": (HIDDEN, INTER),
+            }
+        )
     shapes["model.norm.weight"] = (HIDDEN,)
     shapes["lm_head.weight"] = (VOCAB, HIDDEN)
     return shapes
 
 
 def _orthonormal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
-    q, _ = torch.linalg.qr(torch.randn(rows, cols, generator=gen, dtype=torch.float64))
+    q: torch.Tensor = torch.linalg.qr(torch.randn(rows, cols, generator=gen, dtype=torch.float64))[
+        0
+    ]
     return q
 
 
@@ -58,7 +63,8 @@ def base_matrix(m: int, n: int, gen: torch.Generator, scale: float = 0.02) -> to
     spikes = edge * torch.tensor([6, 5, 4, 3.5, 3, 2.5, 2, 1.6], dtype=torch.float64)
     bulk = torch.randn(m, n, generator=gen, dtype=torch.float64) / math.sqrt(max(m, n))
     w = (_orthonormal(m, SPIKES, gen) * spikes) @ _orthonormal(n, SPIKES, gen).T + bulk
-    return w * (scale / w.pow(2).mean().sqrt())
+    out: torch.Tensor = w * (scale / w.pow(2).mean().sqrt())
+    return out
 
 
 def make_base(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -78,18 +84,22 @@ def _off_spikes(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     u, _, vh = torch.linalg.svd(w, full_matrices=False)
     uk, vk = u[:, :SPIKES], vh[:SPIKES].T
     g = g - uk @ (uk.T @ g)
-    return g - (g @ vk) @ vk.T
+    out: torch.Tensor = g - (g @ vk) @ vk.T
+    return out
 
 
 def _scaled(g: torch.Tensor, w: torch.Tensor, rel: float) -> torch.Tensor:
-    return g * (rel * w.norm() / g.norm())
+    out: torch.Tensor = g * (rel * w.norm() / g.norm())
+    return out
 
 
 def sft_update(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Dense and principal: grow the spikes by 8 % and add dense noise (8 % of the entry RMS)."""
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     principal = (u[:, :SPIKES] * (0.08 * s[:SPIKES])) @ vh[:SPIKES]
-    return principal + torch.randn(w.shape, generator=gen, dtype=w.dtype) * 0.08 * w.std()
+    noise = torch.randn(w.shape, generator=gen, dtype=w.dtype) * 0.08 * w.std()
+    out: torch.Tensor = principal + noise
+    return out
 
 
 def opd_update(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -138,8 +148,13 @@ def write_family(directory: Path, seed: int = 0) -> dict[str, Path]:
     for label, tensors in make_family(seed).items():
         folder = directory / label
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"),
-                  metadata={"format": "pt", "opdgeo_synthetic": label})  # fmt: skip
-        (folder / "config.json").write_text('{"model_type": "qwen2", "tie_word_embeddings": false}\n')
+        save_file(
+            {k: v.contiguous() for k, v in tensors.items()},
+            str(folder / "model.safetensors"),
+            metadata={"format": "pt", "opdgeo_synthetic": label},
+        )
+        (folder / "config.json").write_text(
+            '{"model_type": "qwen2", "tie_word_embeddings": false}\n'
+        )
         paths[label] = folder
     return paths

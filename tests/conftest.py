@@ -16,7 +16,9 @@ from safetensors.torch import save_file
 Tensors = dict[str, torch.Tensor]
 
 
-def write_checkpoint(path: Path, tensors: Tensors, shards: int = 1, config: dict | None = None) -> Path:
+def write_checkpoint(
+    path: Path, tensors: Tensors, shards: int = 1, config: dict | None = None
+) -> Path:
     """Write ``tensors`` as ``path/model.safetensors`` or as ``shards`` shards plus an index."""
     path.mkdir(parents=True, exist_ok=True)
     names = list(tensors)
@@ -37,16 +39,25 @@ def write_checkpoint(path: Path, tensors: Tensors, shards: int = 1, config: dict
     return path
 
 
-def tiny_model(seed: int = 0, layers: int = 2, hidden: int = 32, vocab: int = 64,
-               dtype: torch.dtype = torch.bfloat16) -> Tensors:  # fmt: skip
+def tiny_model(
+    seed: int = 0,
+    layers: int = 2,
+    hidden: int = 32,
+    vocab: int = 64,
+    dtype: torch.dtype = torch.bfloat16,
+) -> Tensors:
     """A Qwen-shaped toy state dict (q/k/v/o, gate/up/down, norms, embed, lm_head)."""
     gen = torch.Generator().manual_seed(seed)
     out: Tensors = {"model.embed_tokens.weight": torch.randn(vocab, hidden, generator=gen) * 0.02}
     for i in range(layers):
         p = f"model.layers.{i}."
         out[p + "input_layernorm.weight"] = 1 + 0.1 * torch.randn(hidden, generator=gen)
-        for proj, shape in (("q", (hidden, hidden)), ("k", (hidden // 2, hidden)),
-                            ("v", (hidden // 2, hidden)), ("o", (hidden, hidden))):  # fmt: skip
+        for proj, shape in (
+            ("q", (hidden, hidden)),
+            ("k", (hidden // 2, hidden)),
+            ("v", (hidden // 2, hidden)),
+            ("o", (hidden, hidden)),
+        ):
             out[p + f"self_attn.{proj}_proj.weight"] = torch.randn(*shape, generator=gen) * 0.02
         out[p + "mlp.gate_proj.weight"] = torch.randn(2 * hidden, hidden, generator=gen) * 0.02
         out[p + "mlp.up_proj.weight"] = torch.randn(2 * hidden, hidden, generator=gen) * 0.02
@@ -60,7 +71,9 @@ def perturb(tensors: Tensors, scale: float = 1e-3, seed: int = 1) -> Tensors:
     """Add relative Gaussian noise of size ``scale`` to every tensor (stored back in its dtype)."""
     gen = torch.Generator().manual_seed(seed)
     return {
-        k: (v.float() + scale * v.float().abs().mean() * torch.randn(v.shape, generator=gen)).to(v.dtype)
+        k: (v.float() + scale * v.float().abs().mean() * torch.randn(v.shape, generator=gen)).to(
+            v.dtype
+        )
         for k, v in tensors.items()
     }
 

@@ -32,8 +32,15 @@ def run(*args: str) -> tuple[int, str, str]:
 
 
 def test_csv_on_stdout_parses_and_follows_the_contract(family: dict[str, Path]) -> None:
-    code, out, err = run("compare", str(family["base"]), str(family["sft"]), str(family["opd"]),
-                         str(family["rlvr"]), "--format", "csv")  # fmt: skip
+    code, out, err = run(
+        "compare",
+        str(family["base"]),
+        str(family["sft"]),
+        str(family["opd"]),
+        str(family["rlvr"]),
+        "--format",
+        "csv",
+    )
     assert code == 0, err
     frame = pd.read_csv(io.StringIO(out))
     assert list(frame.columns[: len(CONTRACT_COLUMNS)]) == list(CONTRACT_COLUMNS)
@@ -64,8 +71,9 @@ def test_json_document(family: dict[str, Path]) -> None:
 
 
 def test_table_format(family: dict[str, Path]) -> None:
-    code, out, _ = run("compare", str(family["base"]), str(family["sft"]), str(family["rlvr"]),
-                       "-f", "table")  # fmt: skip
+    code, out, _ = run(
+        "compare", str(family["base"]), str(family["sft"]), str(family["rlvr"]), "-f", "table"
+    )
     assert code == 0
     assert "sft-like" in out and "rlvr-like" in out
     assert "top-changed module types" in out
@@ -74,8 +82,17 @@ def test_table_format(family: dict[str, Path]) -> None:
 
 def test_output_files(family: dict[str, Path], tmp_path: Path) -> None:
     out_csv, tensors, grp = tmp_path / "r.csv", tmp_path / "t.csv", tmp_path / "g.csv"
-    code, out, err = run("compare", str(family["base"]), str(family["sft"]), "-o", str(out_csv),
-                         "--per-tensor", str(tensors), "--per-group", str(grp))  # fmt: skip
+    code, out, err = run(
+        "compare",
+        str(family["base"]),
+        str(family["sft"]),
+        "-o",
+        str(out_csv),
+        "--per-tensor",
+        str(tensors),
+        "--per-group",
+        str(grp),
+    )
     assert code == 0, err
     assert out == ""
     assert pd.read_csv(out_csv)["regime"].tolist() == ["sft-like"]
@@ -98,7 +115,9 @@ def test_identical_checkpoints_are_unchanged(family: dict[str, Path]) -> None:
     assert code == 0
     row = pd.read_csv(io.StringIO(out)).iloc[0]
     assert row["regime"] == "unchanged"
-    assert row["sparsity_bf16"] == 1.0 and row["rel_norm"] == 0.0 and row["principal_angle_deg"] == 0
+    assert (
+        row["sparsity_bf16"] == 1.0 and row["rel_norm"] == 0.0 and row["principal_angle_deg"] == 0
+    )
 
 
 def test_independent_models_are_unrelated(tmp_path: Path) -> None:
@@ -170,8 +189,9 @@ def test_inspect_reads_headers(family: dict[str, Path]) -> None:
 
 
 def test_module_entry_point_and_version() -> None:
-    result = subprocess.run([sys.executable, "-m", "opdgeo", "--version"], capture_output=True,
-                            text=True, check=False)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "opdgeo", "--version"], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0
     assert result.stdout.startswith("opdgeo ")
 

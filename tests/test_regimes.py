@@ -11,18 +11,36 @@ from opdgeo.regimes import OPD, RLVR, SFT, UNCHANGED, UNRELATED, classify, relat
 
 # The published OPDG Qwen3-8B signatures (papers.md §7.2), as summary rows.
 PUBLISHED = {
-    SFT: {"sparsity_bf16": 0.081, "lowmag_enrichment": 0.3188 / 0.3, "principal_angle_deg": 12.0,
-          "nss": 1e-3},
-    OPD: {"sparsity_bf16": 0.516, "lowmag_enrichment": 0.5359 / 0.3, "principal_angle_deg": 1.0,
-          "nss": 1e-4},
-    RLVR: {"sparsity_bf16": 0.772, "lowmag_enrichment": 0.7348 / 0.3, "principal_angle_deg": 0.4,
-           "nss": 1e-5},
-}  # fmt: skip
+    SFT: {
+        "sparsity_bf16": 0.081,
+        "lowmag_enrichment": 0.3188 / 0.3,
+        "principal_angle_deg": 12.0,
+        "nss": 1e-3,
+    },
+    OPD: {
+        "sparsity_bf16": 0.516,
+        "lowmag_enrichment": 0.5359 / 0.3,
+        "principal_angle_deg": 1.0,
+        "nss": 1e-4,
+    },
+    RLVR: {
+        "sparsity_bf16": 0.772,
+        "lowmag_enrichment": 0.7348 / 0.3,
+        "principal_angle_deg": 0.4,
+        "nss": 1e-5,
+    },
+}
 
 
 def row(**values: float | str) -> dict[str, float | str]:
-    base: dict[str, float | str] = {"n_tensors": 10, "max_abs_delta": 0.01, "rel_norm": 0.01,
-                                    "n_nonfinite": 0, "dtype_base": "BF16", "dtype_tuned": "BF16"}  # fmt: skip
+    base: dict[str, float | str] = {
+        "n_tensors": 10,
+        "max_abs_delta": 0.01,
+        "rel_norm": 0.01,
+        "n_nonfinite": 0,
+        "dtype_base": "BF16",
+        "dtype_tuned": "BF16",
+    }
     base.update(values)
     return base
 
@@ -56,8 +74,15 @@ def test_unrelated_when_update_is_as_large_as_weights() -> None:
 
 
 def test_large_dense_fine_tune_is_not_unrelated() -> None:
-    verdict = classify(row(rel_norm=0.12, sparsity_bf16=0.005, principal_angle_deg=15.0, nss=2e-3,
-                           lowmag_enrichment=1.0))  # fmt: skip
+    verdict = classify(
+        row(
+            rel_norm=0.12,
+            sparsity_bf16=0.005,
+            principal_angle_deg=15.0,
+            nss=2e-3,
+            lowmag_enrichment=1.0,
+        )
+    )
     assert verdict.regime == SFT
 
 
@@ -71,8 +96,9 @@ def test_missing_features_abstain_and_lower_confidence() -> None:
 
 def test_tie_goes_to_label_nearest_mean_position() -> None:
     # two SFT votes and two RLVR votes: mean position 1 -> opd-like, confidence 0
-    verdict = classify(row(sparsity_bf16=0.9, lowmag_enrichment=3.0, principal_angle_deg=20.0,
-                           nss=1e-2))  # fmt: skip
+    verdict = classify(
+        row(sparsity_bf16=0.9, lowmag_enrichment=3.0, principal_angle_deg=20.0, nss=1e-2)
+    )
     assert verdict.regime == OPD
     assert verdict.confidence == 0.0
 

@@ -44,7 +44,9 @@ def as_bytes(t: torch.Tensor) -> bytes:
     return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
-def raw_file(path: Path, header: object, data: bytes = b"", *, header_len: int | None = None) -> Path:
+def raw_file(
+    path: Path, header: object, data: bytes = b"", *, header_len: int | None = None
+) -> Path:
     """Write ``8-byte LE length + JSON(header) + data``; ``header_len`` overrides the length."""
     blob = header if isinstance(header, bytes) else json.dumps(header).encode()
     n = len(blob) if header_len is None else header_len

@@ -292,7 +292,9 @@ def _disk_order(ckpt_dir: Path) -> list[str]:
 def test_file_position_orders_by_file_then_offset(make_checkpoint: MakeCkpt, shards: int) -> None:
     tensors = tiny_model()
     # Mixed dtypes make safetensors reorder tensors inside a file (by alignment, then name).
-    tensors["model.layers.0.mlp.up_proj.weight"] = tensors["model.layers.0.mlp.up_proj.weight"].float()
+    tensors["model.layers.0.mlp.up_proj.weight"] = tensors[
+        "model.layers.0.mlp.up_proj.weight"
+    ].float()
     tensors["model.norm.weight"] = tensors["model.norm.weight"].double()
     path = make_checkpoint("m", dict(reversed(tensors.items())), shards=shards)
     ckpt = open_checkpoint(str(path))

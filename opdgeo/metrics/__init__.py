@@ -33,7 +33,9 @@ class MetricSpec:
 METRICS: dict[str, MetricSpec] = {}
 
 
-def metric(name: str, columns: tuple[str, ...], matrix_only: bool = False) -> Callable[[MetricFn], MetricFn]:
+def metric(
+    name: str, columns: tuple[str, ...], matrix_only: bool = False
+) -> Callable[[MetricFn], MetricFn]:
     """Register ``fn`` under ``name``; its docstring (the maths) becomes its documentation."""
 
     def register(fn: MetricFn) -> MetricFn:

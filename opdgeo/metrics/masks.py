@@ -13,10 +13,16 @@ NAN = float("nan")
 
 @metric(
     "mask_overlap",
-    columns=("principal_overlap", "lowmag_overlap", "principal_notlow_overlap",
-             "overlap_baseline", "principal_notlow_baseline", "mask_rank"),
+    columns=(
+        "principal_overlap",
+        "lowmag_overlap",
+        "principal_notlow_overlap",
+        "overlap_baseline",
+        "principal_notlow_baseline",
+        "mask_rank",
+    ),
     matrix_only=True,
-)  # fmt: skip
+)
 def mask_overlap(pair: TensorPair) -> dict[str, float]:
     """Share of visibly updated entries that fall in W0's principal / low-magnitude masks.
 
@@ -45,8 +51,12 @@ def mask_overlap(pair: TensorPair) -> dict[str, float]:
     visible = pair.visible
     n_vis = int(visible.sum())
     if n_vis == 0:
-        return {**result, "principal_overlap": NAN, "lowmag_overlap": NAN,
-                "principal_notlow_overlap": NAN}  # fmt: skip
+        return {
+            **result,
+            "principal_overlap": NAN,
+            "lowmag_overlap": NAN,
+            "principal_notlow_overlap": NAN,
+        }
     return {
         **result,
         "principal_overlap": int((princ & visible).sum()) / n_vis,

@@ -37,7 +37,11 @@ def sparsity_atol(pair: TensorPair) -> dict[str, float]:
     """
     n = pair.numel
     if n == 0:
-        return {"sparsity_atol": float("nan"), "unchanged_atol": 0, "sparsity_atol_strict": float("nan")}
+        return {
+            "sparsity_atol": float("nan"),
+            "unchanged_atol": 0,
+            "sparsity_atol_strict": float("nan"),
+        }
     if pair.identical and pair.n_nonfinite == 0:
         return {"sparsity_atol": 1.0, "unchanged_atol": n, "sparsity_atol_strict": 1.0}
     a = pair.bits1.view(torch.bfloat16).float()

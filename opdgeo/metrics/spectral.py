@@ -20,10 +20,15 @@ NAN = float("nan")
 
 @metric(
     "principal_angles",
-    columns=("angle_left_mean_deg", "angle_left_max_deg", "angle_right_mean_deg",
-             "angle_right_max_deg", "angle_k"),
+    columns=(
+        "angle_left_mean_deg",
+        "angle_left_max_deg",
+        "angle_right_mean_deg",
+        "angle_right_max_deg",
+        "angle_k",
+    ),
     matrix_only=True,
-)  # fmt: skip
+)
 def principal_angles(pair: TensorPair) -> dict[str, float]:
     """Rotation of the top-k singular subspaces (PNT §4.1, OPDG Eq. 2).
 
@@ -35,8 +40,13 @@ def principal_angles(pair: TensorPair) -> dict[str, float]:
     """
     k = pair.angle_k
     if pair.identical:
-        return {"angle_left_mean_deg": 0.0, "angle_left_max_deg": 0.0,
-                "angle_right_mean_deg": 0.0, "angle_right_max_deg": 0.0, "angle_k": k}  # fmt: skip
+        return {
+            "angle_left_mean_deg": 0.0,
+            "angle_left_max_deg": 0.0,
+            "angle_right_mean_deg": 0.0,
+            "angle_right_max_deg": 0.0,
+            "angle_k": k,
+        }
     left = torch.rad2deg(_angles(pair.spec0.u[:, :k], pair.spec1.u[:, :k]))
     right = torch.rad2deg(_angles(pair.spec0.v[:, :k], pair.spec1.v[:, :k]))
     return {
@@ -71,10 +81,15 @@ def nss(pair: TensorPair) -> dict[str, float]:
 
 @metric(
     "principal_energy",
-    columns=("principal_energy", "principal_energy_left", "principal_energy_right",
-             "principal_energy_baseline", "energy_k"),
+    columns=(
+        "principal_energy",
+        "principal_energy_left",
+        "principal_energy_right",
+        "principal_energy_baseline",
+        "energy_k",
+    ),
     matrix_only=True,
-)  # fmt: skip
+)
 def principal_energy(pair: TensorPair) -> dict[str, float]:
     """Share of the update's energy inside W0's top-k singular subspaces (DSSU, papers.md D7).
 
@@ -87,9 +102,13 @@ def principal_energy(pair: TensorPair) -> dict[str, float]:
     m, n = pair.base.shape
     baseline = k * k / (m * n)
     if pair.identical or pair.delta_fro2 == 0:
-        return {"principal_energy": NAN, "principal_energy_left": NAN,
-                "principal_energy_right": NAN, "principal_energy_baseline": baseline,
-                "energy_k": k}  # fmt: skip
+        return {
+            "principal_energy": NAN,
+            "principal_energy_left": NAN,
+            "principal_energy_right": NAN,
+            "principal_energy_baseline": baseline,
+            "energy_k": k,
+        }
     u, v = pair.spec0.u[:, :k], pair.spec0.v[:, :k]
     left = project_left(pair.delta, u)  # k x n
     right = project_right(pair.delta, v)  # m x k
@@ -115,4 +134,7 @@ def stable_rank(pair: TensorPair) -> dict[str, float]:
     if pair.identical or pair.delta_fro2 == 0:
         return {"stable_rank": NAN, "delta_sigma1": 0.0}
     sigma1 = pair.delta_sigma1
-    return {"stable_rank": pair.delta_fro2 / sigma1**2 if sigma1 > 0 else NAN, "delta_sigma1": sigma1}
+    return {
+        "stable_rank": pair.delta_fro2 / sigma1**2 if sigma1 > 0 else NAN,
+        "delta_sigma1": sigma1,
+    }
