@@ -48,8 +48,6 @@ class Settings:
     """Run spectral metrics on embedding / lm_head matrices too (V x h Grams are costly)."""
     max_spectral_dim: int = 16384
     """Matrices whose smaller side exceeds this get sparsity and norms only."""
-    power_iters: int = 200
-    """Upper bound on block power iterations for the top singular value of the update."""
     device: str = "cpu"
     """Where the linear algebra runs: ``cpu`` or ``cuda``."""
 

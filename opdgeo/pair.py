@@ -8,6 +8,7 @@ metrics that do not run. Float32 upcasts go into buffers reused from pair to pai
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import cached_property
 
 import torch
@@ -15,8 +16,24 @@ import torch
 from opdgeo.config import Settings
 from opdgeo.linalg import Spectrum, spectrum, top_singular_value
 
+CHUNK = 1 << 22
+"""Entries per chunk of the element-wise pass (16 MB of float32 temporaries)."""
 _SIGN_MASK = 0x7FFF
 _BF16_INF = 0x7F80
+
+
+@dataclass
+class ElementStats:
+    """Counts and sums from the element-wise pass over a tensor pair."""
+
+    unchanged_bf16: int = 0
+    le_atol: int = 0
+    lt_atol: int = 0
+    exact_equal: int = 0
+    nonfinite: int = 0
+    delta_sq: float = 0.0
+    base_sq: float = 0.0
+    max_abs_delta: float = 0.0
 
 
 class BufferPool:
@@ -115,34 +132,50 @@ class TensorPair:
         """True when both tensors hold exactly the same values (cheap early exit)."""
         if self.base.dtype == self.tuned.dtype:
             return torch.equal(
-                self.base.view(-1).view(torch.uint8), self.tuned.view(-1).view(torch.uint8)
+                self.base.reshape(-1).view(torch.uint8), self.tuned.reshape(-1).view(torch.uint8)
             )
-        return bool(torch.equal(self.w0, self.w1))
+        return self.elementwise.exact_equal == self.numel
 
     @cached_property
-    def bits0(self) -> torch.Tensor:
-        return bf16_bits(self.base)
+    def elementwise(self) -> ElementStats:
+        """One chunked pass over both tensors for every element-wise statistic.
 
-    @cached_property
-    def bits1(self) -> torch.Tensor:
-        return bf16_bits(self.tuned)
-
-    @cached_property
-    def unchanged_bf16(self) -> torch.Tensor:
-        """Mask of entries whose bf16 representation is bit-identical (papers.md D1)."""
-        return bf16_unchanged(self.bits0, self.bits1)
-
-    @cached_property
-    def visible(self) -> torch.Tensor:
-        """Visible-update mask M_upd: bf16(W1) != bf16(W0) (papers.md D3)."""
-        return ~self.unchanged_bf16
+        Works on flat chunks of ``CHUNK`` entries, so its temporaries stay small whatever the
+        tensor size (an embedding matrix costs no full-size float32 copies).
+        """
+        stats = ElementStats()
+        b_flat, t_flat = self.base.reshape(-1), self.tuned.reshape(-1)
+        atol = self.settings.atol
+        cd = self.compute_dtype
+        for i in range(0, self.numel, CHUNK):
+            b, t = b_flat[i : i + CHUNK], t_flat[i : i + CHUNK]
+            b_bits, t_bits = bf16_bits(b), bf16_bits(t)
+            stats.unchanged_bf16 += int(bf16_unchanged(b_bits, t_bits).sum())
+            bad = ((b_bits & _SIGN_MASK) >= _BF16_INF) | ((t_bits & _SIGN_MASK) >= _BF16_INF)
+            stats.nonfinite += int(bad.sum())
+            # bf16 arithmetic as MUK's code: the exact difference of two bf16 values, rounded
+            d16 = t_bits.view(torch.bfloat16).float() - b_bits.view(torch.bfloat16).float()
+            d16 = d16.to(torch.bfloat16).float().abs_()
+            stats.le_atol += int((d16 <= atol).sum())
+            stats.lt_atol += int((d16 < atol).sum())
+            b_c, t_c = b.to(cd), t.to(cd)
+            stats.exact_equal += int((b_c == t_c).sum())
+            delta = t_c - b_c
+            stats.delta_sq += float(torch.linalg.vector_norm(delta, dtype=torch.float64)) ** 2
+            stats.base_sq += float(torch.linalg.vector_norm(b_c, dtype=torch.float64)) ** 2
+            if delta.numel():
+                stats.max_abs_delta = max(stats.max_abs_delta, float(delta.abs().max()))
+        return stats
 
     @cached_property
     def n_nonfinite(self) -> int:
         """Entries that are NaN or ±Inf in either tensor."""
-        bad = (self.bits0 & _SIGN_MASK) >= _BF16_INF
-        bad |= (self.bits1 & _SIGN_MASK) >= _BF16_INF
-        return int(bad.sum())
+        return self.elementwise.nonfinite
+
+    @cached_property
+    def visible(self) -> torch.Tensor:
+        """Visible-update mask M_upd: bf16(W1) != bf16(W0) (papers.md D3); full size."""
+        return ~bf16_unchanged(bf16_bits(self.base), bf16_bits(self.tuned))
 
     # -- spectral ----------------------------------------------------------------------
     @property
@@ -183,17 +216,18 @@ class TensorPair:
         """Spectrum of W1 with its top angle_k vectors."""
         return self._spectrum(self.w1, self.angle_k)
 
-    @cached_property
+    @property
     def delta_fro2(self) -> float:
         """‖ΔW‖_F², accumulated in float64."""
-        return float(torch.linalg.vector_norm(self.delta, dtype=torch.float64)) ** 2
+        return self.elementwise.delta_sq
 
     @cached_property
     def delta_sigma1(self) -> float:
-        """σ₁(ΔW): block power iteration (float32 products), or exact float64 SVD."""
+        """σ₁(ΔW): the largest eigenvalue of the float32 Gram of ΔW (``gram-f32``), or float64
+        SVD with ``spectral_method = "svd"``. σ₁ is well conditioned, so float32 suffices for
+        stable rank; it is deterministic, unlike power iteration on a flat spectrum."""
         if self.settings.spectral_method == "svd":
             self.methods.add("svd-f64")
             return float(torch.linalg.svdvals(self.delta.to(torch.float64))[0])
-        self.methods.add("power")
-        sigma, _ = top_singular_value(self.delta, max_iters=self.settings.power_iters)
-        return sigma
+        self.methods.add("gram-f32")
+        return top_singular_value(self.delta)

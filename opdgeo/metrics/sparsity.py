@@ -1,11 +1,15 @@
-"""Update sparsity: the fraction of entries a fine-tune left unchanged (papers.md D1, D2)."""
+"""Update sparsity: the fraction of entries a fine-tune left unchanged (papers.md D1, D2).
+
+All three read the counts of :attr:`opdgeo.pair.TensorPair.elementwise`, one chunked pass
+over the pair.
+"""
 
 from __future__ import annotations
 
-import torch
-
 from opdgeo.metrics import metric
 from opdgeo.pair import TensorPair
+
+NAN = float("nan")
 
 
 @metric("sparsity_bf16", columns=("sparsity_bf16", "unchanged_bf16"))
@@ -19,11 +23,8 @@ def sparsity_bf16(pair: TensorPair) -> dict[str, float]:
     relative amount > 2⁻⁸ > η (PNT App. E.2). ``unchanged_bf16`` is the count (for pooling).
     """
     n = pair.numel
-    if pair.identical and pair.n_nonfinite == 0:
-        unchanged = n
-    else:
-        unchanged = int(pair.unchanged_bf16.sum())
-    return {"sparsity_bf16": unchanged / n if n else float("nan"), "unchanged_bf16": unchanged}
+    unchanged = pair.elementwise.unchanged_bf16
+    return {"sparsity_bf16": unchanged / n if n else NAN, "unchanged_bf16": unchanged}
 
 
 @metric("sparsity_atol", columns=("sparsity_atol", "unchanged_atol", "sparsity_atol_strict"))
@@ -36,36 +37,21 @@ def sparsity_atol(pair: TensorPair) -> dict[str, float]:
     NaN differences count as changed.
     """
     n = pair.numel
-    if n == 0:
-        return {
-            "sparsity_atol": float("nan"),
-            "unchanged_atol": 0,
-            "sparsity_atol_strict": float("nan"),
-        }
-    if pair.identical and pair.n_nonfinite == 0:
-        return {"sparsity_atol": 1.0, "unchanged_atol": n, "sparsity_atol_strict": 1.0}
-    a = pair.bits1.view(torch.bfloat16).float()
-    b = pair.bits0.view(torch.bfloat16).float()
-    d = a.sub_(b).to(torch.bfloat16).float().abs_()
-    atol = pair.settings.atol
-    le = int((d <= atol).sum())
-    lt = int((d < atol).sum())
-    return {"sparsity_atol": le / n, "unchanged_atol": le, "sparsity_atol_strict": lt / n}
+    stats = pair.elementwise
+    return {
+        "sparsity_atol": stats.le_atol / n if n else NAN,
+        "unchanged_atol": stats.le_atol,
+        "sparsity_atol_strict": stats.lt_atol / n if n else NAN,
+    }
 
 
 @metric("sparsity_exact", columns=("sparsity_exact",))
 def sparsity_exact(pair: TensorPair) -> dict[str, float]:
     """Fraction of entries exactly equal in the stored precision: ``#{W1_i == W0_i} / n``.
 
-    Compared after upcasting both to the compute dtype (exact for bf16/fp16/fp32). For
-    fp32-stored checkpoints this is the sparsity the storage really has; sparsity_bf16
-    rounds it away (RAZOR 2509.04259 §6).
+    Compared after upcasting both to the compute dtype (exact for bf16/fp16/fp32); NaN never
+    equals anything. For fp32-stored checkpoints this is the sparsity the storage really has;
+    sparsity_bf16 rounds it away (RAZOR 2509.04259 §6).
     """
     n = pair.numel
-    if n == 0:
-        return {"sparsity_exact": float("nan")}
-    if pair.identical:
-        same = n - pair.n_nonfinite
-    else:
-        same = int((pair.w0 == pair.w1).sum())
-    return {"sparsity_exact": same / n}
+    return {"sparsity_exact": pair.elementwise.exact_equal / n if n else NAN}
