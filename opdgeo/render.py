@@ -7,7 +7,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,43 +47,48 @@ def _missing(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
+SUMMARY_FIELDS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
+    ("conf", "confidence", lambda x: f"{float(x):.2f}"),
+    ("params", "n_params", lambda x: _params(x)),
+    ("sparsity\nbf16", "sparsity_bf16", _pct),
+    ("sparsity\natol", "sparsity_atol", _pct),
+    ("rel\nnorm", "rel_norm", _num),
+    ("angle\n(deg)", "principal_angle_deg", _num),
+    ("NSS", "nss", _num),
+    ("princ.\nenergy", "principal_energy", _pct),
+    ("princ.\noverlap", "principal_overlap", _pct),
+    ("low-mag\noverlap", "lowmag_overlap", _pct),
+    ("stable\nrank", "stable_rank", _num),
+)
+WIDE_LAYOUT_COLUMNS = 140
+"""Below this terminal width the summary is transposed: one column per run."""
+
+
+def _regime(s: dict[str, Any]) -> Text:
+    return Text(s["regime"], style=REGIME_STYLE.get(s["regime"], ""))
+
+
 def render_table(console: Console, runs: Sequence[RunResult], settings_line: str) -> None:
     """Print the human report: summary table, reasons, top modules, relative order, skipped."""
     base = runs[0].summary["base"]
-    table = Table(title=f"opdgeo compare  base: {base}", caption=settings_line, show_lines=False)
-    for header, justify in (
-        ("run", "left"),
-        ("regime", "left"),
-        ("conf", "right"),
-        ("params", "right"),
-        ("sparsity\nbf16", "right"),
-        ("sparsity\natol", "right"),
-        ("rel\nnorm", "right"),
-        ("angle\n(deg)", "right"),
-        ("NSS", "right"),
-        ("princ.\nenergy", "right"),
-        ("princ.\noverlap", "right"),
-        ("low-mag\noverlap", "right"),
-        ("stable\nrank", "right"),
-    ):
-        table.add_column(header, justify=justify)  # type: ignore[arg-type]
-    for run in runs:
-        s = run.summary
-        table.add_row(
-            str(s["run"]),
-            Text(s["regime"], style=REGIME_STYLE.get(s["regime"], "")),
-            f"{s['confidence']:.2f}",
-            _params(s["n_params"]),
-            _pct(s["sparsity_bf16"]),
-            _pct(s["sparsity_atol"]),
-            _num(s["rel_norm"]),
-            _num(s["principal_angle_deg"]),
-            _num(s["nss"]),
-            _pct(s["principal_energy"]),
-            _pct(s["principal_overlap"]),
-            _pct(s["lowmag_overlap"]),
-            _num(s["stable_rank"]),
-        )
+    table = Table(title=f"opdgeo compare  base: {base}", caption=settings_line)
+    if console.width >= WIDE_LAYOUT_COLUMNS:
+        table.add_column("run")
+        table.add_column("regime")
+        for header, _, _ in SUMMARY_FIELDS:
+            table.add_column(header, justify="right")
+        for run in runs:
+            s = run.summary
+            table.add_row(
+                str(s["run"]), _regime(s), *(fmt(s[key]) for _, key, fmt in SUMMARY_FIELDS)
+            )
+    else:
+        table.add_column("")
+        for run in runs:
+            table.add_column(str(run.summary["run"]), justify="right")
+        table.add_row("regime", *(_regime(r.summary) for r in runs))
+        for header, key, fmt in SUMMARY_FIELDS:
+            table.add_row(header.replace("\n", " "), *(fmt(r.summary[key]) for r in runs))
     console.print(table)
     for run in runs:
         _render_reasons(console, run)
