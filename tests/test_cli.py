@@ -225,3 +225,16 @@ def test_demo_command(tmp_path: Path) -> None:
     code, out, err = run("demo", str(tmp_path / "d"), "-f", "csv")
     assert code == 0, err
     assert pd.read_csv(io.StringIO(out))["regime"].tolist() == ["sft-like", "opd-like", "rlvr-like"]
+
+
+def test_progress_goes_to_stderr_only(family: dict[str, Path]) -> None:
+    # rich treats stderr as an interactive terminal under these variables, so the bar renders.
+    env = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"}
+    result = runner.invoke(app, ["compare", str(family["base"]), str(family["sft"]), "-f", "csv"],
+                           env=env)  # fmt: skip
+    assert result.exit_code == 0
+    assert "eta" in result.stderr
+    frame = pd.read_csv(io.StringIO(result.stdout))
+    assert frame["regime"].tolist() == ["sft-like"]
+    quiet = runner.invoke(app, ["compare", str(family["base"]), str(family["sft"]), "-q"], env=env)
+    assert "eta" not in quiet.stderr
