@@ -44,15 +44,25 @@ def gram(w: torch.Tensor) -> torch.Tensor:
     return g
 
 
-def _right_vectors(w: torch.Tensor, u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """``V_k = Wᵀ U_k / s_k`` in float64 (columns with s_k == 0 are left at zero)."""
+def _right_vectors(w: torch.Tensor, u: torch.Tensor, s: torch.Tensor, s_max: float) -> torch.Tensor:
+    """``V_k = Wᵀ U_k / s_k`` in float64.
+
+    Where s_k is numerically zero for the Gram route (≤ 10·sqrt(max(m, n)·eps)·s_1: eigenvalues
+    of WWᵀ carry absolute errors of order eps·s_1², so smaller singular values are noise) the
+    direction is arbitrary: those columns are completed to an orthonormal set by QR, so V_k
+    always has orthonormal columns.
+    """
     m, n = w.shape
-    v = torch.empty(n, u.shape[1], dtype=torch.float64, device=w.device)
-    step = max(1, _CHUNK_ELEMS // max(1, m))
-    for j in range(0, n, step):
-        v[j : j + step] = w[:, j : j + step].to(torch.float64).T @ u
-    scale = torch.where(s > 0, 1.0 / s.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
-    return v * scale
+    v = project_left(w, u).T
+    tol = 10 * math.sqrt(max(m, n) * torch.finfo(torch.float64).eps) * s_max
+    good = s > tol
+    v = v * torch.where(good, 1.0 / s.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    if bool(good.all()):
+        return v
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    filler = torch.randn(v.shape, generator=gen, dtype=torch.float64).to(v.device)
+    q, _ = torch.linalg.qr(torch.where(good, v, filler))
+    return torch.where(good, v, q)
 
 
 def spectrum(w: torch.Tensor, k: int, method: str = "gram") -> Spectrum:
@@ -77,7 +87,8 @@ def spectrum(w: torch.Tensor, k: int, method: str = "gram") -> Spectrum:
     evals, evecs = torch.linalg.eigh(gram(w))
     s = evals.flip(0).clamp_min(0.0).sqrt()
     u = evecs.flip(1)[:, :k].contiguous()
-    return Spectrum(s, u, _right_vectors(w, u, s[:k]), "gram-eigh-f64")
+    s_max = float(s[0]) if s.numel() else 0.0
+    return Spectrum(s, u, _right_vectors(w, u, s[:k], s_max), "gram-eigh-f64")
 
 
 def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -229,5 +229,5 @@ class TensorPair:
         if self.settings.spectral_method == "svd":
             self.methods.add("svd-f64")
             return float(torch.linalg.svdvals(self.delta.to(torch.float64))[0])
-        self.methods.add("gram-f32")
+        self.methods.add("gram-f64" if self.delta.dtype == torch.float64 else "gram-f32")
         return top_singular_value(self.delta)
