@@ -1,25 +1,33 @@
 """The ``opdgeo`` command line: a thin layer over :mod:`opdgeo.report`.
 
-stdout carries data only (table, CSV or JSON); progress, warnings and errors go to stderr.
-Exit codes: 0 ok, 1 error, 2 usage, 3 not comparable, 130 interrupted (see README).
+stdout carries data only (table, CSV or JSON); progress, plans, notes and errors go to
+stderr. Exit codes: 0 ok, 1 error, 2 usage, 3 not comparable, 4 Hub access, 5 offline cache
+miss, 130 interrupted (see README).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import sys
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
 from opdgeo import __version__
-from opdgeo.errors import EXIT_ERROR, EXIT_INTERRUPTED, OpdgeoError
+from opdgeo.errors import EXIT_ERROR, EXIT_INTERRUPTED, ConfigError, OpdgeoError
+
+if TYPE_CHECKING:
+    from opdgeo.config import Config
+    from opdgeo.hub import HubOptions
+    from opdgeo.report import RunResult
+    from opdgeo.sources import Checkpoint
 
 app = typer.Typer(
     name="opdgeo",
@@ -42,6 +50,31 @@ class Scope(StrEnum):
     all = "all"
     linear = "linear"
     attention = "attention"
+
+
+SOURCE_HELP = ".safetensors file, checkpoint directory, or Hub id org/name[@revision]."
+FormatOpt = Annotated[
+    Format | None,
+    typer.Option("--format", "-f", help="table (default on a terminal), csv (when piped) or json."),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Hub token (default: HF_TOKEN or the stored `hf auth login`); never printed."
+    ),
+]
+OfflineOpt = Annotated[
+    bool, typer.Option("--offline", help="Use the local Hub cache only (as HF_HUB_OFFLINE=1).")
+]
+KeepOpt = Annotated[
+    bool,
+    typer.Option(
+        "--keep/--no-keep",
+        help="Keep downloaded shards in the Hub cache, or delete each once read (~2 on disk).",
+    ),
+]
+PathOpt = Annotated[Path | None, typer.Option(dir_okay=False)]
 
 
 def _err() -> Console:
@@ -74,9 +107,7 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
     version: Annotated[
         bool,
-        typer.Option(
-            "--version", callback=_version, is_eager=True, help="Print the version and exit."
-        ),
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
     """opdgeo: parameter-space diagnostics of post-training (SFT / OPD / RLVR)."""
@@ -84,171 +115,207 @@ def _root(
         _state["debug"] = True
 
 
+def _hub_options(token: str | None, offline: bool, keep: bool, quiet: bool) -> HubOptions:
+    from opdgeo.hub import HubOptions
+
+    show = not quiet and _err().is_terminal
+    if not show:
+        from huggingface_hub.utils.tqdm import disable_progress_bars
+
+        disable_progress_bars()
+    return HubOptions(token=token, offline=offline, keep=keep, progress=show)
+
+
 @app.command()
 def compare(
-    base: Annotated[str, typer.Argument(help="Base checkpoint: .safetensors file or directory.")],
+    base: Annotated[str, typer.Argument(help=f"Base checkpoint: {SOURCE_HELP}")],
     tuned: Annotated[list[str], typer.Argument(help="One or more fine-tuned checkpoints.")],
-    fmt: Annotated[
-        Format | None,
-        typer.Option(
-            "--format",
-            "-f",
-            help="table (default on a terminal), csv (default when piped) or json.",
-        ),
-    ] = None,  # noqa: E501
+    fmt: FormatOpt = None,
     output: Annotated[
         Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            dir_okay=False,
-            help="Write the report here instead of stdout (atomic).",
-        ),
-    ] = None,  # noqa: E501
+        typer.Option("--output", "-o", dir_okay=False, help="Write the report here (atomic)."),
+    ] = None,
     per_tensor: Annotated[
         Path | None,
         typer.Option("--per-tensor", dir_okay=False, help="Also write per-tensor rows (CSV)."),
-    ] = None,  # noqa: E501
+    ] = None,
     per_group: Annotated[
         Path | None,
-        typer.Option(
-            "--per-group",
-            dir_okay=False,
-            help="Also write per-module-type and per-layer rows (CSV).",
-        ),
-    ] = None,  # noqa: E501
+        typer.Option("--per-group", dir_okay=False, help="Also write per-module/layer rows (CSV)."),
+    ] = None,
     scope: Annotated[
         Scope | None,
-        typer.Option(
-            help="Tensors to compare: all, linear (2-D weights in blocks) or attention (q/k/v/o)."
-        ),
-    ] = None,  # noqa: E501
-    include: Annotated[
-        str | None, typer.Option(help="Regex: compare only matching tensor names.")
+        typer.Option(help="all tensors, linear (2-D weights in blocks) or attention (q/k/v/o)."),
     ] = None,
-    exclude: Annotated[
-        str | None, typer.Option(help="Regex: leave out matching tensor names.")
-    ] = None,
+    include: Annotated[str | None, typer.Option(help="Regex: compare only these names.")] = None,
+    exclude: Annotated[str | None, typer.Option(help="Regex: leave these names out.")] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="TOML config (see configs/).")
     ] = None,
     exact: Annotated[
-        bool,
-        typer.Option("--exact", help="Float64 full SVD instead of float64 Gram + eigh (slow)."),
-    ] = False,  # noqa: E501
-    k: Annotated[
-        int | None,
-        typer.Option(
-            "--k", min=1, help="Top-k for principal angles (default min(m,n)//8, max 512)."
-        ),
-    ] = None,  # noqa: E501
-    alpha: Annotated[
-        float | None,
-        typer.Option(
-            "--alpha", help="Mask fraction for principal / low-magnitude overlap (default 0.3)."
-        ),
-    ] = None,  # noqa: E501
-    device: Annotated[
-        str | None, typer.Option("--device", help="cpu or cuda for the linear algebra.")
-    ] = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")
+        bool, typer.Option("--exact", help="Float64 full SVD instead of float64 Gram + eigh.")
     ] = False,
+    k: Annotated[
+        int | None, typer.Option("--k", min=1, help="Principal-angle k (default min(m,n)//8).")
+    ] = None,
+    alpha: Annotated[
+        float | None, typer.Option(help="Mask fraction of the overlap metrics (default 0.3).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda for the linear algebra.")] = None,
+    token: TokenOpt = None,
+    offline: OfflineOpt = False,
+    keep: KeepOpt = True,
+    quiet: QuietOpt = False,
 ) -> None:
     """Compare each TUNED checkpoint against BASE, tensor by tensor, and name its regime."""
-    from opdgeo import engine, render, report
+    from opdgeo import engine, render
     from opdgeo.config import load_config
-    from opdgeo.pairing import plan_pairs
-    from opdgeo.sources import open_checkpoint
 
     with user_errors():
         cfg = load_config(
             config,
             scope=scope.value if scope else None,
-            include=include,
-            exclude=exclude,
+            include=_regex(include, "--include"),
+            exclude=_regex(exclude, "--exclude"),
             angle_k=k,
             alpha=alpha,
             device=device,
             spectral_method="svd" if exact else None,
         )
-        _check_regex(cfg.settings.include, "--include")
-        _check_regex(cfg.settings.exclude, "--exclude")
         engine.check_device(cfg.settings)
-        inputs = [base, *tuned]
-        targets = [
-            render.check_output_path(p, inputs) for p in (output, per_tensor, per_group) if p
-        ]
-        del targets
-        err = _err()
-        base_ckpt = open_checkpoint(base)
+        for path in (output, per_tensor, per_group):
+            if path:
+                render.check_output_path(path, [base, *tuned])
+        hub = _hub_options(token, offline, keep, quiet)
+        runs = _run_compare(base, tuned, cfg, hub, quiet)
+        _emit(runs, cfg, fmt, output, per_tensor, per_group)
+
+
+def _run_compare(
+    base: str, tuned: list[str], cfg: Config, hub: HubOptions, quiet: bool
+) -> list[RunResult]:
+    """Open every checkpoint (headers only), show the plan, then stream each comparison."""
+    from opdgeo import engine, report
+    from opdgeo.pairing import plan_pairs
+    from opdgeo.sources import open_checkpoint
+
+    err = _err()
+    base_ckpt = open_checkpoint(base, hub)
+    try:
+        tuned_ckpts = [open_checkpoint(spec, hub) for spec in tuned]
+        plans = [plan_pairs(base_ckpt, t, cfg.settings) for t in tuned_ckpts]
+        if not quiet:
+            _print_plan(err, base_ckpt, tuned_ckpts, plans)
         runs = []
-        for spec in tuned:
-            tuned_ckpt = open_checkpoint(spec)
-            plan = plan_pairs(base_ckpt, tuned_ckpt, cfg.settings)
+        for tuned_ckpt, plan in zip(tuned_ckpts, plans, strict=True):
             records = engine.compare(base_ckpt, tuned_ckpt, plan, cfg.settings)
-            with _progress(
-                err, quiet, f"{spec}", plan.n_params + sum(p.numel for p in plan.pairs if p.tied)
-            ) as advance:  # noqa: E501
+            total = sum(p.numel for p in plan.pairs)
+            with _progress(err, quiet, tuned_ckpt.label, total) as advance:
                 runs.append(report.build_run(_tracked(records, advance), cfg))
             tuned_ckpt.close()
             if not quiet:
                 _notes(err, runs[-1])
+    finally:
         base_ckpt.close()
-        report.add_relative_order(runs)
+    report.add_relative_order(runs)
+    return runs
 
-        chosen = fmt or (Format.table if sys.stdout.isatty() and output is None else Format.csv)
-        settings_line = (
-            f"scope={cfg.settings.scope} alpha={cfg.settings.alpha} atol={cfg.settings.atol:g} "
-            f"method={cfg.settings.spectral_method} device={cfg.settings.device}"
+
+def _print_plan(err: Console, base: Checkpoint, tuned: list[Checkpoint], plans: list[Any]) -> None:
+    """Before any download: what will be compared, skipped and fetched."""
+    remote = [c for c in (base, *tuned) if c.fetcher is not None]
+    for ckpt, plan in zip(tuned, plans, strict=True):
+        if remote or plan.skipped:
+            err.print(
+                f"plan: {ckpt.label}: {len(plan.pairs)} tensor pairs to compare, "
+                f"{len(plan.skipped)} skipped"
+            )
+    for ckpt in remote:
+        total, cached = ckpt.download_bytes()
+        err.print(
+            f"plan: {ckpt.label}: {len(ckpt.files)} shard(s), {total / 1e9:.2f} GB of weights, "
+            f"{cached / 1e9:.2f} GB already cached, {(total - cached) / 1e9:.2f} GB to download"
         )
-        if chosen is Format.table:
-            text = _table_text(runs, settings_line, to_file=output is not None)
-        elif chosen is Format.csv:
-            text = render.csv_text(report.summary_frame(runs))
+
+
+def _emit(
+    runs: list[RunResult],
+    cfg: Config,
+    fmt: Format | None,
+    output: Path | None,
+    per_tensor: Path | None,
+    per_group: Path | None,
+) -> None:
+    """Write the report (stdout or -o) and the optional per-tensor / per-group CSVs."""
+    from opdgeo import render, report
+
+    chosen = fmt or (Format.table if sys.stdout.isatty() and output is None else Format.csv)
+    s = cfg.settings
+    settings_line = (
+        f"scope={s.scope} alpha={s.alpha} atol={s.atol:g} method={s.spectral_method} "
+        f"device={s.device}"
+    )
+    if chosen is Format.table:
+        text = _table_text(runs, settings_line, to_file=output is not None)
+    elif chosen is Format.csv:
+        text = render.csv_text(report.summary_frame(runs))
+    else:
+        meta = {
+            "schema_version": 1,
+            "opdgeo_version": __version__,
+            "command": shlex.join(["opdgeo", *_redacted(sys.argv[1:])]),
+            "settings": dict(vars(cfg.settings)),
+            "thresholds": dict(vars(cfg.thresholds)),
+        }
+        text = render.json_text(report.to_json(runs, meta))
+    if per_tensor:
+        render.write_atomic(per_tensor, render.csv_text(report.tensors_frame(runs)))
+    if per_group:
+        render.write_atomic(per_group, render.csv_text(report.groups_frame(runs)))
+    if output:
+        render.write_atomic(output, text)
+    elif text:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+def _redacted(argv: list[str]) -> list[str]:
+    """The command line with any token value replaced by ***."""
+    out: list[str] = []
+    hide = False
+    for arg in argv:
+        if hide:
+            out.append("***")
+            hide = False
+        elif arg == "--token":
+            out.append(arg)
+            hide = True
+        elif arg.startswith("--token="):
+            out.append("--token=***")
         else:
-            meta = {
-                "schema_version": 1,
-                "opdgeo_version": __version__,
-                "command": shlex.join(["opdgeo", *sys.argv[1:]]),
-                "settings": dict(vars(cfg.settings)),
-                "thresholds": dict(vars(cfg.thresholds)),
-            }
-            text = render.json_text(report.to_json(runs, meta))
-        if per_tensor:
-            render.write_atomic(per_tensor, render.csv_text(report.tensors_frame(runs)))
-        if per_group:
-            render.write_atomic(per_group, render.csv_text(report.groups_frame(runs)))
-        if output:
-            render.write_atomic(output, text)
-        elif text:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            out.append(arg)
+    return out
 
 
-def _table_text(runs: list[Any], settings_line: str, to_file: bool) -> str:
+def _table_text(runs: list[RunResult], settings_line: str, to_file: bool) -> str:
     from opdgeo import render
 
     if not to_file and sys.stdout.isatty():
         render.render_table(Console(), runs, settings_line)
         return ""
-    console = Console(file=None, record=True, width=160, color_system=None, force_terminal=False)
+    console = Console(width=160, color_system=None, force_terminal=False)
     with console.capture() as capture:
         render.render_table(console, runs, settings_line)
     return capture.get()
 
 
-def _check_regex(pattern: str | None, option: str) -> None:
-    import re
-
-    from opdgeo.errors import ConfigError
-
-    if pattern is None:
-        return
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise ConfigError(f"{option}: invalid regular expression {pattern!r}: {exc}") from None
+def _regex(pattern: str | None, option: str) -> str | None:
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"{option}: invalid regular expression {pattern!r}: {exc}") from None
+    return pattern
 
 
 @contextlib.contextmanager
@@ -261,7 +328,6 @@ def _progress(err: Console, quiet: bool, label: str, total: int) -> Iterator[Any
         TimeRemainingColumn,
     )
 
-    disable = quiet or not err.is_terminal
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -271,7 +337,7 @@ def _progress(err: Console, quiet: bool, label: str, total: int) -> Iterator[Any
         TimeRemainingColumn(),
         console=err,
         transient=True,
-        disable=disable,
+        disable=quiet or not err.is_terminal,
         redirect_stdout=False,
         redirect_stderr=False,
     )
@@ -282,11 +348,11 @@ def _progress(err: Console, quiet: bool, label: str, total: int) -> Iterator[Any
 
 def _tracked(records: Iterator[dict[str, Any]], advance: Any) -> Iterator[dict[str, Any]]:
     for record in records:
-        advance(int(record.get("numel") or 0))
+        advance(int(record.get("numel") or 0) if not record.get("tied") else 0)
         yield record
 
 
-def _notes(err: Console, run: Any) -> None:
+def _notes(err: Console, run: RunResult) -> None:
     skipped = run.skipped
     if skipped:
         err.print(
@@ -302,109 +368,91 @@ def _notes(err: Console, run: Any) -> None:
 
 @app.command()
 def inspect(
-    source: Annotated[str, typer.Argument(help="Checkpoint: .safetensors file or directory.")],
-    fmt: Annotated[
-        Format | None, typer.Option("--format", "-f", help="table, csv or json.")
-    ] = None,
+    source: Annotated[str, typer.Argument(help=f"Checkpoint: {SOURCE_HELP}")],
+    fmt: FormatOpt = None,
+    token: TokenOpt = None,
+    offline: OfflineOpt = False,
 ) -> None:
     """List tensors, dtypes, shapes and bytes from the headers only (no weights are read)."""
-    import pandas as pd
-
     from opdgeo import render
-    from opdgeo.aggregate import clean
-    from opdgeo.naming import layer_index, module_type
     from opdgeo.sources import open_checkpoint
 
     with user_errors():
-        ckpt = open_checkpoint(source)
-        names = sorted(ckpt.tensors, key=ckpt.file_position)
-        frame = pd.DataFrame(
-            [
-                {
-                    "tensor": n,
-                    "dtype": ckpt.tensors[n].dtype,
-                    "shape": "x".join(map(str, ckpt.tensors[n].shape)),
-                    "numel": ckpt.tensors[n].numel,
-                    "nbytes": ckpt.tensors[n].nbytes,
-                    "module": module_type(n),
-                    "layer": layer_index(n),
-                    "file": ckpt.tensors[n].file.name,
-                }
-                for n in names
-            ]
-        )
+        ckpt = open_checkpoint(source, _hub_options(token, offline, True, quiet=True))
+        frame = _inspect_frame(ckpt)
         chosen = fmt or (Format.table if sys.stdout.isatty() else Format.csv)
         if chosen is Format.csv:
             sys.stdout.write(render.csv_text(frame))
         elif chosen is Format.json:
+            from opdgeo.aggregate import clean
+
+            total, cached = ckpt.download_bytes()
             doc = {
-                "source": source,
-                "n_tensors": len(names),
+                "source": ckpt.label,
+                "n_tensors": len(frame),
                 "n_params": ckpt.n_params,
                 "nbytes": ckpt.nbytes,
                 "dtypes": ckpt.dtypes,
-                "files": [f.name for f in ckpt.files],
+                "files": [str(f) for f in ckpt.files],
+                "remote_bytes": total,
+                "cached_bytes": cached,
                 "tensors": [
                     {k: clean(v) for k, v in r.items()} for r in frame.to_dict(orient="records")
                 ],
             }
             sys.stdout.write(render.json_text(doc))
         else:
-            from rich.table import Table
+            render.render_inspect(Console(), ckpt, frame)
+        ckpt.close()
 
-            table = Table(
-                title=f"{source}: {len(names)} tensors, {ckpt.n_params:,} params, "
-                f"{ckpt.nbytes / 1e6:.1f} MB, {', '.join(ckpt.dtypes)}"
-            )
-            for col in ("tensor", "dtype", "shape", "numel", "file"):
-                table.add_column(col, justify="right" if col == "numel" else "left")
-            for row in frame.itertuples():
-                table.add_row(
-                    *(str(x) for x in (row.tensor, row.dtype, row.shape)),
-                    f"{row.numel:,}",
-                    str(row.file),
-                )
-            Console().print(table)
+
+def _inspect_frame(ckpt: Checkpoint) -> Any:
+    import pandas as pd
+
+    from opdgeo.naming import layer_index, module_type
+
+    names = sorted(ckpt.tensors, key=ckpt.file_position)
+    return pd.DataFrame(
+        [
+            {
+                "tensor": n,
+                "dtype": ckpt.tensors[n].dtype,
+                "shape": "x".join(map(str, ckpt.tensors[n].shape)),
+                "numel": ckpt.tensors[n].numel,
+                "nbytes": ckpt.tensors[n].nbytes,
+                "module": module_type(n),
+                "layer": layer_index(n),
+                "file": ckpt.tensors[n].file.name,
+            }
+            for n in names
+        ],
+        columns=["tensor", "dtype", "shape", "numel", "nbytes", "module", "layer", "file"],
+    )
 
 
 @app.command()
 def demo(
-    directory: Annotated[
-        Path, typer.Argument(help="Where to write the synthetic checkpoints.")
-    ] = Path("demo"),
-    fmt: Annotated[
-        Format | None, typer.Option("--format", "-f", help="table, csv or json.")
-    ] = None,
+    directory: Annotated[Path, typer.Argument(help="Where to write the checkpoints.")] = Path(
+        "demo"
+    ),
+    fmt: FormatOpt = None,
     seed: Annotated[int, typer.Option(help="Random seed of the synthetic family.")] = 0,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")
-    ] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Generate a small synthetic base + SFT/OPD/RLVR-like family and compare it."""
+    from opdgeo.config import load_config
     from opdgeo.synthetic import write_family
 
     with user_errors():
         paths = write_family(directory, seed=seed)
         if not quiet:
             _err().print(f"wrote synthetic checkpoints to {directory}/ (base, sft, opd, rlvr)")
-    args = [str(paths["base"]), str(paths["sft"]), str(paths["opd"]), str(paths["rlvr"])]
-    compare(
-        args[0],
-        args[1:],
-        fmt=fmt,
-        output=None,
-        per_tensor=None,
-        per_group=None,
-        scope=None,
-        include=None,
-        exclude=None,
-        config=None,
-        exact=False,
-        k=None,
-        alpha=None,
-        device=None,
-        quiet=quiet,
-    )
+        tuned = [str(paths[k]) for k in ("sft", "opd", "rlvr")]
+        cfg = load_config()
+        runs = _run_compare(
+            str(paths["base"]), tuned, cfg, _hub_options(None, True, True, True), quiet
+        )
+        _emit(runs, cfg, fmt, None, None, None)
 
 
 def main() -> None:

@@ -56,6 +56,8 @@ def spectral_skip_reason(pair: Pair, tensor_pair: TensorPair, settings: Settings
         return f"smaller side {min(pair.shape)} > max_spectral_dim {settings.max_spectral_dim}"
     if tensor_pair.n_nonfinite:
         return "non-finite values"
+    if tensor_pair.elementwise.base_sq == 0:
+        return "all-zero base matrix (no singular subspaces)"
     return None
 
 
@@ -94,6 +96,8 @@ def compare(
     """Yield one record per planned pair (in tuned-file order), then one per skipped tensor."""
     check_device(settings)
     pool = BufferPool(settings.device)
+    base.prepare([p.base_name for p in plan.pairs])
+    tuned.prepare([p.tuned_name for p in plan.pairs])
     for pair in plan.pairs:
         w0 = base.read(pair.base_name, pair.rows)
         w1 = tuned.read(pair.tuned_name, pair.rows)

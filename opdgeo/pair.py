@@ -151,8 +151,6 @@ class TensorPair:
             b, t = b_flat[i : i + CHUNK], t_flat[i : i + CHUNK]
             b_bits, t_bits = bf16_bits(b), bf16_bits(t)
             stats.unchanged_bf16 += int(bf16_unchanged(b_bits, t_bits).sum())
-            bad = ((b_bits & _SIGN_MASK) >= _BF16_INF) | ((t_bits & _SIGN_MASK) >= _BF16_INF)
-            stats.nonfinite += int(bad.sum())
             # bf16 arithmetic as MUK's code: the exact difference of two bf16 values, rounded
             d16 = t_bits.view(torch.bfloat16).float() - b_bits.view(torch.bfloat16).float()
             d16 = d16.to(torch.bfloat16).float().abs_()
@@ -160,9 +158,13 @@ class TensorPair:
             stats.lt_atol += int((d16 < atol).sum())
             b_c, t_c = b.to(cd), t.to(cd)
             stats.exact_equal += int((b_c == t_c).sum())
-            delta = t_c - b_c
+            # norms over the finite entries only, so one NaN does not poison the totals
+            bad = ~(torch.isfinite(b_c) & torch.isfinite(t_c))
+            stats.nonfinite += int(bad.sum())
+            delta = torch.where(bad, 0.0, t_c - b_c)
+            base = torch.where(bad, 0.0, b_c)
             stats.delta_sq += float(torch.linalg.vector_norm(delta, dtype=torch.float64)) ** 2
-            stats.base_sq += float(torch.linalg.vector_norm(b_c, dtype=torch.float64)) ** 2
+            stats.base_sq += float(torch.linalg.vector_norm(base, dtype=torch.float64)) ** 2
             if delta.numel():
                 stats.max_abs_delta = max(stats.max_abs_delta, float(delta.abs().max()))
         return stats

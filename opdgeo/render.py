@@ -18,6 +18,7 @@ from rich.text import Text
 
 from opdgeo.errors import OpdgeoError
 from opdgeo.report import RunResult
+from opdgeo.sources import Checkpoint
 
 REGIME_STYLE = {
     "sft-like": "bold red",
@@ -231,3 +232,22 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def render_inspect(console: Console, ckpt: Checkpoint, frame: pd.DataFrame) -> None:
+    """Header-only listing of one checkpoint."""
+    title = (
+        f"{ckpt.label}: {len(frame)} tensors, {ckpt.n_params:,} params, "
+        f"{ckpt.nbytes / 1e6:.1f} MB, {', '.join(ckpt.dtypes)}"
+    )
+    total, cached = ckpt.download_bytes()
+    if total:
+        title += f"; {total / 1e9:.2f} GB on the Hub, {cached / 1e9:.2f} GB cached"
+    table = Table(title=title)
+    for col in ("tensor", "dtype", "shape", "numel", "file"):
+        table.add_column(col, justify="right" if col == "numel" else "left")
+    for row in frame.itertuples():
+        table.add_row(
+            str(row.tensor), str(row.dtype), str(row.shape), f"{row.numel:,}", str(row.file)
+        )
+    console.print(table)

@@ -80,24 +80,35 @@ def _fail(path: Path, problem: str) -> FormatError:
     return FormatError(f"{path}: not a valid safetensors file: {problem}")
 
 
+def header_length(path: Path, head: bytes, size: int) -> int:
+    """Validate the 8-byte little-endian header length ``head`` of a ``size``-byte file."""
+    if len(head) < 8:
+        raise _fail(path, f"file is {size} bytes, shorter than the 8-byte header length")
+    (n,) = struct.unpack("<Q", head[:8])
+    if n > MAX_HEADER_BYTES:
+        raise _fail(path, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
+    if n > size - 8:
+        raise _fail(path, f"header length {n} is larger than the file ({size} bytes)")
+    return int(n)
+
+
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Parse and validate the header of ``path``; return tensor infos and ``__metadata__``."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise _fail(path, f"file is {size} bytes, shorter than the 8-byte header length")
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER_BYTES:
-                raise _fail(path, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
-            if n > size - 8:
-                raise _fail(path, f"header length {n} is larger than the file ({size} bytes)")
+            n = header_length(path, fh.read(8), size)
             raw = fh.read(n)
     except FormatError:
         raise
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return parse_header(path, raw, size)
+
+
+def parse_header(path: Path, raw: bytes, size: int) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Validate the JSON header ``raw`` of a ``size``-byte file (from disk or a range read)."""
+    n = len(raw)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -177,11 +188,15 @@ class TensorReader:
             self._path = path
         return self._fh
 
-    def read(self, info: TensorInfo, rows: int | None = None) -> torch.Tensor:
+    def read(
+        self, info: TensorInfo, rows: int | None = None, path: Path | None = None
+    ) -> torch.Tensor:
         """Read ``info`` (or only its first ``rows`` rows) as a CPU tensor of its own dtype.
 
-        Non-float dtypes come back as raw uint8 bytes; callers skip them anyway.
+        ``path`` overrides ``info.file`` (a downloaded copy of a remote shard). Non-float
+        dtypes come back as raw uint8 bytes; callers skip them anyway.
         """
+        path = path or info.file
         shape = info.shape
         nbytes = info.nbytes
         if rows is not None:
@@ -191,12 +206,12 @@ class TensorReader:
             nbytes = math.prod(shape) * DTYPE_BYTES[info.dtype]
         buf = torch.empty(nbytes, dtype=torch.uint8)
         if nbytes:
-            fh = self._handle(info.file)
+            fh = self._handle(path)
             fh.seek(info.start)
             got = fh.readinto(buf.numpy().data)
             if got != nbytes:
                 raise _fail(
-                    info.file,
+                    path,
                     f"truncated: tensor {info.name!r} needs {nbytes} bytes, file ends after {got}",
                 )
         dtype = FLOAT_DTYPES.get(info.dtype)

@@ -10,25 +10,61 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from opdgeo.errors import SourceError
 from opdgeo.safetensors_io import TensorInfo, TensorReader, read_header
 
+if TYPE_CHECKING:
+    from opdgeo.hub import HubOptions
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class ShardFetcher(Protocol):
+    """Makes remote shards local on demand (see :mod:`opdgeo.hub`)."""
+
+    def local(self, shard: str) -> Path:
+        """Local path of ``shard``, downloading it (or waiting for its prefetch) if needed."""
+        ...
+
+    def prefetch(self, shard: str) -> None:
+        """Start fetching ``shard`` in the background."""
+        ...
+
+    def release(self, shard: str) -> None:
+        """``shard`` is no longer needed by this comparison (may delete it)."""
+        ...
+
+    def cached(self, shard: str) -> bool:
+        """Whether ``shard`` is already local (no download needed)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
 class Checkpoint:
-    """Header view of one checkpoint plus a streaming reader (one open file at a time)."""
+    """Header view of one checkpoint plus a streaming reader (one open file at a time).
+
+    For remote checkpoints ``files`` are shard names and ``fetcher`` turns them into local
+    paths when a tensor is first read; :meth:`prepare` tells the checkpoint the order of the
+    coming reads so the next shard can be prefetched and finished ones released.
+    """
 
     label: str
     tensors: dict[str, TensorInfo]
     files: list[Path]
     config: dict[str, Any] = field(default_factory=dict)
+    fetcher: ShardFetcher | None = None
+    shard_sizes: dict[Path, int] = field(default_factory=dict)
+    """Bytes of each remote shard (empty for local checkpoints)."""
     _reader: TensorReader = field(default_factory=TensorReader, repr=False)
+    _remaining: dict[Path, int] = field(default_factory=dict, repr=False)
+    _next: dict[Path, Path] = field(default_factory=dict, repr=False)
+    _local: dict[Path, Path] = field(default_factory=dict, repr=False)
 
     @property
     def n_params(self) -> int:
@@ -51,24 +87,89 @@ class Checkpoint:
         value = self.config.get("tie_word_embeddings")
         return value if isinstance(value, bool) else None
 
+    def download_bytes(self) -> tuple[int, int]:
+        """(bytes of the remote shards, of which already cached); (0, 0) when local."""
+        if self.fetcher is None:
+            return 0, 0
+        fetcher = self.fetcher
+        cached = sum(n for shard, n in self.shard_sizes.items() if fetcher.cached(str(shard)))
+        return sum(self.shard_sizes.values()), cached
+
     def file_position(self, name: str) -> tuple[int, int]:
         """Sort key that orders tensors as they lie on disk (file, then offset)."""
         info = self.tensors[name]
         return self.files.index(info.file), info.start
 
+    def prepare(self, names: list[str]) -> None:
+        """Announce the order of the coming reads (enables prefetch and release of shards)."""
+        self._remaining = {}
+        order: list[Path] = []
+        for name in names:
+            shard = self.tensors[name].file
+            if shard not in self._remaining:
+                order.append(shard)
+            self._remaining[shard] = self._remaining.get(shard, 0) + 1
+        self._next = dict(zip(order, order[1:], strict=False))
+        if self.fetcher is not None and order:
+            self.fetcher.prefetch(str(order[0]))
+
+    def _path(self, shard: Path) -> Path:
+        if self.fetcher is None:
+            return shard
+        local = self._local.get(shard)
+        if local is None:
+            local = self.fetcher.local(str(shard))
+            self._check_local_header(shard, local)
+            self._local[shard] = local
+            if shard in self._next:
+                self.fetcher.prefetch(str(self._next[shard]))
+        return local
+
+    def _check_local_header(self, shard: Path, local: Path) -> None:
+        infos, _ = read_header(local)
+        for name, expected in self.tensors.items():
+            if expected.file != shard:
+                continue
+            got = infos.get(name)
+            if got is None or (got.dtype, got.shape, got.start) != (
+                expected.dtype,
+                expected.shape,
+                expected.start,
+            ):
+                raise SourceError(
+                    f"{self.label}: downloaded {shard} does not match the header read before "
+                    f"(tensor {name!r}); the repository changed, rerun"
+                )
+
     def read(self, name: str, rows: int | None = None) -> torch.Tensor:
         """Read tensor ``name`` (optionally only its first ``rows`` rows)."""
-        return self._reader.read(self.tensors[name], rows)
+        info = self.tensors[name]
+        tensor = self._reader.read(info, rows, path=self._path(info.file))
+        left = self._remaining.get(info.file)
+        if left is not None:
+            self._remaining[info.file] = left - 1
+            if left == 1 and self.fetcher is not None:
+                self._reader.close()
+                self._local.pop(info.file, None)
+                self.fetcher.release(str(info.file))
+        return tensor
 
     def close(self) -> None:
         self._reader.close()
+        if self.fetcher is not None:
+            self.fetcher.close()
 
 
-def open_checkpoint(spec: str) -> Checkpoint:
-    """Open a local checkpoint from a path given on the command line (headers only)."""
+def open_checkpoint(spec: str, hub: HubOptions | None = None) -> Checkpoint:
+    """Open a checkpoint (headers only): a local path, else a Hub id ``org/name[@rev]``."""
     path = Path(spec).expanduser()
     if not path.exists():
-        raise SourceError(f"no such file or directory: {spec}")
+        from opdgeo.hub import HubOptions, open_hub, parse_spec
+
+        parsed = parse_spec(spec)
+        if parsed is None:
+            raise SourceError(f"no such file or directory: {spec}")
+        return open_hub(parsed[0], parsed[1], hub or HubOptions())
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES:
             raise SourceError(

@@ -15,7 +15,8 @@ def update_norms(pair: TensorPair) -> dict[str, float]:
     ``delta_fro = ‖ΔW‖_F``, ``base_fro = ‖W0‖_F``, ``rel_norm = ‖ΔW‖_F / ‖W0‖_F`` (0 when both
     are 0, NaN when only W0 is), ``max_abs_delta = max |ΔW_ij|``. ΔW is formed in float32 from
     the stored values (float64 if either side is float64) chunk by chunk; the squares are
-    accumulated in float64. NaN entries make the norms NaN; ``n_nonfinite`` counts them.
+    accumulated in float64. Entries that are NaN/Inf on either side are left out of all four
+    (``n_nonfinite`` counts them), so one bad value cannot poison the model totals.
     """
     stats = pair.elementwise
     delta, base = math.sqrt(stats.delta_sq), math.sqrt(stats.base_sq)

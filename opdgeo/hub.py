@@ -1,0 +1,375 @@
+"""Checkpoints on the Hugging Face Hub: ``org/name`` or ``org/name@revision``.
+
+Built on huggingface_hub's own client (URLs, auth headers, session, error types, cache):
+
+1. the revision (branch, tag or commit) is resolved to a commit once, and every later request
+   is pinned to it, so a report labelled ``org/name@<sha>`` is reproducible;
+2. headers come from two HTTP range reads per shard (the 8-byte length, then the JSON), or
+   from the cached file when the shard is already local, and go through the same strict
+   parser as local files; nothing else is downloaded before the plan is shown;
+3. shards are downloaded one at a time through ``hf_hub_download`` (resumable, cached), the
+   next one on a background thread while the current one is analysed; with ``keep=False``
+   they go to a scratch cache and each is deleted as soon as its last tensor was read.
+
+Offline (``HF_HUB_OFFLINE=1`` or ``--offline``) everything comes from the cache. Failures map
+to one-line errors: :class:`HubAccessError` (exit 4) and :class:`OfflineMissError` (exit 5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opdgeo.errors import OpdgeoError, SourceError
+from opdgeo.safetensors_io import TensorInfo, header_length, parse_header, read_header
+from opdgeo.sources import Checkpoint
+
+EXIT_HUB = 4
+EXIT_OFFLINE = 5
+RANGE_FIRST = 100_000
+"""Bytes asked for in the first range read; most headers fit (huggingface_hub does the same)."""
+WEIGHT_INDEX = "model.safetensors.index.json"
+WEIGHT_SINGLE = "model.safetensors"
+PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+_REPO_RE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^\s@]+))?$")
+_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+class HubAccessError(OpdgeoError):
+    """A Hub repo, revision or file cannot be reached: missing, gated, private or forbidden."""
+
+    exit_code = EXIT_HUB
+
+
+class OfflineMissError(OpdgeoError):
+    """Offline mode is on and what is needed is not in the local cache."""
+
+    exit_code = EXIT_OFFLINE
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    """How to talk to the Hub."""
+
+    token: str | bool | None = None
+    """Token; None uses HF_TOKEN or the stored login (``hf auth login``); False sends none."""
+    offline: bool = False
+    """Work from the cache only (also when HF_HUB_OFFLINE=1)."""
+    keep: bool = True
+    """Keep downloaded shards in the Hub cache; False deletes each after use."""
+    progress: bool = True
+    """Show huggingface_hub's download bars (stderr)."""
+
+
+def parse_spec(spec: str) -> tuple[str, str | None] | None:
+    """``org/name[@rev]`` -> (repo_id, revision or None); None when ``spec`` is not a Hub id."""
+    match = _REPO_RE.match(spec)
+    if not match or spec.startswith((".", "/", "~")):
+        return None
+    return match.group("repo"), match.group("rev")
+
+
+def _hf() -> Any:
+    import huggingface_hub
+
+    return huggingface_hub
+
+
+def _endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT") or str(_hf().constants.ENDPOINT)
+
+
+def _cache_dir() -> Path:
+    return Path(_hf().constants.HF_HUB_CACHE)
+
+
+def is_offline(options: HubOptions) -> bool:
+    """Offline when asked for, or when huggingface_hub is in offline mode (HF_HUB_OFFLINE)."""
+    hf = _hf()
+    return options.offline or bool(hf.constants.HF_HUB_OFFLINE)
+
+
+@contextmanager
+def hub_errors(repo: str, revision: str | None = None) -> Iterator[None]:
+    """Translate huggingface_hub / network exceptions into one-line opdgeo errors."""
+    from huggingface_hub import errors
+
+    rev = f"@{revision}" if revision else ""
+    auth = "pass --token, set HF_TOKEN or run `hf auth login`"
+    try:
+        yield
+    except errors.GatedRepoError:
+        raise HubAccessError(
+            f"Hub repo {repo} is gated: request access on its page and authenticate ({auth})"
+        ) from None
+    except errors.RepositoryNotFoundError:
+        raise HubAccessError(
+            f"Hub repo {repo} not found, or private and not visible with your credentials ({auth})"
+        ) from None
+    except errors.RevisionNotFoundError:
+        raise HubAccessError(
+            f"revision {revision!r} not found in Hub repo {repo} (check the branch, tag or commit)"
+        ) from None
+    except errors.RemoteEntryNotFoundError as exc:
+        name = getattr(getattr(exc, "response", None), "url", "")
+        raise HubAccessError(f"file not found in Hub repo {repo}{rev}: {name}") from None
+    except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled):
+        raise OfflineMissError(
+            f"{repo}{rev} is not in the local Hub cache and offline mode is on "
+            "(--offline or HF_HUB_OFFLINE=1): download it once online, or go online"
+        ) from None
+    except errors.HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise HubAccessError(
+                f"access to Hub repo {repo} denied (HTTP {status}): check your token ({auth})"
+            ) from None
+        raise OpdgeoError(f"Hub request for {repo}{rev} failed: HTTP {status}") from None
+    except OSError as exc:  # connection refused, DNS, timeouts, interrupted transfers
+        raise OpdgeoError(
+            f"cannot fetch {repo}{rev} from {_endpoint()}: {type(exc).__name__}: {exc} "
+            "(check the network; rerun to resume, or use --offline for cached repos)"
+        ) from None
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    return type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore")
+
+
+@contextmanager
+def _network_errors(repo: str, revision: str | None) -> Iterator[None]:
+    """Like :func:`hub_errors`, also mapping the HTTP client's own transport errors."""
+    with hub_errors(repo, revision):
+        try:
+            yield
+        except Exception as exc:
+            if _is_network_error(exc):
+                raise OSError(str(exc) or type(exc).__name__) from exc
+            raise
+
+
+class HubRepo:
+    """One repo pinned to one commit: file list, headers, downloads."""
+
+    def __init__(self, repo: str, revision: str | None, options: HubOptions) -> None:
+        self.repo = repo
+        self.requested = revision
+        self.options = options
+        self.offline = is_offline(options)
+        self.sha, self.files = self._resolve()
+
+    @property
+    def label(self) -> str:
+        return f"{self.repo}@{self.sha}"
+
+    def _errors(self) -> Any:
+        return _network_errors(self.repo, self.requested)
+
+    def _resolve(self) -> tuple[str, list[str]]:
+        hf = _hf()
+        if self.offline:
+            snapshot = self._cached_snapshot()
+            files = sorted(str(p.relative_to(snapshot)) for p in snapshot.rglob("*") if p.is_file())
+            return snapshot.name, files
+        with self._errors():
+            info = hf.HfApi(endpoint=_endpoint()).model_info(
+                self.repo, revision=self.requested, token=self.options.token
+            )
+        siblings = [s.rfilename for s in (info.siblings or [])]
+        return str(info.sha), sorted(siblings)
+
+    def _cached_snapshot(self) -> Path:
+        folder = _cache_dir() / f"models--{self.repo.replace('/', '--')}"
+        rev = self.requested or "main"
+        sha = rev if _SHA_RE.match(rev) else None
+        if sha is None:
+            ref = folder / "refs" / rev
+            sha = ref.read_text().strip() if ref.is_file() else None
+        snapshot = folder / "snapshots" / sha if sha else None
+        if snapshot is None or not snapshot.is_dir():
+            raise OfflineMissError(
+                f"{self.repo}@{rev} is not in the local Hub cache ({_cache_dir()}) and offline "
+                "mode is on (--offline or HF_HUB_OFFLINE=1): download it once online"
+            )
+        return snapshot
+
+    def cached_path(self, filename: str, cache_dir: Path | None = None) -> Path | None:
+        """The cached copy of ``filename`` at this commit, or None."""
+        hf = _hf()
+        found = hf.try_to_load_from_cache(
+            self.repo, filename, cache_dir=str(cache_dir or _cache_dir()), revision=self.sha
+        )
+        return Path(found) if isinstance(found, str) else None
+
+    def download(self, filename: str, cache_dir: Path | None = None) -> Path:
+        """Download (or find in the cache) ``filename`` at the pinned commit."""
+        hf = _hf()
+        with self._errors():
+            path = hf.hf_hub_download(
+                self.repo,
+                filename,
+                revision=self.sha,
+                token=self.options.token,
+                cache_dir=str(cache_dir or _cache_dir()),
+                local_files_only=self.offline,
+                endpoint=_endpoint(),
+            )
+        return Path(path)
+
+    def read_json(self, filename: str) -> dict[str, Any]:
+        path = self.download(filename)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise SourceError(f"{self.label}: {filename} is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise SourceError(f"{self.label}: {filename} is not a JSON object")
+        return data
+
+    def header(self, filename: str) -> tuple[dict[str, TensorInfo], int]:
+        """Tensor infos of shard ``filename`` (its name as ``file``) and the shard's size."""
+        cached = self.cached_path(filename)
+        where = Path(filename)
+        if cached is not None:
+            infos, _ = read_header(cached)
+            size = cached.stat().st_size
+        elif self.offline:
+            raise OfflineMissError(
+                f"{self.label}: {filename} is not in the local Hub cache and offline mode is on"
+            )
+        else:
+            raw, size = self._range_header(filename)
+            infos, _ = parse_header(where, raw, size)
+        relabelled = {
+            name: TensorInfo(i.name, i.dtype, i.shape, where, i.start, i.nbytes)
+            for name, i in infos.items()
+        }
+        return relabelled, size
+
+    def _range_header(self, filename: str) -> tuple[bytes, int]:
+        hf = _hf()
+        url = hf.hf_hub_url(self.repo, filename, revision=self.sha, endpoint=_endpoint())
+        headers = hf.utils.build_hf_headers(token=self.options.token)
+        session = hf.utils.get_session()
+
+        def fetch(first: int, last: int) -> tuple[bytes, int]:
+            with self._errors():
+                response = session.get(
+                    url, headers={**headers, "Range": f"bytes={first}-{last}"},
+                    follow_redirects=True,
+                )  # fmt: skip
+                hf.utils.hf_raise_for_status(response)
+            total = response.headers.get("Content-Range", "").rpartition("/")[2]
+            size = int(total) if total.isdigit() else len(response.content)
+            return bytes(response.content), size
+
+        head, size = fetch(0, RANGE_FIRST - 1)
+        n = header_length(Path(filename), head, size)
+        if len(head) < 8 + n:
+            rest, _ = fetch(len(head), 8 + n - 1)
+            head += rest
+        return head[8 : 8 + n], size
+
+
+class HubFetcher:
+    """Downloads shards on demand with one-ahead background prefetch (see module docstring)."""
+
+    def __init__(self, repo: HubRepo) -> None:
+        self.repo = repo
+        self.keep = repo.options.keep
+        self._scratch = None if self.keep else Path(tempfile.mkdtemp(prefix="opdgeo-shards-"))
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="opdgeo-prefetch")
+        self._futures: dict[str, Future[Path]] = {}
+
+    def _fetch(self, shard: str) -> Path:
+        if self._scratch is not None:
+            cached = self.repo.cached_path(shard)  # already in the normal cache: no download
+            if cached is not None:
+                return cached
+        return self.repo.download(shard, self._scratch)
+
+    def prefetch(self, shard: str) -> None:
+        if shard not in self._futures:
+            self._futures[shard] = self._pool.submit(self._fetch, shard)
+
+    def local(self, shard: str) -> Path:
+        self.prefetch(shard)
+        return self._futures[shard].result()
+
+    def release(self, shard: str) -> None:
+        future = self._futures.pop(shard, None)
+        if self._scratch is None or future is None:
+            return
+        path = future.result()
+        if self._scratch in path.parents:
+            blob = path.resolve()
+            path.unlink(missing_ok=True)
+            if self._scratch in blob.parents:
+                blob.unlink(missing_ok=True)
+
+    def cached(self, shard: str) -> bool:
+        return self.repo.cached_path(shard) is not None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def weight_files(repo: HubRepo) -> tuple[list[str], dict[str, str] | None]:
+    """Shard names in order, and the index's weight_map when the repo is sharded."""
+    if WEIGHT_INDEX in repo.files:
+        index = repo.read_json(WEIGHT_INDEX)
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+        ):
+            raise SourceError(f"{repo.label}: {WEIGHT_INDEX} has no weight_map")
+        return sorted(set(weight_map.values())), weight_map
+    if WEIGHT_SINGLE in repo.files:
+        return [WEIGHT_SINGLE], None
+    shards = [f for f in repo.files if f.endswith(".safetensors") and "/" not in f]
+    if shards:
+        return shards, None
+    pickles = [f for f in repo.files if f in PICKLE_FILES]
+    hint = f" (it has {pickles[0]}: pickle weights are not read)" if pickles else ""
+    raise SourceError(f"no safetensors weights in Hub repo {repo.label}{hint}")
+
+
+def open_hub(repo_id: str, revision: str | None, options: HubOptions) -> Checkpoint:
+    """A :class:`Checkpoint` for a Hub repo: headers now, shards fetched when first read."""
+    repo = HubRepo(repo_id, revision, options)
+    shards, weight_map = weight_files(repo)
+    tensors: dict[str, TensorInfo] = {}
+    sizes: dict[Path, int] = {}
+    for shard in shards:
+        infos, sizes[Path(shard)] = repo.header(shard)
+        for name, info in infos.items():
+            if weight_map is not None and weight_map.get(name) != shard:
+                continue
+            if name in tensors:
+                raise SourceError(f"{repo.label}: tensor {name!r} appears in two shards")
+            tensors[name] = info
+    if weight_map is not None:
+        missing = sorted(set(weight_map) - set(tensors))
+        if missing:
+            raise SourceError(f"{repo.label}: tensor {missing[0]!r} is not in its shard")
+    config: dict[str, Any] = {}
+    if "config.json" in repo.files:
+        try:
+            config = repo.read_json("config.json")
+        except (SourceError, OfflineMissError):
+            config = {}
+    return Checkpoint(
+        repo.label, tensors, list(sizes), config, fetcher=HubFetcher(repo), shard_sizes=sizes
+    )
