@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -136,8 +137,9 @@ def hub_errors(repo: str, revision: str | None = None) -> Iterator[None]:
             ) from None
         raise OpdgeoError(f"Hub request for {repo}{rev} failed: HTTP {status}") from None
     except OSError as exc:  # connection refused, DNS, timeouts, interrupted transfers
+        detail = " ".join(str(exc).split())  # one line: huggingface_hub's messages span several
         raise OpdgeoError(
-            f"cannot fetch {repo}{rev} from {_endpoint()}: {type(exc).__name__}: {exc} "
+            f"cannot fetch {repo}{rev} from {_endpoint()}: {type(exc).__name__}: {detail} "
             "(check the network; rerun to resume, or use --offline for cached repos)"
         ) from None
 
@@ -183,7 +185,10 @@ class HubRepo:
             return snapshot.name, files
         with self._errors():
             info = hf.HfApi(endpoint=_endpoint()).model_info(
-                self.repo, revision=self.requested, token=self.options.token
+                self.repo,
+                revision=self.requested,
+                token=self.options.token,
+                timeout=hf.constants.HF_HUB_ETAG_TIMEOUT,
             )
         siblings = [s.rfilename for s in (info.siblings or [])]
         return str(info.sha), sorted(siblings)
@@ -224,7 +229,26 @@ class HubRepo:
                 local_files_only=self.offline,
                 endpoint=_endpoint(),
             )
+        if cache_dir is None and not self.offline:
+            self._remember_ref()
         return Path(path)
+
+    def _remember_ref(self) -> None:
+        """Write ``refs/<branch or tag>`` -> commit in the Hub cache.
+
+        Downloads are pinned to the commit, so huggingface_hub records no ref for the branch or
+        tag that was asked for; without one a later offline run of the same spec would miss.
+        """
+        rev = self.requested or "main"
+        if rev == self.sha:
+            return
+        ref = _cache_dir() / f"models--{self.repo.replace('/', '--')}" / "refs" / rev
+        try:
+            if not ref.is_file() or ref.read_text().strip() != self.sha:
+                ref.parent.mkdir(parents=True, exist_ok=True)
+                ref.write_text(self.sha)
+        except OSError:
+            pass  # a read-only cache: offline runs then need the commit itself
 
     def read_json(self, filename: str) -> dict[str, Any]:
         path = self.download(filename)
@@ -266,7 +290,7 @@ class HubRepo:
             with self._errors():
                 response = session.get(
                     url, headers={**headers, "Range": f"bytes={first}-{last}"},
-                    follow_redirects=True,
+                    follow_redirects=True, timeout=hf.constants.HF_HUB_DOWNLOAD_TIMEOUT,
                 )  # fmt: skip
                 hf.utils.hf_raise_for_status(response)
             total = response.headers.get("Content-Range", "").rpartition("/")[2]
@@ -287,9 +311,18 @@ class HubFetcher:
     def __init__(self, repo: HubRepo) -> None:
         self.repo = repo
         self.keep = repo.options.keep
-        self._scratch = None if self.keep else Path(tempfile.mkdtemp(prefix="opdgeo-shards-"))
+        # resolved: huggingface_hub resolves cache_dir, and release() compares paths with it
+        self._scratch = (
+            None if self.keep else Path(tempfile.mkdtemp(prefix="opdgeo-shards-")).resolve()
+        )
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="opdgeo-prefetch")
         self._futures: dict[str, Future[Path]] = {}
+        # the scratch shards go even when close() is never called (a run that failed part-way)
+        self._cleanup = (
+            None
+            if self._scratch is None
+            else weakref.finalize(self, shutil.rmtree, self._scratch, ignore_errors=True)
+        )
 
     def _fetch(self, shard: str) -> Path:
         if self._scratch is not None:
@@ -322,8 +355,8 @@ class HubFetcher:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+        if self._cleanup is not None:
+            self._cleanup()
 
 
 def weight_files(repo: HubRepo) -> tuple[list[str], dict[str, str] | None]:
@@ -342,6 +375,11 @@ def weight_files(repo: HubRepo) -> tuple[list[str], dict[str, str] | None]:
     if shards:
         return shards, None
     pickles = [f for f in repo.files if f in PICKLE_FILES]
+    if repo.offline and not pickles:  # offline, files lists what is cached, not the repo
+        raise OfflineMissError(
+            f"{repo.label}: its weights are not in the local Hub cache and offline mode is on "
+            "(--offline or HF_HUB_OFFLINE=1): download them once online"
+        )
     hint = f" (it has {pickles[0]}: pickle weights are not read)" if pickles else ""
     raise SourceError(f"no safetensors weights in Hub repo {repo.label}{hint}")
 
