@@ -25,9 +25,8 @@ from opdgeo.errors import EXIT_ERROR, EXIT_INTERRUPTED, ConfigError, OpdgeoError
 
 if TYPE_CHECKING:
     from opdgeo.config import Config
-    from opdgeo.hub import HubOptions
     from opdgeo.report import RunResult
-    from opdgeo.sources import Checkpoint
+    from opdgeo.sources import Checkpoint, SourceOptions
 
 app = typer.Typer(
     name="opdgeo",
@@ -74,7 +73,14 @@ KeepOpt = Annotated[
         help="Keep downloaded shards in the Hub cache, or delete each once read (~2 on disk).",
     ),
 ]
-PathOpt = Annotated[Path | None, typer.Option(dir_okay=False)]
+PickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-pickle",
+        help="Read pickle weights (.bin/.pt) with torch.load(weights_only=True, mmap=True). "
+        "Refused by default: loading a pickle can run code.",
+    ),
+]
 
 
 def _err() -> Console:
@@ -89,7 +95,9 @@ def user_errors() -> Iterator[None]:
     except OpdgeoError as exc:
         if _state["debug"]:
             raise
-        _err().print(f"[red]error:[/] {exc}", markup=True)
+        from rich.markup import escape
+
+        _err().print(f"[red]error:[/] {escape(str(exc))}", markup=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         _err().print("interrupted: no report was written")
@@ -115,15 +123,19 @@ def _root(
         _state["debug"] = True
 
 
-def _hub_options(token: str | None, offline: bool, keep: bool, quiet: bool) -> HubOptions:
-    from opdgeo.hub import HubOptions
+def _source_options(
+    token: str | None, offline: bool, keep: bool, quiet: bool, allow_pickle: bool = False
+) -> SourceOptions:
+    from opdgeo.sources import SourceOptions
 
     show = not quiet and _err().is_terminal
     if not show:
         from huggingface_hub.utils.tqdm import disable_progress_bars
 
         disable_progress_bars()
-    return HubOptions(token=token, offline=offline, keep=keep, progress=show)
+    return SourceOptions(
+        token=token, offline=offline, keep=keep, progress=show, allow_pickle=allow_pickle
+    )
 
 
 @app.command()
@@ -165,6 +177,7 @@ def compare(
     token: TokenOpt = None,
     offline: OfflineOpt = False,
     keep: KeepOpt = True,
+    allow_pickle: PickleOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Compare each TUNED checkpoint against BASE, tensor by tensor, and name its regime."""
@@ -186,13 +199,13 @@ def compare(
         for path in (output, per_tensor, per_group):
             if path:
                 render.check_output_path(path, [base, *tuned])
-        hub = _hub_options(token, offline, keep, quiet)
-        runs = _run_compare(base, tuned, cfg, hub, quiet)
+        sources = _source_options(token, offline, keep, quiet, allow_pickle)
+        runs = _run_compare(base, tuned, cfg, sources, quiet)
         _emit(runs, cfg, fmt, output, per_tensor, per_group)
 
 
 def _run_compare(
-    base: str, tuned: list[str], cfg: Config, hub: HubOptions, quiet: bool
+    base: str, tuned: list[str], cfg: Config, sources: SourceOptions, quiet: bool
 ) -> list[RunResult]:
     """Open every checkpoint (headers only), show the plan, then stream each comparison."""
     from opdgeo import engine, report
@@ -200,9 +213,11 @@ def _run_compare(
     from opdgeo.sources import open_checkpoint
 
     err = _err()
-    base_ckpt = open_checkpoint(base, hub)
+    opened: list[Checkpoint] = []
     try:
-        tuned_ckpts = [open_checkpoint(spec, hub) for spec in tuned]
+        for spec in (base, *tuned):
+            opened.append(open_checkpoint(spec, sources))
+        base_ckpt, tuned_ckpts = opened[0], opened[1:]
         plans = [plan_pairs(base_ckpt, t, cfg.settings) for t in tuned_ckpts]
         if not quiet:
             _print_plan(err, base_ckpt, tuned_ckpts, plans)
@@ -216,7 +231,8 @@ def _run_compare(
             if not quiet:
                 _notes(err, runs[-1])
     finally:
-        base_ckpt.close()
+        for ckpt in opened:
+            ckpt.close()
     report.add_relative_order(runs)
     return runs
 
@@ -280,18 +296,18 @@ def _emit(
 
 
 def _redacted(argv: list[str]) -> list[str]:
-    """The command line with any token value replaced by ***."""
+    """The command line with any token value replaced by REDACTED."""
     out: list[str] = []
     hide = False
     for arg in argv:
         if hide:
-            out.append("***")
+            out.append("REDACTED")
             hide = False
         elif arg == "--token":
             out.append(arg)
             hide = True
         elif arg.startswith("--token="):
-            out.append("--token=***")
+            out.append("--token=REDACTED")
         else:
             out.append(arg)
     return out
@@ -372,13 +388,16 @@ def inspect(
     fmt: FormatOpt = None,
     token: TokenOpt = None,
     offline: OfflineOpt = False,
+    allow_pickle: PickleOpt = False,
 ) -> None:
     """List tensors, dtypes, shapes and bytes from the headers only (no weights are read)."""
     from opdgeo import render
     from opdgeo.sources import open_checkpoint
 
     with user_errors():
-        ckpt = open_checkpoint(source, _hub_options(token, offline, True, quiet=True))
+        ckpt = open_checkpoint(
+            source, _source_options(token, offline, True, quiet=True, allow_pickle=allow_pickle)
+        )
         frame = _inspect_frame(ckpt)
         chosen = fmt or (Format.table if sys.stdout.isatty() else Format.csv)
         if chosen is Format.csv:
@@ -450,7 +469,7 @@ def demo(
         tuned = [str(paths[k]) for k in ("sft", "opd", "rlvr")]
         cfg = load_config()
         runs = _run_compare(
-            str(paths["base"]), tuned, cfg, _hub_options(None, True, True, True), quiet
+            str(paths["base"]), tuned, cfg, _source_options(None, True, True, True), quiet
         )
         _emit(runs, cfg, fmt, None, None, None)
 

@@ -26,13 +26,13 @@ import weakref
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from opdgeo.errors import OpdgeoError, SourceError
+from opdgeo.pickle_io import refusal
 from opdgeo.safetensors_io import TensorInfo, header_length, parse_header, read_header
-from opdgeo.sources import Checkpoint
+from opdgeo.sources import Checkpoint, SourceOptions, open_pickles
 
 EXIT_HUB = 4
 EXIT_OFFLINE = 5
@@ -40,7 +40,6 @@ RANGE_FIRST = 100_000
 """Bytes asked for in the first range read; most headers fit (huggingface_hub does the same)."""
 WEIGHT_INDEX = "model.safetensors.index.json"
 WEIGHT_SINGLE = "model.safetensors"
-PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 _REPO_RE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^\s@]+))?$")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -56,20 +55,6 @@ class OfflineMissError(OpdgeoError):
     """Offline mode is on and what is needed is not in the local cache."""
 
     exit_code = EXIT_OFFLINE
-
-
-@dataclass(frozen=True)
-class HubOptions:
-    """How to talk to the Hub."""
-
-    token: str | bool | None = None
-    """Token; None uses HF_TOKEN or the stored login (``hf auth login``); False sends none."""
-    offline: bool = False
-    """Work from the cache only (also when HF_HUB_OFFLINE=1)."""
-    keep: bool = True
-    """Keep downloaded shards in the Hub cache; False deletes each after use."""
-    progress: bool = True
-    """Show huggingface_hub's download bars (stderr)."""
 
 
 def parse_spec(spec: str) -> tuple[str, str | None] | None:
@@ -94,7 +79,7 @@ def _cache_dir() -> Path:
     return Path(_hf().constants.HF_HUB_CACHE)
 
 
-def is_offline(options: HubOptions) -> bool:
+def is_offline(options: SourceOptions) -> bool:
     """Offline when asked for, or when huggingface_hub is in offline mode (HF_HUB_OFFLINE)."""
     hf = _hf()
     return options.offline or bool(hf.constants.HF_HUB_OFFLINE)
@@ -163,7 +148,7 @@ def _network_errors(repo: str, revision: str | None) -> Iterator[None]:
 class HubRepo:
     """One repo pinned to one commit: file list, headers, downloads."""
 
-    def __init__(self, repo: str, revision: str | None, options: HubOptions) -> None:
+    def __init__(self, repo: str, revision: str | None, options: SourceOptions) -> None:
         self.repo = repo
         self.requested = revision
         self.options = options
@@ -359,8 +344,9 @@ class HubFetcher:
             self._cleanup()
 
 
-def weight_files(repo: HubRepo) -> tuple[list[str], dict[str, str] | None]:
-    """Shard names in order, and the index's weight_map when the repo is sharded."""
+def weight_files(repo: HubRepo) -> tuple[str, list[str], dict[str, str] | None]:
+    """(kind, files, weight_map): kind ``safetensors`` (shards in order, the index's weight_map
+    when sharded) or ``pickle`` (pickle weight files, read only with the opt-in)."""
     if WEIGHT_INDEX in repo.files:
         index = repo.read_json(WEIGHT_INDEX)
         weight_map = index.get("weight_map")
@@ -368,26 +354,31 @@ def weight_files(repo: HubRepo) -> tuple[list[str], dict[str, str] | None]:
             isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
         ):
             raise SourceError(f"{repo.label}: {WEIGHT_INDEX} has no weight_map")
-        return sorted(set(weight_map.values())), weight_map
+        return "safetensors", sorted(set(weight_map.values())), weight_map
     if WEIGHT_SINGLE in repo.files:
-        return [WEIGHT_SINGLE], None
+        return "safetensors", [WEIGHT_SINGLE], None
     shards = [f for f in repo.files if f.endswith(".safetensors") and "/" not in f]
     if shards:
-        return shards, None
-    pickles = [f for f in repo.files if f in PICKLE_FILES]
-    if repo.offline and not pickles:  # offline, files lists what is cached, not the repo
+        return "safetensors", shards, None
+    pickles = sorted(f for f in repo.files if re.fullmatch(r"pytorch_model[\w.-]*\.bin", f))
+    if pickles:
+        return "pickle", pickles, None
+    if repo.offline:  # offline, files lists what is cached, not the repo
         raise OfflineMissError(
             f"{repo.label}: its weights are not in the local Hub cache and offline mode is on "
             "(--offline or HF_HUB_OFFLINE=1): download them once online"
         )
-    hint = f" (it has {pickles[0]}: pickle weights are not read)" if pickles else ""
-    raise SourceError(f"no safetensors weights in Hub repo {repo.label}{hint}")
+    raise SourceError(f"no safetensors weights in Hub repo {repo.label}")
 
 
-def open_hub(repo_id: str, revision: str | None, options: HubOptions) -> Checkpoint:
+def open_hub(repo_id: str, revision: str | None, options: SourceOptions) -> Checkpoint:
     """A :class:`Checkpoint` for a Hub repo: headers now, shards fetched when first read."""
     repo = HubRepo(repo_id, revision, options)
-    shards, weight_map = weight_files(repo)
+    kind, shards, weight_map = weight_files(repo)
+    if kind == "pickle":
+        if not options.allow_pickle:
+            raise refusal(f"{repo.label}/{shards[0]}")
+        return open_pickles(repo.label, [repo.download(f) for f in shards], {}, options)
     tensors: dict[str, TensorInfo] = {}
     sizes: dict[Path, int] = {}
     for shard in shards:

@@ -8,19 +8,32 @@ when a checkpoint is opened; tensor data is read one tensor at a time through :m
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 
 from opdgeo.errors import SourceError
+from opdgeo.pickle_io import PICKLE_SUFFIXES, load_files, loader, pickle_files, refusal
 from opdgeo.safetensors_io import TensorInfo, TensorReader, read_header
 
-if TYPE_CHECKING:
-    from opdgeo.hub import HubOptions
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+@dataclass(frozen=True)
+class SourceOptions:
+    """How checkpoints are opened: Hub access and the pickle opt-in."""
+
+    token: str | bool | None = None
+    """Hub token; None uses HF_TOKEN or the stored login (``hf auth login``); False sends none."""
+    offline: bool = False
+    """Work from the Hub cache only (also when HF_HUB_OFFLINE=1)."""
+    keep: bool = True
+    """Keep downloaded shards in the Hub cache; False deletes each after use."""
+    progress: bool = True
+    """Show huggingface_hub's download bars (stderr)."""
+    allow_pickle: bool = False
+    """Read pickle weights (.bin/.pt) with torch.load(weights_only=True, mmap=True)."""
 
 
 class ShardFetcher(Protocol):
@@ -61,6 +74,8 @@ class Checkpoint:
     fetcher: ShardFetcher | None = None
     shard_sizes: dict[Path, int] = field(default_factory=dict)
     """Bytes of each remote shard (empty for local checkpoints)."""
+    loader: Callable[[str, int | None], torch.Tensor] | None = None
+    """Reads a tensor by name instead of the safetensors reader (pickle weights)."""
     _reader: TensorReader = field(default_factory=TensorReader, repr=False)
     _remaining: dict[Path, int] = field(default_factory=dict, repr=False)
     _next: dict[Path, Path] = field(default_factory=dict, repr=False)
@@ -144,6 +159,8 @@ class Checkpoint:
     def read(self, name: str, rows: int | None = None) -> torch.Tensor:
         """Read tensor ``name`` (optionally only its first ``rows`` rows)."""
         info = self.tensors[name]
+        if self.loader is not None:
+            return self.loader(name, rows)
         tensor = self._reader.read(info, rows, path=self._path(info.file))
         left = self._remaining.get(info.file)
         if left is not None:
@@ -160,22 +177,20 @@ class Checkpoint:
             self.fetcher.close()
 
 
-def open_checkpoint(spec: str, hub: HubOptions | None = None) -> Checkpoint:
+def open_checkpoint(spec: str, options: SourceOptions | None = None) -> Checkpoint:
     """Open a checkpoint (headers only): a local path, else a Hub id ``org/name[@rev]``."""
+    options = options or SourceOptions()
     path = Path(spec).expanduser()
     if not path.exists():
-        from opdgeo.hub import HubOptions, open_hub, parse_spec
+        from opdgeo.hub import open_hub, parse_spec
 
         parsed = parse_spec(spec)
         if parsed is None:
             raise SourceError(f"no such file or directory: {spec}")
-        return open_hub(parsed[0], parsed[1], hub or HubOptions())
+        return open_hub(parsed[0], parsed[1], options)
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES:
-            raise SourceError(
-                f"{spec}: pickle-based weights are not read (they can run code when loaded); "
-                "convert to safetensors first"
-            )
+            return open_pickles(spec, [path], {}, options)
         if path.suffix != ".safetensors":
             raise SourceError(f"{spec}: not a .safetensors file")
         files = [path]
@@ -197,16 +212,23 @@ def open_checkpoint(spec: str, hub: HubOptions | None = None) -> Checkpoint:
     files = sorted(p for p in path.glob("*.safetensors") if p.is_file())
     if files:
         return Checkpoint(spec, _merge_headers(files), files, config)
-    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    hint = (
-        f" (found {pickles[0]}: pickle weights are not read, convert to safetensors)"
-        if pickles
-        else ""
-    )
+    pickles = pickle_files(path)
+    if pickles:
+        return open_pickles(spec, pickles, config, options)
     raise SourceError(
         f"no safetensors weights in {spec} "
-        f"(looked for model.safetensors.index.json, model.safetensors, *.safetensors){hint}"
+        "(looked for model.safetensors.index.json, model.safetensors, *.safetensors)"
     )
+
+
+def open_pickles(
+    label: str, files: list[Path], config: dict[str, Any], options: SourceOptions
+) -> Checkpoint:
+    """A checkpoint over pickle weight files, only with the opt-in (see :mod:`opdgeo.pickle_io`)."""
+    if not options.allow_pickle:
+        raise refusal(files[0] if len(files) == 1 else label)
+    infos, tensors = load_files(files)
+    return Checkpoint(label, infos, files, config, loader=loader(tensors))
 
 
 def _read_config(path: Path) -> dict[str, Any]:

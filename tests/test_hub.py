@@ -597,7 +597,7 @@ def test_token_is_sent_as_bearer_and_never_printed(
     doc = json.loads(out)
     assert TOKEN not in doc["command"]
     words = shlex.split(doc["command"])
-    assert words[words.index("--token") + 1] == "***"
+    assert words[words.index("--token") + 1] == "REDACTED"
     (only,) = doc["runs"]
     assert only["summary"]["run"] == f"org/private@{SHA_B}"
     hub_requests = [r for r in hub.log if not r.path.startswith("/cdn/")]
