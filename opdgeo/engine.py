@@ -6,13 +6,14 @@ that the caller can stream them into progress bars, aggregations and CSV writers
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 
 from opdgeo.config import Settings
 from opdgeo.errors import ConfigError
+from opdgeo.linalg import Spectrum
 from opdgeo.metrics import METRICS, all_columns
 from opdgeo.pair import BufferPool, TensorPair
 from opdgeo.pairing import Pair, Plan
@@ -37,6 +38,9 @@ RECORD_COLUMNS = (
     "n_nonfinite",
 )
 """Identity columns of a per-tensor record; metric columns follow (see :func:`tensor_columns`)."""
+
+Observer = Callable[[int, Pair, TensorPair], None]
+"""Called as ``observer(run index, pair, tensor_pair)`` while the pair's tensors are live."""
 
 
 def tensor_columns() -> list[str]:
@@ -73,9 +77,16 @@ def analyze_pair(
     tuned: torch.Tensor,
     settings: Settings,
     pool: BufferPool | None = None,
+    base_spectra: dict[int, Spectrum] | None = None,
+    observer: Observer | None = None,
+    run: int = 0,
 ) -> dict[str, Any]:
-    """Every metric column for one pair, plus ``method``, ``n_nonfinite``, ``spectral_skipped``."""
-    tp = TensorPair(base, tuned, settings, pool, module=pair.module)
+    """Every metric column for one pair, plus ``method``, ``n_nonfinite``, ``spectral_skipped``.
+
+    ``base_spectra`` shares W0's decompositions between runs with the same base tensor;
+    ``observer(run, pair, tensor_pair)`` sees the live pair after the metrics ran.
+    """
+    tp = TensorPair(base, tuned, settings, pool, module=pair.module, base_spectra=base_spectra)
     reason = spectral_skip_reason(pair, tp, settings)
     record: dict[str, Any] = {"n_nonfinite": tp.n_nonfinite, "spectral_skipped": reason}
     for spec in METRICS.values():
@@ -87,41 +98,86 @@ def analyze_pair(
             raise RuntimeError(f"metric {spec.name} returned {sorted(values)}, not {spec.columns}")
         record.update(values)
     record["method"] = "+".join(sorted(tp.methods)) or "elementwise"
+    if observer is not None:
+        observer(run, pair, tp)
     return record
 
 
 def compare(
     base: Checkpoint, tuned: Checkpoint, plan: Plan, settings: Settings
 ) -> Iterator[dict[str, Any]]:
-    """Yield one record per planned pair (in tuned-file order), then one per skipped tensor."""
+    """Records of one comparison (see :func:`compare_many`)."""
+    for _, record in compare_many(base, [tuned], [plan], settings):
+        yield record
+
+
+def compare_many(
+    base: Checkpoint,
+    runs: Sequence[Checkpoint],
+    plans: Sequence[Plan],
+    settings: Settings,
+    observer: Observer | None = None,
+    done: set[tuple[int, str]] | None = None,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Compare several runs against one base, reading each base tensor once.
+
+    Base tensors are visited in the first run's file order (so its shards stream in
+    sequence; tensors it lacks follow in the base's order); for each, every run that pairs it
+    reads its own tensor and is analysed, sharing W0's decompositions (computed once per
+    base tensor, whatever the number of runs). Yields ``(run index, record)``; skipped
+    tensors follow at the end. ``done`` holds (run index, tensor) pairs to leave out (resume).
+    """
     check_device(settings)
     pool = BufferPool(settings.device)
-    base.prepare([p.base_name for p in plan.pairs])
-    tuned.prepare([p.tuned_name for p in plan.pairs])
-    for pair in plan.pairs:
-        w0 = base.read(pair.base_name, pair.rows)
-        w1 = tuned.read(pair.tuned_name, pair.rows)
-        record = _identity(base, tuned, pair.name)
-        record.update(
-            tuned_name=pair.tuned_name if pair.tuned_name != pair.name else "",
-            module=pair.module,
-            layer=pair.layer,
-            shape="x".join(map(str, pair.shape)),
-            numel=pair.numel,
-            dtype_base=base.tensors[pair.base_name].dtype,
-            dtype_tuned=tuned.tensors[pair.tuned_name].dtype,
-            tied=pair.tied,
-            added_rows=pair.added_rows,
-            skipped="",
-        )
-        record.update(analyze_pair(pair, w0, w1, settings, pool))
-        del w0, w1
-        yield record
-    for skip in plan.skipped:
-        record = _identity(base, tuned, skip.name)
-        shape = skip.base_shape or skip.tuned_shape or ()
-        record.update(shape="x".join(map(str, shape)), skipped=skip.reason, numel=0)
-        yield record
+    done = done or set()
+    todo: dict[str, list[tuple[int, Pair]]] = {}
+    for i, plan in enumerate(plans):
+        for pair in plan.pairs:
+            if (i, pair.name) not in done:
+                todo.setdefault(pair.base_name, []).append((i, pair))
+    first = {p.base_name: p.tuned_name for pairs in todo.values() for i, p in pairs if i == 0}
+
+    def position(name: str) -> tuple[int, int, int]:
+        # the first run's file order (its shards stream in sequence), then the base's
+        if name in first:
+            return (0, *runs[0].file_position(first[name]))
+        return (1, *base.file_position(name))
+
+    order = sorted(todo, key=position)
+    base.prepare(order)
+    for i, run in enumerate(runs):
+        run.prepare([p.tuned_name for name in order for j, p in todo[name] if j == i])
+    for name in order:
+        w0_full = base.read(name)
+        shared: dict[int, Spectrum] = {}
+        for i, pair in todo[name]:
+            w1 = runs[i].read(pair.tuned_name, pair.rows)
+            w0 = w0_full if pair.rows is None else w0_full[: pair.rows]
+            record = _identity(base, runs[i], pair.name)
+            record.update(
+                tuned_name=pair.tuned_name if pair.tuned_name != pair.name else "",
+                module=pair.module,
+                layer=pair.layer,
+                shape="x".join(map(str, pair.shape)),
+                numel=pair.numel,
+                dtype_base=base.tensors[pair.base_name].dtype,
+                dtype_tuned=runs[i].tensors[pair.tuned_name].dtype,
+                tied=pair.tied,
+                added_rows=pair.added_rows,
+                skipped="",
+            )
+            spectra = shared if pair.rows is None else {}
+            record.update(analyze_pair(pair, w0, w1, settings, pool, spectra, observer, i))
+            del w1
+            yield i, record
+    for i, plan in enumerate(plans):
+        for skip in plan.skipped:
+            if (i, skip.name) in done:
+                continue
+            record = _identity(base, runs[i], skip.name)
+            shape = skip.base_shape or skip.tuned_shape or ()
+            record.update(shape="x".join(map(str, shape)), skipped=skip.reason, numel=0)
+            yield i, record
 
 
 def _identity(base: Checkpoint, tuned: Checkpoint, name: str) -> dict[str, Any]:

@@ -77,6 +77,7 @@ class TensorPair:
         settings: Settings,
         pool: BufferPool | None = None,
         module: str = "other",
+        base_spectra: dict[int, Spectrum] | None = None,
     ) -> None:
         if base.shape != tuned.shape:
             raise ValueError(f"shape mismatch {tuple(base.shape)} vs {tuple(tuned.shape)}")
@@ -85,6 +86,8 @@ class TensorPair:
         self.settings = settings
         self.module = module
         self.pool = pool or BufferPool(settings.device)
+        self.base_spectra = base_spectra if base_spectra is not None else {}
+        """Spectra of W0 by k, shared by the caller across pairs with the same base tensor."""
         self.methods: set[str] = set()
         """Numerical methods actually used, for the ``method`` column."""
 
@@ -211,7 +214,13 @@ class TensorPair:
     @cached_property
     def spec0(self) -> Spectrum:
         """Spectrum of W0 with vectors for the largest k any metric needs."""
-        return self._spectrum(self.w0, max(self.angle_k, self.energy_k, self.mask_rank))
+        k = max(self.angle_k, self.energy_k, self.mask_rank)
+        cached = self.base_spectra.get(k)
+        if cached is not None:
+            self.methods.add(cached.method)
+            return cached
+        self.base_spectra[k] = self._spectrum(self.w0, k)
+        return self.base_spectra[k]
 
     @cached_property
     def spec1(self) -> Spectrum:
