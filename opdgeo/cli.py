@@ -138,42 +138,82 @@ def _source_options(
     )
 
 
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", dir_okay=False, help="Write the report here (atomic)."),
+]
+PerTensorOpt = Annotated[
+    Path | None,
+    typer.Option("--per-tensor", dir_okay=False, help="Also write per-tensor rows (CSV)."),
+]
+PerGroupOpt = Annotated[
+    Path | None,
+    typer.Option("--per-group", dir_okay=False, help="Also write per-module/layer rows (CSV)."),
+]
+ScopeOpt = Annotated[
+    Scope | None,
+    typer.Option(help="all tensors, linear (2-D weights in blocks) or attention (q/k/v/o)."),
+]
+IncludeOpt = Annotated[str | None, typer.Option(help="Regex: compare only these names.")]
+ExcludeOpt = Annotated[str | None, typer.Option(help="Regex: leave these names out.")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML config (see configs/).")
+]
+ExactOpt = Annotated[
+    bool, typer.Option("--exact", help="Float64 full SVD instead of float64 Gram + eigh.")
+]
+KOpt = Annotated[
+    int | None, typer.Option("--k", min=1, help="Principal-angle k (default min(m,n)//8).")
+]
+AlphaOpt = Annotated[
+    float | None, typer.Option(help="Mask fraction of the overlap metrics (default 0.3).")
+]
+DeviceOpt = Annotated[str | None, typer.Option(help="cpu or cuda for the linear algebra.")]
+
+
+def _load(
+    config: Path | None,
+    scope: Scope | None,
+    include: str | None,
+    exclude: str | None,
+    k: int | None,
+    alpha: float | None,
+    device: str | None,
+    exact: bool,
+) -> Config:
+    from opdgeo import engine
+    from opdgeo.config import load_config
+
+    cfg = load_config(
+        config,
+        scope=scope.value if scope else None,
+        include=_regex(include, "--include"),
+        exclude=_regex(exclude, "--exclude"),
+        angle_k=k,
+        alpha=alpha,
+        device=device,
+        spectral_method="svd" if exact else None,
+    )
+    engine.check_device(cfg.settings)
+    return cfg
+
+
 @app.command()
 def compare(
     base: Annotated[str, typer.Argument(help=f"Base checkpoint: {SOURCE_HELP}")],
     tuned: Annotated[list[str], typer.Argument(help="One or more fine-tuned checkpoints.")],
     fmt: FormatOpt = None,
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", dir_okay=False, help="Write the report here (atomic)."),
-    ] = None,
-    per_tensor: Annotated[
-        Path | None,
-        typer.Option("--per-tensor", dir_okay=False, help="Also write per-tensor rows (CSV)."),
-    ] = None,
-    per_group: Annotated[
-        Path | None,
-        typer.Option("--per-group", dir_okay=False, help="Also write per-module/layer rows (CSV)."),
-    ] = None,
-    scope: Annotated[
-        Scope | None,
-        typer.Option(help="all tensors, linear (2-D weights in blocks) or attention (q/k/v/o)."),
-    ] = None,
-    include: Annotated[str | None, typer.Option(help="Regex: compare only these names.")] = None,
-    exclude: Annotated[str | None, typer.Option(help="Regex: leave these names out.")] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="TOML config (see configs/).")
-    ] = None,
-    exact: Annotated[
-        bool, typer.Option("--exact", help="Float64 full SVD instead of float64 Gram + eigh.")
-    ] = False,
-    k: Annotated[
-        int | None, typer.Option("--k", min=1, help="Principal-angle k (default min(m,n)//8).")
-    ] = None,
-    alpha: Annotated[
-        float | None, typer.Option(help="Mask fraction of the overlap metrics (default 0.3).")
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda for the linear algebra.")] = None,
+    output: OutputOpt = None,
+    per_tensor: PerTensorOpt = None,
+    per_group: PerGroupOpt = None,
+    scope: ScopeOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    config: ConfigOpt = None,
+    exact: ExactOpt = False,
+    k: KOpt = None,
+    alpha: AlphaOpt = None,
+    device: DeviceOpt = None,
     token: TokenOpt = None,
     offline: OfflineOpt = False,
     keep: KeepOpt = True,
@@ -181,21 +221,10 @@ def compare(
     quiet: QuietOpt = False,
 ) -> None:
     """Compare each TUNED checkpoint against BASE, tensor by tensor, and name its regime."""
-    from opdgeo import engine, render
-    from opdgeo.config import load_config
+    from opdgeo import render
 
     with user_errors():
-        cfg = load_config(
-            config,
-            scope=scope.value if scope else None,
-            include=_regex(include, "--include"),
-            exclude=_regex(exclude, "--exclude"),
-            angle_k=k,
-            alpha=alpha,
-            device=device,
-            spectral_method="svd" if exact else None,
-        )
-        engine.check_device(cfg.settings)
+        cfg = _load(config, scope, include, exclude, k, alpha, device, exact)
         for path in (output, per_tensor, per_group):
             if path:
                 render.check_output_path(path, [base, *tuned])
@@ -358,7 +387,7 @@ def _progress(err: Console, quiet: bool, label: str, total: int) -> Iterator[Any
         redirect_stderr=False,
     )
     with progress:
-        task = progress.add_task(label, total=max(total, 1))
+        task = progress.add_task(label, total=total if total > 0 else None)
         yield lambda n: progress.advance(task, n)
 
 
@@ -380,6 +409,77 @@ def _notes(err: Console, run: RunResult) -> None:
             f"[yellow]warning:[/] {run.summary['run']}: {run.summary['n_nonfinite']} NaN/Inf "
             "entries; spectral metrics skipped for those tensors"
         )
+
+
+@app.command()
+def batch(
+    base: Annotated[str | None, typer.Argument(help=f"Base checkpoint: {SOURCE_HELP}")] = None,
+    directory: Annotated[
+        Path | None, typer.Argument(help="Directory of runs / step checkpoints.")
+    ] = None,
+    study: Annotated[
+        Path | None,
+        typer.Option(help="TOML study file: base, runs with labels and per-run origins."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted batch from its state file.")
+    ] = False,
+    state: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, help="State file (default: OUTPUT.state.jsonl with -o)."),
+    ] = None,
+    fmt: FormatOpt = None,
+    output: OutputOpt = None,
+    per_tensor: PerTensorOpt = None,
+    per_group: PerGroupOpt = None,
+    scope: ScopeOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    config: ConfigOpt = None,
+    exact: ExactOpt = False,
+    k: KOpt = None,
+    alpha: AlphaOpt = None,
+    device: DeviceOpt = None,
+    token: TokenOpt = None,
+    offline: OfflineOpt = False,
+    keep: KeepOpt = True,
+    allow_pickle: PickleOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Compare every checkpoint in DIRECTORY (or a --study file) against BASE, in one pass."""
+    from opdgeo import render
+    from opdgeo import study as studies
+
+    with user_errors():
+        cfg = _load(config, scope, include, exclude, k, alpha, device, exact)
+        if study is not None:
+            base_spec, runs = studies.load_study(study)
+        elif base is None or directory is None:
+            raise ConfigError("give BASE and DIRECTORY, or --study FILE")
+        else:
+            base_spec, runs = base, studies.discover(directory)
+        if len({r.label for r in runs}) != len(runs):
+            raise ConfigError("run labels must be unique")
+        inputs = [base_spec, *(r.path for r in runs), *(r.origin for r in runs if r.origin)]
+        for path in (output, per_tensor, per_group, state):
+            if path:
+                render.check_output_path(path, inputs)
+        state_path = state or (output.with_name(output.name + ".state.jsonl") if output else None)
+        if resume and state_path is None:
+            raise ConfigError("--resume needs --state PATH (or -o, whose state file it uses)")
+        log = studies.StateFile(state_path, resume) if state_path else None
+        err = _err()
+        if not quiet:
+            err.print(f"batch: {len(runs)} run(s) against {base_spec}")
+        sources = _source_options(token, offline, keep, quiet, allow_pickle)
+        with _progress(err, quiet, "batch", 0) as advance:
+            results = studies.run_batch(base_spec, runs, cfg, sources, log, advance)
+        if log is not None:
+            log.close(finished=True)
+        if not quiet:
+            for result in results:
+                _notes(err, result)
+        _emit(results, cfg, fmt, output, per_tensor, per_group)
 
 
 @app.command()
