@@ -25,7 +25,8 @@ def test_default_toml_matches_dataclass_defaults() -> None:
 def test_every_shipped_config_loads_and_documents_its_command(path: Path) -> None:
     assert isinstance(load_config(path), Config)
     header = path.read_text().splitlines()[:6]
-    assert any(f"--config configs/{path.name}" in line for line in header)
+    used = (f"--config configs/{path.name}", f"--study configs/{path.name}")
+    assert any(u in line for line in header for u in used)
 
 
 def test_overrides_and_partial_file(tmp_path: Path) -> None:
