@@ -290,6 +290,7 @@ def _emit(
     output: Path | None,
     per_tensor: Path | None,
     per_group: Path | None,
+    trajectory: bool = False,
 ) -> None:
     """Write the report (stdout or -o) and the optional per-tensor / per-group CSVs."""
     from opdgeo import render, report
@@ -301,7 +302,7 @@ def _emit(
         f"device={s.device}"
     )
     if chosen is Format.table:
-        text = _table_text(runs, settings_line, to_file=output is not None)
+        text = _table_text(runs, settings_line, to_file=output is not None, trajectory=trajectory)
     elif chosen is Format.csv:
         text = render.csv_text(report.summary_frame(runs))
     else:
@@ -342,15 +343,22 @@ def _redacted(argv: list[str]) -> list[str]:
     return out
 
 
-def _table_text(runs: list[RunResult], settings_line: str, to_file: bool) -> str:
+def _table_text(
+    runs: list[RunResult], settings_line: str, to_file: bool, trajectory: bool = False
+) -> str:
     from opdgeo import render
 
+    def draw(console: Console) -> None:
+        render.render_table(console, runs, settings_line)
+        if trajectory:
+            render.render_trajectory(console, runs)
+
     if not to_file and sys.stdout.isatty():
-        render.render_table(Console(), runs, settings_line)
+        draw(Console())
         return ""
     console = Console(width=160, color_system=None, force_terminal=False)
     with console.capture() as capture:
-        render.render_table(console, runs, settings_line)
+        draw(console)
     return capture.get()
 
 
@@ -480,6 +488,71 @@ def batch(
             for result in results:
                 _notes(err, result)
         _emit(results, cfg, fmt, output, per_tensor, per_group)
+
+
+@app.command()
+def trajectory(
+    base: Annotated[str, typer.Argument(help=f"Origin checkpoint W0: {SOURCE_HELP}")],
+    checkpoints: Annotated[
+        list[str],
+        typer.Argument(help="Checkpoints in training order, or one directory of step checkpoints."),
+    ],
+    matrices: Annotated[
+        str | None,
+        typer.Option(help="Regex of the trajectory matrices (default: attention q/k/v/o)."),
+    ] = None,
+    sim_k: Annotated[int, typer.Option("--sim-k", min=1, help="K of Sim_K (OPDG: 16).")] = 16,
+    hill_k: Annotated[int, typer.Option(min=2, help="Top-k of the Hill estimator.")] = 10,
+    fmt: FormatOpt = None,
+    output: OutputOpt = None,
+    per_tensor: PerTensorOpt = None,
+    scope: ScopeOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    config: ConfigOpt = None,
+    exact: ExactOpt = False,
+    device: DeviceOpt = None,
+    token: TokenOpt = None,
+    offline: OfflineOpt = False,
+    keep: KeepOpt = True,
+    allow_pickle: PickleOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Follow one run's checkpoints from BASE: cumulative updates and subspace locking."""
+    from opdgeo import render
+    from opdgeo import study as studies
+    from opdgeo import trajectory as traj
+
+    with user_errors():
+        cfg = _load(config, scope, include, exclude, None, None, device, exact)
+        only = Path(checkpoints[0])
+        if len(checkpoints) == 1 and only.is_dir() and not studies.is_checkpoint_dir(only):
+            specs = studies.discover(only)
+        else:
+            specs = [studies.RunSpec(c, c, step=studies.parse_step(c)) for c in checkpoints]
+        for path in (output, per_tensor):
+            if path:
+                render.check_output_path(path, [base, *(s.path for s in specs)])
+        _regex(matrices, "--matrices")
+        observer = traj.TrajectoryObserver(
+            len(specs), matrices or traj.DEFAULT_MATRICES, sim_k, hill_k,
+            cfg.settings.spectral_method,
+        )  # fmt: skip
+        sources = _source_options(token, offline, keep, quiet, allow_pickle)
+        with _progress(_err(), quiet, "trajectory", 0) as advance:
+            runs = studies.run_batch(base, specs, cfg, sources, None, advance, observer)
+        rows = observer.rows()
+        verdict, facts = traj.locking_verdict(rows)
+        for i, (run, row, spec) in enumerate(zip(runs, rows, specs, strict=True)):
+            run.summary.update(row)
+            run.summary["step"] = spec.step if spec.step is not None else i
+            run.summary["locking"] = verdict if i == len(runs) - 1 else ""
+            run.summary["locking_reasons"] = "; ".join(facts) if i == len(runs) - 1 else ""
+        if not quiet:
+            _err().print(f"locking: {verdict}")
+            for fact in facts:
+                _err().print(f"  - {fact}")
+        _emit(runs, cfg, fmt, output, per_tensor, None, trajectory=True)
 
 
 @app.command()

@@ -251,3 +251,21 @@ def render_inspect(console: Console, ckpt: Checkpoint, frame: pd.DataFrame) -> N
             str(row.tensor), str(row.dtype), str(row.shape), f"{row.numel:,}", str(row.file)
         )
     console.print(table)
+
+
+def render_trajectory(console: Console, runs: Sequence[RunResult]) -> None:
+    """Per-checkpoint trajectory columns and the locking verdict."""
+    table = Table(title="trajectory (cumulative update from the base)", title_justify="left")
+    columns = ("step", "stable_rank", "update_norm", "hill_alpha", "sim_final",
+               "jaccard_prev", "jaccard_final")  # fmt: skip
+    table.add_column("checkpoint")
+    for c in columns:
+        table.add_column(c.replace("_", " "), justify="right")
+    for run in runs:
+        s = run.summary
+        table.add_row(str(s.get("label", s["run"])), *(_num(s.get(c)) for c in columns))
+    console.print()
+    console.print(table)
+    last = runs[-1].summary
+    if last.get("locking"):
+        console.print(f"locking: {last['locking']}  ({last.get('locking_reasons', '')})")

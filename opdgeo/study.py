@@ -44,7 +44,7 @@ def parse_step(name: str) -> int | None:
     return int(matches[-1]) if matches else None
 
 
-def _is_checkpoint_dir(path: Path) -> bool:
+def is_checkpoint_dir(path: Path) -> bool:
     return any((path / w).is_file() for w in _WEIGHTS) or any(path.glob("*.safetensors"))
 
 
@@ -60,11 +60,11 @@ def discover(directory: Path) -> list[RunSpec]:
             continue
         if child.is_file() and child.suffix == ".safetensors":
             found.append(RunSpec(str(child), child.stem, step=parse_step(child.stem)))
-        elif child.is_dir() and _is_checkpoint_dir(child):
+        elif child.is_dir() and is_checkpoint_dir(child):
             found.append(RunSpec(str(child), child.name, step=parse_step(child.name)))
         elif child.is_dir():
             for sub in sorted(child.iterdir()):
-                if sub.is_dir() and _is_checkpoint_dir(sub):
+                if sub.is_dir() and is_checkpoint_dir(sub):
                     label = f"{child.name}/{sub.name}"
                     found.append(RunSpec(str(sub), label, step=parse_step(sub.name)))
     if not found:
@@ -142,6 +142,7 @@ def run_batch(
     sources: SourceOptions,
     state: StateFile | None = None,
     progress: Any = None,
+    observer: engine.Observer | None = None,
 ) -> list[report.RunResult]:
     """Compare every run against its origin (default ``base``); one RunResult per run, in order.
 
@@ -152,7 +153,7 @@ def run_batch(
         groups.setdefault(run.origin or base, []).append(run)
     results: dict[str, report.RunResult] = {}
     for origin, members in groups.items():
-        results.update(_run_group(origin, members, config, sources, state, progress))
+        results.update(_run_group(origin, members, config, sources, state, progress, observer))
     for members in groups.values():
         report.add_relative_order([results[r.label] for r in members])
     return [results[r.label] for r in runs]
@@ -165,6 +166,7 @@ def _run_group(
     sources: SourceOptions,
     state: StateFile | None,
     progress: Any,
+    observer: engine.Observer | None = None,
 ) -> Iterator[tuple[str, report.RunResult]]:
     opened: list[Checkpoint] = []
     try:
@@ -182,7 +184,7 @@ def _run_group(
                 old = state.done.get((base.label, spec.label), [])
                 records[i].extend(old)
                 done.update((i, str(r["tensor"])) for r in old)
-        stream = engine.compare_many(base, ckpts, plans, config.settings, done=done)
+        stream = engine.compare_many(base, ckpts, plans, config.settings, observer, done)
         for i, record in stream:
             record["label"], record["step"] = members[i].label, members[i].step
             records[i].append(record)
