@@ -542,7 +542,7 @@ def trajectory(
         with _progress(_err(), quiet, "trajectory", 0) as advance:
             runs = studies.run_batch(base, specs, cfg, sources, None, advance, observer)
         rows = observer.rows()
-        verdict, facts = traj.locking_verdict(rows)
+        verdict, facts = traj.locking_verdict(rows, cfg.thresholds)
         for i, (run, row, spec) in enumerate(zip(runs, rows, specs, strict=True)):
             run.summary.update(row)
             run.summary["step"] = spec.step if spec.step is not None else i

@@ -98,6 +98,14 @@ class Thresholds:
     """sparsity_bf16 below this (with a large rel_norm) means unrelated."""
     unrelated_angle_above: float = 30.0
     """principal_angle_deg above this supports unrelated (reported as a reason)."""
+    locked_sim_first: float = 0.8
+    """trajectory: sim_final at the first checkpoint >= this, with a flat band -> locked."""
+    locked_band: float = 0.25
+    """trajectory: stable-rank (max - min) / mean below this counts as a flat band."""
+    expanding_rise: float = 0.5
+    """trajectory: stable rank rising by more than this fraction -> expanding."""
+    contracting_fall: float = 0.25
+    """trajectory: stable rank falling by more than this fraction -> contracting."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from opdgeo.config import Thresholds
 from opdgeo.linalg import spectrum
 from opdgeo.pair import TensorPair
 from opdgeo.pairing import Pair
@@ -127,21 +128,12 @@ class TrajectoryObserver:
         return out
 
 
-@dataclass(frozen=True)
-class LockingThresholds:
-    """papers.md §7.3 (a proposal; OPDG gives no numeric rule)."""
-
-    locked_sim_first: float = 0.8
-    locked_band: float = 0.25
-    expanding_rise: float = 0.5
-    contracting_fall: float = 0.25
-
-
 def locking_verdict(
-    rows: list[dict[str, Any]], t: LockingThresholds | None = None
+    rows: list[dict[str, Any]], t: Thresholds | None = None
 ) -> tuple[str, list[str]]:
-    """``locked``, ``expanding``, ``contracting`` or ``drifting``, with the deciding numbers."""
-    t = t or LockingThresholds()
+    """``locked``, ``expanding``, ``contracting`` or ``drifting``, with the deciding numbers
+    (cut points from :class:`opdgeo.config.Thresholds`, as papers.md §7.3 proposes)."""
+    t = t or Thresholds()
     srank = [float(r["stable_rank"]) for r in rows if not math.isnan(float(r["stable_rank"]))]
     if len(rows) < 2 or len(srank) < 2:
         return "drifting", ["fewer than two checkpoints with an update: no trend"]
