@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch is pinned here (not in pyproject) so the set-up uses the local CPU wheel; users keep a range.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install demo test lint typecheck check bench clean
+.PHONY: install demo figures test lint typecheck check bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,14 @@ install: $(VENV)/.installed
 
 demo: install
 	$(VENV)/bin/opdgeo demo demo --format table
+
+# The README's figures: the demo family's regime map and a synthetic OPD-like trajectory.
+figures: install
+	$(VENV)/bin/opdgeo demo demo -q --format csv --plot demo/figures > /dev/null
+	$(PY) -c "from opdgeo.synthetic import write_trajectory; write_trajectory('demo/trajectory')"
+	mkdir -p demo/trajectory-steps && mv demo/trajectory/checkpoint-* demo/trajectory-steps/ 2>/dev/null || true
+	$(VENV)/bin/opdgeo trajectory demo/trajectory/base demo/trajectory-steps -q --format csv --plot demo/figures-trajectory > /dev/null
+	mkdir -p docs && cp demo/figures/regime_map.png demo/figures-trajectory/trajectory.png docs/
 
 test: install
 	$(PY) -m pytest -q

@@ -168,6 +168,12 @@ KOpt = Annotated[
 AlphaOpt = Annotated[
     float | None, typer.Option(help="Mask fraction of the overlap metrics (default 0.3).")
 ]
+PlotOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--plot", file_okay=False, help="Write figures (PNG + SVG) here; needs matplotlib."
+    ),
+]
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu or cuda for the linear algebra.")]
 
 
@@ -218,6 +224,7 @@ def compare(
     offline: OfflineOpt = False,
     keep: KeepOpt = True,
     allow_pickle: PickleOpt = False,
+    plot: PlotOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Compare each TUNED checkpoint against BASE, tensor by tensor, and name its regime."""
@@ -231,6 +238,7 @@ def compare(
         sources = _source_options(token, offline, keep, quiet, allow_pickle)
         runs = _run_compare(base, tuned, cfg, sources, quiet)
         _emit(runs, cfg, fmt, output, per_tensor, per_group)
+        _plots(runs, plot, [base, *tuned], quiet)
 
 
 def _run_compare(
@@ -323,6 +331,23 @@ def _emit(
     elif text:
         sys.stdout.write(text)
         sys.stdout.flush()
+
+
+def _plots(
+    runs: list[RunResult],
+    folder: Path | None,
+    inputs: list[str],
+    quiet: bool,
+    trajectory: bool = False,
+) -> None:
+    if folder is None:
+        return
+    from opdgeo import plots, render
+
+    render.check_output_path(folder / "regime_map.png", inputs)
+    paths = plots.write_plots(runs, folder, trajectory)
+    if not quiet:
+        _err().print(f"wrote {len(paths)} figure files to {folder}/")
 
 
 def _redacted(argv: list[str]) -> list[str]:
@@ -452,6 +477,7 @@ def batch(
     offline: OfflineOpt = False,
     keep: KeepOpt = True,
     allow_pickle: PickleOpt = False,
+    plot: PlotOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Compare every checkpoint in DIRECTORY (or a --study file) against BASE, in one pass."""
@@ -488,6 +514,7 @@ def batch(
             for result in results:
                 _notes(err, result)
         _emit(results, cfg, fmt, output, per_tensor, per_group)
+        _plots(results, plot, inputs, quiet)
 
 
 @app.command()
@@ -516,6 +543,7 @@ def trajectory(
     offline: OfflineOpt = False,
     keep: KeepOpt = True,
     allow_pickle: PickleOpt = False,
+    plot: PlotOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Follow one run's checkpoints from BASE: cumulative updates and subspace locking."""
@@ -553,6 +581,7 @@ def trajectory(
             for fact in facts:
                 _err().print(f"  - {fact}")
         _emit(runs, cfg, fmt, output, per_tensor, None, trajectory=True)
+        _plots(runs, plot, [base, *(s.path for s in specs)], quiet, trajectory=True)
 
 
 @app.command()
@@ -629,6 +658,7 @@ def demo(
     ),
     fmt: FormatOpt = None,
     seed: Annotated[int, typer.Option(help="Random seed of the synthetic family.")] = 0,
+    plot: PlotOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Generate a small synthetic base + SFT/OPD/RLVR-like family and compare it."""
@@ -645,6 +675,7 @@ def demo(
             str(paths["base"]), tuned, cfg, _source_options(None, True, True, True), quiet
         )
         _emit(runs, cfg, fmt, None, None, None)
+        _plots(runs, plot, [str(p) for p in paths.values()], quiet)
 
 
 def main() -> None:

@@ -158,3 +158,31 @@ def write_family(directory: Path, seed: int = 0) -> dict[str, Path]:
         )
         paths[label] = folder
     return paths
+
+
+def write_trajectory(directory: Path, seed: int = 0, steps: int = 4) -> list[Path]:
+    """``checkpoint-100 ... checkpoint-{100*steps}`` along one OPD-like direction from the base.
+
+    Checkpoint t holds W0 + (t/steps)·ΔW_opd plus fresh noise of 10 % of that step's update,
+    stored in bf16: a run that stays in one low-rank channel (the locked pattern of OPDG §4).
+    The base is ``directory/base``.
+    """
+    directory = Path(directory)
+    base = {k: v.to(torch.bfloat16).double() for k, v in make_base(seed).items()}
+    gen = torch.Generator().manual_seed(seed + 2)
+    updates = {k: opd_update(w, gen) for k, w in base.items() if w.dim() == 2}
+    folders = []
+    for name, tensors in [("base", base)] + [
+        (f"checkpoint-{100 * t}", {
+            k: w + (t / steps) * updates[k] * (1 + 0.1 * torch.randn(w.shape, generator=gen))
+            if k in updates else w
+            for k, w in base.items()
+        })
+        for t in range(1, steps + 1)
+    ]:  # fmt: skip
+        folder = directory / name
+        folder.mkdir(parents=True, exist_ok=True)
+        stored = {k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()}
+        save_file(stored, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        folders.append(folder)
+    return folders
