@@ -232,7 +232,7 @@ def compare(
 
     with user_errors():
         cfg = _load(config, scope, include, exclude, k, alpha, device, exact)
-        for path in (output, per_tensor, per_group):
+        for path in (output, per_tensor, per_group, plot and plot / "regime_map.png"):
             if path:
                 render.check_output_path(path, [base, *tuned])
         sources = _source_options(token, offline, keep, quiet, allow_pickle)
