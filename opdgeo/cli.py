@@ -258,15 +258,26 @@ def _run_compare(
         plans = [plan_pairs(base_ckpt, t, cfg.settings) for t in tuned_ckpts]
         if not quiet:
             _print_plan(err, base_ckpt, tuned_ckpts, plans)
-        runs = []
-        for tuned_ckpt, plan in zip(tuned_ckpts, plans, strict=True):
-            records = engine.compare(base_ckpt, tuned_ckpt, plan, cfg.settings)
-            total = sum(p.numel for p in plan.pairs)
-            with _progress(err, quiet, tuned_ckpt.label, total) as advance:
-                runs.append(report.build_run(_tracked(records, advance), cfg))
-            tuned_ckpt.close()
-            if not quiet:
-                _notes(err, runs[-1])
+        # Local runs share one pass (each base tensor read and decomposed once); Hub runs
+        # stream one at a time so each keeps its shard order and its two-shard disk bound.
+        local = all(c.fetcher is None for c in opened)
+        groups = [list(range(len(tuned_ckpts)))] if local else [[i] for i in range(len(plans))]
+        records: list[list[dict[str, Any]]] = [[] for _ in tuned_ckpts]
+        for group in groups:
+            total = sum(p.numel for i in group for p in plans[i].pairs)
+            label = tuned_ckpts[group[0]].label if len(group) == 1 else "compare"
+            with _progress(err, quiet, label, total) as advance:
+                stream = engine.compare_many(
+                    base_ckpt, [tuned_ckpts[i] for i in group], [plans[i] for i in group],
+                    cfg.settings,
+                )  # fmt: skip
+                for j, record in stream:
+                    advance(int(record.get("numel") or 0) if not record.get("tied") else 0)
+                    records[group[j]].append(record)
+        runs = [report.build_run(r, cfg) for r in records]
+        if not quiet:
+            for run in runs:
+                _notes(err, run)
     finally:
         for ckpt in opened:
             ckpt.close()
@@ -422,12 +433,6 @@ def _progress(err: Console, quiet: bool, label: str, total: int) -> Iterator[Any
     with progress:
         task = progress.add_task(label, total=total if total > 0 else None)
         yield lambda n: progress.advance(task, n)
-
-
-def _tracked(records: Iterator[dict[str, Any]], advance: Any) -> Iterator[dict[str, Any]]:
-    for record in records:
-        advance(int(record.get("numel") or 0) if not record.get("tied") else 0)
-        yield record
 
 
 def _notes(err: Console, run: RunResult) -> None:

@@ -133,21 +133,18 @@ def to_json(runs: Sequence[RunResult], meta: dict[str, Any]) -> dict[str, Any]:
 def compare_checkpoints(
     base: str, tuned: Sequence[str], config: Config | None = None
 ) -> list[RunResult]:
-    """Library API: compare each of ``tuned`` against ``base`` (local paths); no output."""
+    """Library API: compare each of ``tuned`` against ``base`` in one pass; no output."""
     config = config or Config()
-    base_ckpt = open_checkpoint(base)
-    runs = []
+    opened = [open_checkpoint(base)]
     try:
-        for spec in tuned:
-            tuned_ckpt = open_checkpoint(spec)
-            try:
-                plan = plan_pairs(base_ckpt, tuned_ckpt, config.settings)
-                runs.append(
-                    build_run(engine.compare(base_ckpt, tuned_ckpt, plan, config.settings), config)
-                )
-            finally:
-                tuned_ckpt.close()
+        opened += [open_checkpoint(spec) for spec in tuned]
+        plans = [plan_pairs(opened[0], t, config.settings) for t in opened[1:]]
+        records: list[list[dict[str, Any]]] = [[] for _ in tuned]
+        for i, record in engine.compare_many(opened[0], opened[1:], plans, config.settings):
+            records[i].append(record)
     finally:
-        base_ckpt.close()
+        for ckpt in opened:
+            ckpt.close()
+    runs = [build_run(r, config) for r in records]
     add_relative_order(runs)
     return runs

@@ -153,3 +153,21 @@ def test_batch_usage_errors(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "no checkpoints found" in result.stderr
     result = runner.invoke(app, ["batch", str(base), str(empty), "--resume"])
     assert result.exit_code in (1, 2)
+
+
+def test_compare_of_several_local_runs_decomposes_base_once(
+    family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[int, ...]] = []
+    real = opdgeo.pair.spectrum
+
+    def counting(w, k, method="gram"):  # type: ignore[no-untyped-def]
+        calls.append(tuple(w.shape))
+        return real(w, k, method)
+
+    monkeypatch.setattr(opdgeo.pair, "spectrum", counting)
+    args = [str(family[k]) for k in ("base", "sft", "opd", "rlvr")]
+    result = runner.invoke(app, ["compare", *args, "-f", "csv", "-q"])
+    assert result.exit_code == 0, result.stderr
+    n_matrices = int(pd.read_csv(io.StringIO(result.stdout))["n_matrices"].iloc[0])
+    assert len(calls) == n_matrices + 3 * n_matrices
