@@ -16,7 +16,7 @@ from opdgeo import engine
 from opdgeo.aggregate import clean, groups, summarize
 from opdgeo.config import Config
 from opdgeo.pairing import plan_pairs
-from opdgeo.regimes import REGIMES, Verdict, classify, relative_order
+from opdgeo.regimes import Verdict, classify, relative_order
 from opdgeo.sources import open_checkpoint
 
 CONTRACT_COLUMNS = (
@@ -62,7 +62,6 @@ def build_run(records: Iterable[dict[str, Any]], config: Config) -> RunResult:
     frame["tied"] = frame["tied"].fillna(False).astype(bool)
     summary = summarize(frame)
     verdict = classify(summary, config.thresholds)
-    assert verdict.regime in REGIMES
     summary.update(
         regime=verdict.regime,
         confidence=verdict.confidence,
