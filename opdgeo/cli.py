@@ -244,44 +244,22 @@ def compare(
 def _run_compare(
     base: str, tuned: list[str], cfg: Config, sources: SourceOptions, quiet: bool
 ) -> list[RunResult]:
-    """Open every checkpoint (headers only), show the plan, then stream each comparison."""
-    from opdgeo import engine, report
-    from opdgeo.pairing import plan_pairs
-    from opdgeo.sources import open_checkpoint
+    """:func:`opdgeo.report.compare_checkpoints` with the plan, progress and notes on stderr."""
+    from opdgeo import report
 
     err = _err()
-    opened: list[Checkpoint] = []
-    try:
-        for spec in (base, *tuned):
-            opened.append(open_checkpoint(spec, sources))
-        base_ckpt, tuned_ckpts = opened[0], opened[1:]
-        plans = [plan_pairs(base_ckpt, t, cfg.settings) for t in tuned_ckpts]
+
+    def on_plan(base_ckpt: Checkpoint, runs: list[Checkpoint], plans: list[Any]) -> None:
         if not quiet:
-            _print_plan(err, base_ckpt, tuned_ckpts, plans)
-        # Local runs share one pass (each base tensor read and decomposed once); Hub runs
-        # stream one at a time so each keeps its shard order and its two-shard disk bound.
-        local = all(c.fetcher is None for c in opened)
-        groups = [list(range(len(tuned_ckpts)))] if local else [[i] for i in range(len(plans))]
-        records: list[list[dict[str, Any]]] = [[] for _ in tuned_ckpts]
-        for group in groups:
-            total = sum(p.numel for i in group for p in plans[i].pairs)
-            label = tuned_ckpts[group[0]].label if len(group) == 1 else "compare"
-            with _progress(err, quiet, label, total) as advance:
-                stream = engine.compare_many(
-                    base_ckpt, [tuned_ckpts[i] for i in group], [plans[i] for i in group],
-                    cfg.settings,
-                )  # fmt: skip
-                for j, record in stream:
-                    advance(int(record.get("numel") or 0) if not record.get("tied") else 0)
-                    records[group[j]].append(record)
-        runs = [report.build_run(r, cfg) for r in records]
-        if not quiet:
-            for run in runs:
-                _notes(err, run)
-    finally:
-        for ckpt in opened:
-            ckpt.close()
-    report.add_relative_order(runs)
+            _print_plan(err, base_ckpt, runs, plans)
+
+    def track(label: str, total: int) -> Any:
+        return _progress(err, quiet, label, total)
+
+    runs = report.compare_checkpoints(base, tuned, cfg, sources, on_plan, track)
+    if not quiet:
+        for run in runs:
+            _notes(err, run)
     return runs
 
 

@@ -6,7 +6,8 @@ without any terminal output.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,9 +16,9 @@ import pandas as pd
 from opdgeo import engine
 from opdgeo.aggregate import clean, groups, summarize
 from opdgeo.config import Config
-from opdgeo.pairing import plan_pairs
+from opdgeo.pairing import Plan, plan_pairs
 from opdgeo.regimes import Verdict, classify, relative_order
-from opdgeo.sources import open_checkpoint
+from opdgeo.sources import Checkpoint, SourceOptions, open_checkpoint
 
 CONTRACT_COLUMNS = (
     "run",
@@ -129,21 +130,57 @@ def to_json(runs: Sequence[RunResult], meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+PlanHook = Callable[[Checkpoint, list[Checkpoint], list[Plan]], None]
+Tracker = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
+
+
+@contextmanager
+def _untracked(label: str, total: int) -> Iterator[Callable[[int], None]]:
+    yield lambda n: None
+
+
 def compare_checkpoints(
-    base: str, tuned: Sequence[str], config: Config | None = None
+    base: str,
+    tuned: Sequence[str],
+    config: Config | None = None,
+    sources: SourceOptions | None = None,
+    on_plan: PlanHook | None = None,
+    track: Tracker = _untracked,
 ) -> list[RunResult]:
-    """Library API: compare each of ``tuned`` against ``base`` in one pass; no output."""
+    """Compare each of ``tuned`` against ``base``: the library API and the CLI's engine.
+
+    Every checkpoint is opened (headers only) and planned before any tensor is read, and
+    ``on_plan`` sees the plans then. Local runs share one pass (each base tensor read and
+    decomposed once); Hub runs stream one at a time, so each keeps its shard order and its
+    two-shard disk bound. ``track(label, parameters)`` wraps each pass and is given the
+    parameters of every compared tensor (progress bars).
+    """
     config = config or Config()
-    opened = [open_checkpoint(base)]
+    opened: list[Checkpoint] = []
     try:
-        opened += [open_checkpoint(spec) for spec in tuned]
-        plans = [plan_pairs(opened[0], t, config.settings) for t in opened[1:]]
-        records: list[list[dict[str, Any]]] = [[] for _ in tuned]
-        for i, record in engine.compare_many(opened[0], opened[1:], plans, config.settings):
-            records[i].append(record)
+        for spec in (base, *tuned):
+            opened.append(open_checkpoint(spec, sources))
+        base_ckpt, runs = opened[0], opened[1:]
+        plans = [plan_pairs(base_ckpt, t, config.settings) for t in runs]
+        if on_plan is not None:
+            on_plan(base_ckpt, runs, plans)
+        local = all(c.fetcher is None for c in opened)
+        groups = [list(range(len(runs)))] if local else [[i] for i in range(len(runs))]
+        records: list[list[dict[str, Any]]] = [[] for _ in runs]
+        for group in groups:
+            total = sum(p.numel for i in group for p in plans[i].pairs)
+            label = runs[group[0]].label if len(group) == 1 else "compare"
+            with track(label, total) as advance:
+                stream = engine.compare_many(
+                    base_ckpt, [runs[i] for i in group], [plans[i] for i in group],
+                    config.settings,
+                )  # fmt: skip
+                for j, record in stream:
+                    advance(0 if record.get("tied") else int(record.get("numel") or 0))
+                    records[group[j]].append(record)
     finally:
         for ckpt in opened:
             ckpt.close()
-    runs = [build_run(r, config) for r in records]
-    add_relative_order(runs)
-    return runs
+    results = [build_run(r, config) for r in records]
+    add_relative_order(results)
+    return results
