@@ -19,6 +19,8 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
+from opdgeo.engine import method_text
+
 SCHEMA_VERSION = 1
 
 GROUP_COLUMNS = (
@@ -119,13 +121,18 @@ def summarize(frame: pd.DataFrame) -> dict[str, Any]:
         "base": str(frame["base"].iloc[0]),
     }
     summary.update(pool(rows))
-    methods = sorted({m for s in rows["method"].dropna() for m in str(s).split("+")})
+    methods: dict[str, set[str]] = {}
+    for text in rows["method"].dropna().unique():
+        for part in str(text).split(";"):
+            metric, sep, used = part.partition("=")
+            if sep:
+                methods.setdefault(metric, set()).update(used.split("+"))
     summary.update(
         n_skipped=int((frame["skipped"] != "").sum()),
         n_tied=int((frame["skipped"] == "").sum() - len(rows)),
         dtype_base=_dominant(rows, "dtype_base"),
         dtype_tuned=_dominant(rows, "dtype_tuned"),
-        method="+".join(methods),
+        method=method_text(methods) or "elementwise",
     )
     return summary
 

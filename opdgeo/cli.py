@@ -45,6 +45,12 @@ class Format(StrEnum):
     json = "json"
 
 
+class Tier(StrEnum):
+    fast = "fast"
+    standard = "standard"
+    exact = "exact"
+
+
 class Scope(StrEnum):
     all = "all"
     linear = "linear"
@@ -159,8 +165,26 @@ ExcludeOpt = Annotated[str | None, typer.Option(help="Regex: leave these names o
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML config (see configs/).")
 ]
-ExactOpt = Annotated[
-    bool, typer.Option("--exact", help="Float64 full SVD instead of float64 Gram + eigh.")
+ExactOpt = Annotated[bool, typer.Option("--exact", help="Same as --tier exact (float64 full SVD).")]
+TierOpt = Annotated[
+    Tier | None,
+    typer.Option(
+        help="fast: sparsity, norms, stable rank only (I/O speed); standard: every metric "
+        "(float64 Gram + eigh); exact: float64 full SVD."
+    ),
+]
+CacheOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--cache/--no-cache", help="Reuse / skip the on-disk cache of base decompositions."
+    ),
+]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(file_okay=False, help="Base cache directory (default ~/.cache/opdgeo)."),
+]
+ThreadsOpt = Annotated[
+    int | None, typer.Option(min=1, help="CPU threads for the linear algebra (default: cores).")
 ]
 KOpt = Annotated[
     int | None, typer.Option("--k", min=1, help="Principal-angle k (default min(m,n)//8).")
@@ -186,6 +210,10 @@ def _load(
     alpha: float | None,
     device: str | None,
     exact: bool,
+    tier: Tier | None = None,
+    cache: bool | None = None,
+    cache_dir: Path | None = None,
+    threads: int | None = None,
 ) -> Config:
     from opdgeo import engine
     from opdgeo.config import load_config
@@ -198,7 +226,10 @@ def _load(
         angle_k=k,
         alpha=alpha,
         device=device,
-        spectral_method="svd" if exact else None,
+        tier="exact" if exact else (tier.value if tier else None),
+        cache=cache,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        threads=threads,
     )
     engine.check_device(cfg.settings)
     return cfg
@@ -217,6 +248,10 @@ def compare(
     exclude: ExcludeOpt = None,
     config: ConfigOpt = None,
     exact: ExactOpt = False,
+    tier: TierOpt = None,
+    cache: CacheOpt = None,
+    cache_dir: CacheDirOpt = None,
+    threads: ThreadsOpt = None,
     k: KOpt = None,
     alpha: AlphaOpt = None,
     device: DeviceOpt = None,
@@ -231,7 +266,20 @@ def compare(
     from opdgeo import render
 
     with user_errors():
-        cfg = _load(config, scope, include, exclude, k, alpha, device, exact)
+        cfg = _load(
+            config,
+            scope,
+            include,
+            exclude,
+            k,
+            alpha,
+            device,
+            exact,
+            tier,
+            cache,
+            cache_dir,
+            threads,
+        )
         for path in (output, per_tensor, per_group, plot and plot / "regime_map.png"):
             if path:
                 render.check_output_path(path, [base, *tuned])
@@ -295,8 +343,8 @@ def _emit(
     chosen = fmt or (Format.table if sys.stdout.isatty() and output is None else Format.csv)
     s = cfg.settings
     settings_line = (
-        f"scope={s.scope} alpha={s.alpha} atol={s.atol:g} method={s.spectral_method} "
-        f"device={s.device}"
+        f"scope={s.scope} alpha={s.alpha} atol={s.atol:g} tier={s.tier} "
+        f"method={s.spectral_method} device={s.device}"
     )
     if chosen is Format.table:
         text = _table_text(runs, settings_line, to_file=output is not None, trajectory=trajectory)
@@ -453,6 +501,10 @@ def batch(
     exclude: ExcludeOpt = None,
     config: ConfigOpt = None,
     exact: ExactOpt = False,
+    tier: TierOpt = None,
+    cache: CacheOpt = None,
+    cache_dir: CacheDirOpt = None,
+    threads: ThreadsOpt = None,
     k: KOpt = None,
     alpha: AlphaOpt = None,
     device: DeviceOpt = None,
@@ -468,7 +520,20 @@ def batch(
     from opdgeo import study as studies
 
     with user_errors():
-        cfg = _load(config, scope, include, exclude, k, alpha, device, exact)
+        cfg = _load(
+            config,
+            scope,
+            include,
+            exclude,
+            k,
+            alpha,
+            device,
+            exact,
+            tier,
+            cache,
+            cache_dir,
+            threads,
+        )
         if study is not None:
             base_spec, runs = studies.load_study(study)
         elif base is None or directory is None:
@@ -521,6 +586,10 @@ def trajectory(
     exclude: ExcludeOpt = None,
     config: ConfigOpt = None,
     exact: ExactOpt = False,
+    tier: TierOpt = None,
+    cache: CacheOpt = None,
+    cache_dir: CacheDirOpt = None,
+    threads: ThreadsOpt = None,
     device: DeviceOpt = None,
     token: TokenOpt = None,
     offline: OfflineOpt = False,
@@ -535,7 +604,20 @@ def trajectory(
     from opdgeo import trajectory as traj
 
     with user_errors():
-        cfg = _load(config, scope, include, exclude, None, None, device, exact)
+        cfg = _load(
+            config,
+            scope,
+            include,
+            exclude,
+            None,
+            None,
+            device,
+            exact,
+            tier,
+            cache,
+            cache_dir,
+            threads,
+        )
         only = Path(checkpoints[0])
         if len(checkpoints) == 1 and only.is_dir() and not studies.is_checkpoint_dir(only):
             specs = studies.discover(only)
@@ -659,6 +741,23 @@ def demo(
         )
         _emit(runs, cfg, fmt, None, None, None)
         _plots(runs, plot, [str(p) for p in paths.values()], quiet)
+
+
+@app.command("cache")
+def cache_command(
+    clear: Annotated[bool, typer.Option("--clear", help="Delete every cached entry.")] = False,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Show where the base cache is and how big it is (or empty it with --clear)."""
+    from opdgeo.cache import BaseCache, default_dir
+
+    with user_errors():
+        store = BaseCache(cache_dir or default_dir())
+        if clear:
+            removed = store.clear()
+            _err().print(f"removed {removed} cached base matrices from {store.root}")
+        entries, nbytes = store.size()
+        print(f"path\t{store.root}\nentries\t{entries}\nbytes\t{nbytes}")
 
 
 def main() -> None:

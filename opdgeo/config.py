@@ -17,6 +17,7 @@ from opdgeo.errors import ConfigError
 
 SCOPES = ("all", "linear", "attention")
 SPECTRAL_METHODS = ("gram", "svd")
+TIERS = ("fast", "standard", "exact")
 
 
 @dataclass(frozen=True)
@@ -41,17 +42,45 @@ class Settings:
     ``ceil(min(m, n) / 16)`` so that small matrices keep a low-rank mask."""
     alpha: float = 0.3
     """Fraction of entries in the principal / low-magnitude masks (OPDG Fig. 3: 0.3)."""
+    tier: str = "standard"
+    """How much linear algebra runs (see :data:`TIERS`):
+
+    * ``fast`` - element-wise metrics (sparsity, norms) and stable rank from block power
+      iteration in float32; no decompositions, so it runs at the speed of the reads;
+    * ``standard`` - every metric; W0 and W1 spectra from float64 Gram + eigh (top-k vectors,
+      full singular values), sigma_1 of the update from a float32 Gram;
+    * ``exact`` - every metric from float64 full SVD (papers' reference numbers).
+    """
     spectral_method: str = "gram"
-    """``gram``: float64 Gram matrix + eigh (fast, accurate for top-k and NSS);
-    ``svd``: float64 full SVD (exact, slow)."""
+    """``gram``: float64 Gram matrix + eigh; ``svd``: float64 full SVD. Follows ``tier``
+    (``exact`` implies ``svd``); setting ``svd`` with the standard tier selects ``exact``."""
     spectral_embeddings: bool = False
     """Run spectral metrics on embedding / lm_head matrices too (V x h Grams are costly)."""
     max_spectral_dim: int = 16384
     """Matrices whose smaller side exceeds this get sparsity and norms only."""
     device: str = "cpu"
     """Where the linear algebra runs: ``cpu`` or ``cuda``."""
+    threads: int = 0
+    """CPU threads for torch; 0 = the number of physical cores (or ``OMP_NUM_THREADS``)."""
+    cache: bool = True
+    """Keep each base matrix's spectrum and top-k subspaces in an on-disk cache, keyed by
+    the file's identity, so repeated comparisons and trajectories skip decomposing W0."""
+    cache_dir: str = ""
+    """Where the base cache lives; empty = ``$OPDGEO_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/opdgeo``, else ``~/.cache/opdgeo``."""
+    read_ahead: int = 2
+    """Tensor pairs read ahead on a background thread while the current one is analysed
+    (0 reads in the main thread)."""
 
     def __post_init__(self) -> None:
+        if self.tier not in TIERS:
+            raise ConfigError(f"tier must be one of {', '.join(TIERS)}, got {self.tier!r}")
+        if self.spectral_method == "svd" and self.tier == "standard":
+            object.__setattr__(self, "tier", "exact")
+        if self.tier == "exact":
+            object.__setattr__(self, "spectral_method", "svd")
+        if self.threads < 0 or self.read_ahead < 0:
+            raise ConfigError("threads and read_ahead must be >= 0")
         if self.scope not in SCOPES:
             raise ConfigError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         if self.spectral_method not in SPECTRAL_METHODS:

@@ -6,16 +6,20 @@ that the caller can stream them into progress bars, aggregations and CSV writers
 
 from __future__ import annotations
 
+import os
+import queue
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 
+from opdgeo.cache import BaseCache, tensor_identity
 from opdgeo.config import Settings
 from opdgeo.errors import ConfigError
-from opdgeo.linalg import Spectrum
 from opdgeo.metrics import METRICS, all_columns
-from opdgeo.pair import BufferPool, TensorPair
+from opdgeo.pair import BaseShared, BufferPool, TensorPair, stored_base
 from opdgeo.pairing import Pair, Plan
 from opdgeo.sources import Checkpoint
 
@@ -71,33 +75,79 @@ def check_device(settings: Settings) -> None:
         raise ConfigError("--device cuda was given but no CUDA device is available")
 
 
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads share a core's FPUs)."""
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        allowed = os.cpu_count() or 1
+    cores: set[tuple[str, str]] = set()
+    try:
+        physical = core = ""
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    physical = value.strip()
+                elif key == "core id":
+                    core = value.strip()
+                    cores.add((physical, core))
+    except OSError:
+        pass
+    return max(1, min(allowed, len(cores) or allowed))
+
+
+def apply_threads(settings: Settings) -> int:
+    """Set torch's CPU threads from ``settings.threads``; return the count in use.
+
+    0 means the physical cores, unless ``OMP_NUM_THREADS`` is set: then torch's own
+    setting (which follows it) is kept, so schedulers and shared machines stay in control.
+    """
+    if not settings.threads and os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    threads = settings.threads or physical_cores()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+def method_text(methods: dict[str, set[str]]) -> str:
+    """The ``method`` column: ``metric=method[+method];...`` for every metric that ran
+    linear algebra (element-wise metrics are exact counts and sums)."""
+    return ";".join(f"{m}={'+'.join(sorted(v))}" for m, v in sorted(methods.items()))
+
+
 def analyze_pair(
     pair: Pair,
     base: torch.Tensor,
     tuned: torch.Tensor,
     settings: Settings,
     pool: BufferPool | None = None,
-    base_spectra: dict[int, Spectrum] | None = None,
+    shared: BaseShared | None = None,
     observer: Observer | None = None,
     run: int = 0,
 ) -> dict[str, Any]:
     """Every metric column for one pair, plus ``method``, ``n_nonfinite``, ``spectral_skipped``.
 
-    ``base_spectra`` shares W0's decompositions between runs with the same base tensor;
-    ``observer(run, pair, tensor_pair)`` sees the live pair after the metrics ran.
+    ``shared`` shares W0's decompositions and mask thresholds between runs with the same base
+    tensor (and with the base cache); ``observer(run, pair, tensor_pair)`` sees the live pair
+    after the metrics ran. Metrics that the tier does not run report NaN.
     """
-    tp = TensorPair(base, tuned, settings, pool, module=pair.module, base_spectra=base_spectra)
+    tp = TensorPair(base, tuned, settings, pool, module=pair.module, shared=shared)
     reason = spectral_skip_reason(pair, tp, settings)
     record: dict[str, Any] = {"n_nonfinite": tp.n_nonfinite, "spectral_skipped": reason}
     for spec in METRICS.values():
-        if spec.matrix_only and reason is not None:
+        if (spec.matrix_only and reason is not None) or settings.tier not in spec.tiers:
             record.update(dict.fromkeys(spec.columns, float("nan")))
             continue
+        tp.active = spec.name
         values = spec.fn(tp)
         if set(values) != set(spec.columns):
             raise RuntimeError(f"metric {spec.name} returned {sorted(values)}, not {spec.columns}")
         record.update(values)
-    record["method"] = "+".join(sorted(tp.methods)) or "elementwise"
+    tp.active = ""
+    record["method"] = method_text(tp.metric_methods) or "elementwise"
     if observer is not None:
         observer(run, pair, tp)
     return record
@@ -128,7 +178,9 @@ def compare_many(
     tensors follow at the end. ``done`` holds (run index, tensor) pairs to leave out (resume).
     """
     check_device(settings)
+    apply_threads(settings)
     pool = BufferPool(settings.device)
+    cache = BaseCache.for_settings(settings)
     done = done or set()
     todo: dict[str, list[tuple[int, Pair]]] = {}
     for i, plan in enumerate(plans):
@@ -147,11 +199,10 @@ def compare_many(
     base.prepare(order)
     for i, run in enumerate(runs):
         run.prepare([p.tuned_name for name in order for j, p in todo[name] if j == i])
-    for name in order:
-        w0_full = base.read(name)
-        shared: dict[int, Spectrum] = {}
-        for i, pair in todo[name]:
-            w1 = runs[i].read(pair.tuned_name, pair.rows)
+    pin = torch.device(settings.device).type == "cuda"
+    for name, w0_full, tuned in _reads(base, runs, order, todo, settings.read_ahead, pin):
+        shared = _shared(cache, base, name, settings, len(w0_full.shape))
+        for (i, pair), w1 in zip(todo[name], tuned, strict=True):
             w0 = w0_full if pair.rows is None else w0_full[: pair.rows]
             record = _identity(base, runs[i], pair.name)
             record.update(
@@ -166,10 +217,14 @@ def compare_many(
                 added_rows=pair.added_rows,
                 skipped="",
             )
-            spectra = shared if pair.rows is None else {}
+            spectra = shared if pair.rows is None else BaseShared()
             record.update(analyze_pair(pair, w0, w1, settings, pool, spectra, observer, i))
-            del w1
             yield i, record
+        del tuned
+        if cache is not None and shared.dirty and shared.key:
+            entry = stored_base(shared, tuple(w0_full.shape))
+            if entry is not None:
+                cache.save(shared.key, entry)
     for i, plan in enumerate(plans):
         for skip in plan.skipped:
             if (i, skip.name) in done:
@@ -178,6 +233,84 @@ def compare_many(
             shape = skip.base_shape or skip.tuned_shape or ()
             record.update(shape="x".join(map(str, shape)), skipped=skip.reason, numel=0)
             yield i, record
+
+
+def _shared(
+    cache: BaseCache | None, base: Checkpoint, name: str, settings: Settings, dims: int
+) -> BaseShared:
+    """A fresh :class:`BaseShared` for base tensor ``name``, backed by the cache if any."""
+    if cache is None or dims != 2:
+        return BaseShared()
+    identity = tensor_identity(base, name)
+    if identity is None:
+        return BaseShared()
+    key = cache.key(identity, settings)
+    return BaseShared(load=partial(cache.load, key), key=key)
+
+
+Reads = Iterator[tuple[str, torch.Tensor, list[torch.Tensor]]]
+
+
+def _reads(
+    base: Checkpoint,
+    runs: Sequence[Checkpoint],
+    order: list[str],
+    todo: dict[str, list[tuple[int, Pair]]],
+    ahead: int,
+    pin: bool,
+) -> Reads:
+    """``(name, W0, [W1 of each run])`` in ``order``, read ``ahead`` items in advance.
+
+    With ``ahead > 0`` one background thread does every read, in order (so each checkpoint
+    still has one open shard and reads in file order), and at most ``ahead`` items wait in
+    a queue: peak memory grows by ``ahead`` tensor sets, while reading overlaps the analysis
+    (file reads release the GIL). ``pin`` reads into pinned host memory for async GPU copies.
+    """
+
+    def read_one(name: str) -> tuple[str, torch.Tensor, list[torch.Tensor]]:
+        w0 = base.read(name, pin=pin)
+        return name, w0, [runs[i].read(p.tuned_name, p.rows, pin=pin) for i, p in todo[name]]
+
+    if ahead <= 0:
+        for name in order:
+            yield read_one(name)
+        return
+    items: queue.Queue[Any] = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for name in order:
+                if not put(read_one(name)):
+                    return
+            put(end)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+
+    thread = threading.Thread(target=work, name="opdgeo-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            del item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def _identity(base: Checkpoint, tuned: Checkpoint, name: str) -> dict[str, Any]:

@@ -7,7 +7,9 @@
   routes work in float64.
 * :func:`principal_angles` - angles between two subspaces, accurate for tiny angles.
 * :func:`top_singular_value` - sigma_1 from the Gram matrix's top eigenvalue (stable rank).
-* :func:`fraction_mask` - an exact top/bottom-fraction mask with deterministic tie-breaking.
+* :func:`top_singular_value_power` - sigma_1 from block power iteration (the fast tier).
+* :func:`fraction_threshold` / :func:`threshold_mask` - an exact top/bottom-fraction mask with
+  deterministic tie-breaking (a histogram of bit patterns for bf16 values, else kthvalue).
 """
 
 from __future__ import annotations
@@ -63,6 +65,22 @@ def _right_vectors(w: torch.Tensor, u: torch.Tensor, s: torch.Tensor, s_max: flo
     filler = torch.randn(v.shape, generator=gen, dtype=torch.float64).to(v.device)
     q, _ = torch.linalg.qr(torch.where(good, v, filler))
     return torch.where(good, v, q)
+
+
+def spectrum_from_vectors(
+    w: torch.Tensor, s: torch.Tensor, small: torch.Tensor, k: int, method: str
+) -> Spectrum:
+    """Rebuild a Gram-route :class:`Spectrum` from its singular values and the top singular
+    vectors of W's smaller side (as stored by :mod:`opdgeo.cache`); the other side is
+    ``Wᵀ U_k / s_k`` exactly as :func:`spectrum` computes it, so the result is the same."""
+    m, n = w.shape
+    k = max(0, min(k, m, n, small.shape[1]))
+    s = s.to(w.device)
+    small = small[:, :k].to(w.device).contiguous()
+    s_max = float(s[0]) if s.numel() else 0.0
+    if m <= n:
+        return Spectrum(s, small, _right_vectors(w, small, s[:k], s_max), method)
+    return Spectrum(s, _right_vectors(w.T, small, s[:k], s_max), small, method)
 
 
 def spectrum(w: torch.Tensor, k: int, method: str = "gram") -> Spectrum:
@@ -125,29 +143,129 @@ def top_singular_value(w: torch.Tensor) -> float:
     return math.sqrt(max(float(torch.linalg.eigvalsh(g)[-1]), 0.0))
 
 
+def top_singular_value_power(
+    w: torch.Tensor, tol: float = 1e-5, max_iter: int = 40, block: int = 4, seed: int = 0
+) -> tuple[float, int]:
+    """σ₁(W) by block power iteration with Krylov acceleration (block Lanczos); (σ₁, steps).
+
+    A = WᵀW on W's smaller side is applied to a seeded Gaussian block of ``block`` vectors
+    (deterministic); every product is orthogonalised against all previous blocks (twice,
+    so the basis stays orthonormal), and the Rayleigh-Ritz value of A on the whole Krylov
+    basis, a lower bound of σ₁² that only grows, is taken each step. It stops when σ₁
+    changes by less than ``tol`` relative, or after ``max_iter`` steps. Each step costs two
+    GEMMs with ``block`` columns (4·m·n·block flops) and never forms a Gram matrix; Krylov
+    bases converge on flat spectra far faster than plain power iteration.
+    """
+    if w.numel() == 0:
+        return 0.0, 0
+    m, n = w.shape
+    wt = w if m >= n else w.T  # tall: the basis lives on the small side
+    small = wt.shape[1]
+    b = max(1, min(block, small))
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    q = torch.randn(small, b, generator=gen, dtype=torch.float32).to(wt.device, wt.dtype)
+    q, _ = torch.linalg.qr(q)
+    basis: list[torch.Tensor] = []
+    images: list[torch.Tensor] = []
+    prev = 0.0
+    steps = 0
+    for steps in range(1, max_iter + 1):  # noqa: B007 - the count is returned
+        aq = wt.T @ (wt @ q)
+        basis.append(q)
+        images.append(aq)
+        big_q, big_aq = torch.cat(basis, 1), torch.cat(images, 1)
+        t = big_q.T @ big_aq
+        est = math.sqrt(max(float(torch.linalg.eigvalsh(((t + t.T) / 2).double())[-1]), 0.0))
+        if est == 0.0 or abs(est - prev) <= tol * est or big_q.shape[1] + b > small:
+            return est, steps
+        prev = est
+        y = _orthogonalise(aq, big_q)
+        scale = float(torch.linalg.matrix_norm(aq)) or 1.0
+        lost = torch.linalg.vector_norm(y, dim=0) <= 1e-4 * scale
+        if bool(lost.any()):  # the Krylov space (nearly) closed: refill with random directions
+            fresh = torch.randn(small, b, generator=gen, dtype=torch.float32).to(y.device, y.dtype)
+            y = torch.where(lost, _orthogonalise(fresh, big_q), y)
+        q, _ = torch.linalg.qr(y)
+        q = _orthogonalise(q, big_q)
+        q, _ = torch.linalg.qr(q)
+    return prev, steps
+
+
+def _orthogonalise(y: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """``y`` minus its projection on the orthonormal ``basis`` (classical Gram-Schmidt, twice)."""
+    for _ in range(2):
+        y = y - basis @ (basis.T @ y)
+    return y
+
+
+def _bf16_magnitude_bits(x: torch.Tensor) -> torch.Tensor | None:
+    """int32 magnitude bit patterns when every value of ``x`` is exactly a bf16, else None."""
+    if x.dtype == torch.bfloat16:
+        b = x
+    elif x.dtype == torch.float32:
+        b = x.to(torch.bfloat16)
+        if not torch.equal(b.float(), x):
+            return None
+    else:
+        return None
+    return (b.view(torch.int16) & 0x7FFF).to(torch.int32)
+
+
+def fraction_threshold(x: torch.Tensor, frac: float, largest: bool) -> tuple[float, int]:
+    """(threshold, ties to take) of the exact ``frac`` mask of ``x`` (non-negative values).
+
+    The mask holds every entry strictly beyond the threshold plus the first ``need`` entries
+    (in index order) equal to it, so it has exactly ``round(frac · numel)`` entries. For
+    values that are exactly bf16 (weights stored in bf16), the threshold comes from a 32768-
+    bin histogram of magnitude bit patterns (one pass, exact); otherwise from ``kthvalue``.
+    """
+    flat = x.reshape(-1)
+    n = flat.numel()
+    count = int(round(frac * n))
+    if count <= 0:
+        return math.inf if largest else -math.inf, 0
+    if count >= n:
+        return -math.inf if largest else math.inf, 0
+    bits = _bf16_magnitude_bits(flat)
+    if bits is not None and bool((flat >= 0).all()):
+        hist = torch.bincount(bits, minlength=1 << 15)
+        if largest:
+            hist = hist.flip(0)
+        cum = torch.cumsum(hist, 0)
+        idx = int(torch.searchsorted(cum, torch.tensor(count, device=cum.device)))
+        before = int(cum[idx - 1]) if idx > 0 else 0
+        code = (1 << 15) - 1 - idx if largest else idx
+        thr = float(torch.tensor([code], dtype=torch.int16).view(torch.bfloat16).float())
+        return thr, count - before
+    if largest:
+        thr_t = torch.kthvalue(flat, n - count + 1).values
+        strict = int((flat > thr_t).sum())
+    else:
+        thr_t = torch.kthvalue(flat, count).values
+        strict = int((flat < thr_t).sum())
+    return float(thr_t), count - strict
+
+
+def threshold_mask(x: torch.Tensor, thr: float, need: int, largest: bool) -> torch.Tensor:
+    """The mask of :func:`fraction_threshold`: beyond ``thr``, plus the first ``need`` ties."""
+    flat = x.reshape(-1)
+    strict = flat > thr if largest else flat < thr
+    if need > 0:
+        ties = flat == thr
+        n_ties = int(ties.sum())
+        fill = ties if need >= n_ties else ties & (torch.cumsum(ties, 0) <= need)
+        strict |= fill
+    return strict.reshape(x.shape)
+
+
 def fraction_mask(x: torch.Tensor, frac: float, largest: bool) -> torch.Tensor:
     """Boolean mask of exactly ``round(frac * numel)`` entries with the largest (or smallest) x.
 
     Ties at the threshold are filled in index order, so the mask density is exact even for
     bf16 weights, where many entries share a magnitude.
     """
-    flat = x.reshape(-1)
-    n = flat.numel()
-    count = int(round(frac * n))
-    if count <= 0:
-        return torch.zeros_like(x, dtype=torch.bool)
-    if count >= n:
-        return torch.ones_like(x, dtype=torch.bool)
-    if largest:
-        thr = torch.kthvalue(flat, n - count + 1).values
-        strict = flat > thr
-    else:
-        thr = torch.kthvalue(flat, count).values
-        strict = flat < thr
-    need = count - int(strict.sum())
-    ties = flat == thr
-    fill = ties & (torch.cumsum(ties, 0, dtype=torch.int64) <= need)
-    return (strict | fill).reshape(x.shape)
+    thr, need = fraction_threshold(x, frac, largest)
+    return threshold_mask(x, thr, need, largest)
 
 
 def project_left(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -3,18 +3,28 @@
 Every expensive intermediate (upcasts, the update, bf16 bit patterns, decompositions) is a
 ``cached_property``, so several metrics share one decomposition and nothing is computed for
 metrics that do not run. Float32 upcasts go into buffers reused from pair to pair.
+Quantities of W0 alone live in a :class:`BaseShared`, shared by every run compared against
+the same base tensor and stored in the on-disk base cache (:mod:`opdgeo.cache`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
 
 from opdgeo.config import Settings
-from opdgeo.linalg import Spectrum, spectrum, top_singular_value
+from opdgeo.linalg import (
+    Spectrum,
+    fraction_threshold,
+    spectrum,
+    spectrum_from_vectors,
+    top_singular_value,
+    top_singular_value_power,
+)
 
 CHUNK = 1 << 22
 """Entries per chunk of the element-wise pass (16 MB of float32 temporaries)."""
@@ -34,6 +44,52 @@ class ElementStats:
     delta_sq: float = 0.0
     base_sq: float = 0.0
     max_abs_delta: float = 0.0
+
+
+@dataclass
+class BaseShared:
+    """W0-only results shared by every run compared against one base tensor.
+
+    ``spectra`` holds W0's decompositions by k; ``thresholds`` the exact mask thresholds
+    (``(threshold, ties to take)``, see :func:`opdgeo.linalg.fraction_threshold`) by mask.
+    ``stored`` is what the on-disk cache held (loaded lazily by ``load`` the first time W0's
+    spectrum is needed); ``dirty`` says that something new was computed and should be saved.
+    """
+
+    spectra: dict[int, Spectrum] = field(default_factory=dict)
+    thresholds: dict[str, tuple[float, int]] = field(default_factory=dict)
+    load: Callable[[], StoredBase | None] | None = None
+    key: str = ""
+    """The base-cache key of this tensor ("" when it is not cached)."""
+    stored: StoredBase | None = None
+    loaded: bool = False
+    dirty: bool = False
+
+    def from_store(self) -> StoredBase | None:
+        """The cached entry for this base tensor, loading it on first use."""
+        if not self.loaded:
+            self.loaded = True
+            self.stored = self.load() if self.load is not None else None
+            if self.stored is not None:
+                self.thresholds = {**self.stored.thresholds, **self.thresholds}
+        return self.stored
+
+
+@dataclass
+class StoredBase:
+    """What the base cache keeps for one matrix: all singular values (float64), the top-k
+    singular vectors of W0's smaller side (float64; both sides for ``svd-f64``), the method
+    that produced them, and the mask thresholds."""
+
+    s: torch.Tensor
+    small: torch.Tensor
+    other: torch.Tensor | None
+    method: str
+    thresholds: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return int(self.small.shape[1])
 
 
 class BufferPool:
@@ -77,19 +133,34 @@ class TensorPair:
         settings: Settings,
         pool: BufferPool | None = None,
         module: str = "other",
-        base_spectra: dict[int, Spectrum] | None = None,
+        shared: BaseShared | None = None,
     ) -> None:
         if base.shape != tuned.shape:
             raise ValueError(f"shape mismatch {tuple(base.shape)} vs {tuple(tuned.shape)}")
+        device = torch.device(settings.device)
+        if base.device != device:  # pinned host memory makes these copies asynchronous
+            base = base.to(device, non_blocking=True)
+        if tuned.device != device:
+            tuned = tuned.to(device, non_blocking=True)
         self.base = base
         self.tuned = tuned
         self.settings = settings
         self.module = module
         self.pool = pool or BufferPool(settings.device)
-        self.base_spectra = base_spectra if base_spectra is not None else {}
-        """Spectra of W0 by k, shared by the caller across pairs with the same base tensor."""
+        self.shared = shared if shared is not None else BaseShared()
+        """W0's decompositions and mask thresholds, shared across runs and with the cache."""
         self.methods: set[str] = set()
         """Numerical methods actually used, for the ``method`` column."""
+        self.metric_methods: dict[str, set[str]] = {}
+        """Methods by metric (the metric named in ``active`` when each was used)."""
+        self.active = ""
+        """The metric now running (set by the engine), for ``metric_methods``."""
+
+    def use(self, method: str) -> None:
+        """Record that ``method`` produced (part of) the running metric's values."""
+        self.methods.add(method)
+        if self.active:
+            self.metric_methods.setdefault(self.active, set()).add(method)
 
     # -- element-wise ------------------------------------------------------------------
     @property
@@ -103,11 +174,10 @@ class TensorPair:
         return torch.float64 if wide else torch.float32
 
     def _upcast(self, x: torch.Tensor, slot: str) -> torch.Tensor:
-        device = self.settings.device
-        if x.dtype == self.compute_dtype and device == "cpu":
+        if x.dtype == self.compute_dtype:
             return x
         if self.compute_dtype == torch.float64:
-            return x.to(device=device, dtype=torch.float64)
+            return x.to(torch.float64)
         out = self.pool.take(slot, tuple(x.shape))
         out.copy_(x)
         return out
@@ -144,28 +214,44 @@ class TensorPair:
         """One chunked pass over both tensors for every element-wise statistic.
 
         Works on flat chunks of ``CHUNK`` entries, so its temporaries stay small whatever the
-        tensor size (an embedding matrix costs no full-size float32 copies).
+        tensor size (an embedding matrix costs no full-size float32 copies). Bit comparisons
+        run on int16 views; NaN/Inf handling only runs on chunks that hold such values.
         """
         stats = ElementStats()
         b_flat, t_flat = self.base.reshape(-1), self.tuned.reshape(-1)
         atol = self.settings.atol
         cd = self.compute_dtype
+        both_bf16 = self.base.dtype == self.tuned.dtype == torch.bfloat16
         for i in range(0, self.numel, CHUNK):
             b, t = b_flat[i : i + CHUNK], t_flat[i : i + CHUNK]
             b_bits, t_bits = bf16_bits(b), bf16_bits(t)
-            stats.unchanged_bf16 += int(bf16_unchanged(b_bits, t_bits).sum())
+            unchanged = int(bf16_unchanged(b_bits, t_bits).sum())
+            stats.unchanged_bf16 += unchanged
+            b_c, t_c = b.to(cd), t.to(cd)
+            # NaN/Inf in either side (bf16 rounding keeps them, and overflows to Inf)
+            bad_count = int(((b_bits & _SIGN_MASK) >= _BF16_INF).sum()) + int(
+                ((t_bits & _SIGN_MASK) >= _BF16_INF).sum()
+            )
+            if bad_count:
+                bad = ~(torch.isfinite(b_c) & torch.isfinite(t_c))
+                stats.nonfinite += int(bad.sum())
+                delta = torch.where(bad, 0.0, t_c - b_c)
+                base = torch.where(bad, 0.0, b_c)
+            else:
+                delta, base = t_c - b_c, b_c
             # bf16 arithmetic as MUK's code: the exact difference of two bf16 values, rounded
-            d16 = t_bits.view(torch.bfloat16).float() - b_bits.view(torch.bfloat16).float()
-            d16 = d16.to(torch.bfloat16).float().abs_()
+            if both_bf16 and not bad_count:
+                d16 = delta.to(torch.bfloat16).abs_()
+            else:
+                d16 = t_bits.view(torch.bfloat16).float() - b_bits.view(torch.bfloat16).float()
+                d16 = d16.to(torch.bfloat16).abs_()
             stats.le_atol += int((d16 <= atol).sum())
             stats.lt_atol += int((d16 < atol).sum())
-            b_c, t_c = b.to(cd), t.to(cd)
-            stats.exact_equal += int((b_c == t_c).sum())
-            # norms over the finite entries only, so one NaN does not poison the totals
-            bad = ~(torch.isfinite(b_c) & torch.isfinite(t_c))
-            stats.nonfinite += int(bad.sum())
-            delta = torch.where(bad, 0.0, t_c - b_c)
-            base = torch.where(bad, 0.0, b_c)
+            if both_bf16 and not bad_count:
+                stats.exact_equal += unchanged  # bf16: equal values are equal bit patterns
+            else:
+                stats.exact_equal += int((b_c == t_c).sum())
+            # float32 sums of squares lose ~1e-4 relative over millions of terms: use float64
             stats.delta_sq += float(torch.linalg.vector_norm(delta, dtype=torch.float64)) ** 2
             stats.base_sq += float(torch.linalg.vector_norm(base, dtype=torch.float64)) ** 2
             if delta.numel():
@@ -206,39 +292,107 @@ class TensorPair:
         m, n = self.base.shape
         return max(1, min(self.settings.mask_rank, math.ceil(min(m, n) / 16)))
 
-    def _spectrum(self, w: torch.Tensor, k: int) -> Spectrum:
-        sp = spectrum(w, k, self.settings.spectral_method)
-        self.methods.add(sp.method)
+    @property
+    def spec0_k(self) -> int:
+        """The largest k any metric needs from W0's decomposition."""
+        return max(self.angle_k, self.energy_k, self.mask_rank)
+
+    @property
+    def spec0(self) -> Spectrum:
+        """Spectrum of W0 with vectors for the largest k any metric needs."""
+        sp = self._spec0
+        self.use(sp.method)
         return sp
 
     @cached_property
-    def spec0(self) -> Spectrum:
-        """Spectrum of W0 with vectors for the largest k any metric needs."""
-        k = max(self.angle_k, self.energy_k, self.mask_rank)
-        cached = self.base_spectra.get(k)
-        if cached is not None:
-            self.methods.add(cached.method)
-            return cached
-        self.base_spectra[k] = self._spectrum(self.w0, k)
-        return self.base_spectra[k]
+    def _spec0(self) -> Spectrum:
+        k = self.spec0_k
+        shared = self.shared
+        for have, sp in shared.spectra.items():
+            if have >= k:
+                return sp
+        stored = shared.from_store()
+        if stored is not None and stored.k >= k and self._matches(stored.method):
+            sp = self._rebuild(stored)
+        else:
+            sp = spectrum(self.w0, k, self.settings.spectral_method)
+            shared.dirty = True
+        shared.spectra[k] = sp
+        return sp
 
-    @cached_property
+    def _matches(self, method: str) -> bool:
+        return method == ("svd-f64" if self.settings.spectral_method == "svd" else "gram-eigh-f64")
+
+    def _rebuild(self, stored: StoredBase) -> Spectrum:
+        """W0's spectrum from the base cache (see :class:`StoredBase`)."""
+        device = self.w0.device
+        if stored.other is not None:  # svd: both sides were stored
+            m, n = self.base.shape
+            small, other = stored.small.to(device), stored.other.to(device)
+            u, v = (small, other) if m <= n else (other, small)
+            return Spectrum(stored.s.to(device), u, v, stored.method)
+        return spectrum_from_vectors(self.w0, stored.s, stored.small, stored.k, stored.method)
+
+    def threshold(self, key: str, x: torch.Tensor, frac: float, largest: bool) -> tuple[float, int]:
+        """The exact ``frac`` mask threshold of ``x`` (a function of W0 only) for mask ``key``:
+        computed once per base tensor, then taken from :class:`BaseShared` and the cache."""
+        hit = self.shared.thresholds.get(key)
+        if hit is None:
+            self.shared.from_store()
+            hit = self.shared.thresholds.get(key)
+        if hit is None:
+            hit = fraction_threshold(x, frac, largest)
+            self.shared.thresholds[key] = hit
+            self.shared.dirty = True
+        return hit
+
+    @property
     def spec1(self) -> Spectrum:
         """Spectrum of W1 with its top angle_k vectors."""
-        return self._spectrum(self.w1, self.angle_k)
+        sp = self._spec1
+        self.use(sp.method)
+        return sp
+
+    @cached_property
+    def _spec1(self) -> Spectrum:
+        return spectrum(self.w1, self.angle_k, self.settings.spectral_method)
 
     @property
     def delta_fro2(self) -> float:
         """‖ΔW‖_F², accumulated in float64."""
         return self.elementwise.delta_sq
 
-    @cached_property
+    @property
     def delta_sigma1(self) -> float:
-        """σ₁(ΔW): the largest eigenvalue of the float32 Gram of ΔW (``gram-f32``), or float64
-        SVD with ``spectral_method = "svd"``. σ₁ is well conditioned, so float32 suffices for
-        stable rank; it is deterministic, unlike power iteration on a flat spectrum."""
-        if self.settings.spectral_method == "svd":
-            self.methods.add("svd-f64")
-            return float(torch.linalg.svdvals(self.delta.to(torch.float64))[0])
-        self.methods.add("gram-f64" if self.delta.dtype == torch.float64 else "gram-f32")
-        return top_singular_value(self.delta)
+        """σ₁(ΔW), by tier: ``exact`` float64 SVD (``svd-f64``); ``standard`` the largest
+        eigenvalue of ΔW's Gram matrix in its compute dtype (``gram-f32``; σ₁ is perfectly
+        conditioned, so float32 gives it to ~1e-7 and, unlike power iteration, needs no
+        spectral gap); ``fast`` block Krylov power iteration to 1e-5 relative
+        (``krylov-f32``, a lower bound that is exact for low-rank updates)."""
+        value, method = self._delta_sigma1
+        self.use(method)
+        return value
+
+    @cached_property
+    def _delta_sigma1(self) -> tuple[float, str]:
+        tier = self.settings.tier
+        if tier == "exact":
+            return float(torch.linalg.svdvals(self.delta.to(torch.float64))[0]), "svd-f64"
+        suffix = "f64" if self.delta.dtype == torch.float64 else "f32"
+        if tier == "fast":
+            return top_singular_value_power(self.delta)[0], f"krylov-{suffix}"
+        return top_singular_value(self.delta), f"gram-{suffix}"
+
+
+def stored_base(shared: BaseShared, shape: tuple[int, ...]) -> StoredBase | None:
+    """What to write to the base cache for one W0 (None when it was never decomposed)."""
+    if not shared.spectra:
+        return None
+    sp = shared.spectra[max(shared.spectra)]
+    m, n = shape
+    small, other = (sp.u, sp.v) if m <= n else (sp.v, sp.u)
+    keep_other = sp.method == "svd-f64"
+    return StoredBase(
+        sp.s.cpu(), small.cpu(), other.cpu() if keep_other else None, sp.method,
+        dict(shared.thresholds),
+    )  # fmt: skip

@@ -189,12 +189,17 @@ class TensorReader:
         return self._fh
 
     def read(
-        self, info: TensorInfo, rows: int | None = None, path: Path | None = None
+        self,
+        info: TensorInfo,
+        rows: int | None = None,
+        path: Path | None = None,
+        pin: bool = False,
     ) -> torch.Tensor:
         """Read ``info`` (or only its first ``rows`` rows) as a CPU tensor of its own dtype.
 
         ``path`` overrides ``info.file`` (a downloaded copy of a remote shard). Non-float
-        dtypes come back as raw uint8 bytes; callers skip them anyway.
+        dtypes come back as raw uint8 bytes; callers skip them anyway. ``pin`` reads straight
+        into pinned host memory (for asynchronous copies to a GPU).
         """
         path = path or info.file
         shape = info.shape
@@ -204,7 +209,7 @@ class TensorReader:
                 raise ValueError(f"cannot take {rows} rows of {info.name} {shape}")
             shape = (rows, *shape[1:])
             nbytes = math.prod(shape) * DTYPE_BYTES[info.dtype]
-        buf = torch.empty(nbytes, dtype=torch.uint8)
+        buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
         if nbytes:
             fh = self._handle(path)
             fh.seek(info.start)

@@ -156,12 +156,14 @@ class Checkpoint:
                     f"(tensor {name!r}); the repository changed, rerun"
                 )
 
-    def read(self, name: str, rows: int | None = None) -> torch.Tensor:
-        """Read tensor ``name`` (optionally only its first ``rows`` rows)."""
+    def read(self, name: str, rows: int | None = None, pin: bool = False) -> torch.Tensor:
+        """Read tensor ``name`` (optionally only its first ``rows`` rows); ``pin`` puts it in
+        pinned (page-locked) host memory so that a GPU copy can run asynchronously."""
         info = self.tensors[name]
         if self.loader is not None:
-            return self.loader(name, rows)
-        tensor = self._reader.read(info, rows, path=self._path(info.file))
+            loaded = self.loader(name, rows)
+            return loaded.pin_memory() if pin else loaded
+        tensor = self._reader.read(info, rows, path=self._path(info.file), pin=pin)
         left = self._remaining.get(info.file)
         if left is not None:
             self._remaining[info.file] = left - 1

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingface_hub
+# The base cache goes to a fresh directory per test session, never the user's ~/.cache.
+os.environ["OPDGEO_CACHE_DIR"] = tempfile.mkdtemp(prefix="opdgeo-test-cache-")
 
 import pytest
 import torch
 from safetensors.torch import save_file
+
+atexit.register(shutil.rmtree, os.environ["OPDGEO_CACHE_DIR"], True)
 
 Tensors = dict[str, torch.Tensor]
 

@@ -60,9 +60,13 @@ def test_batch_equals_individual_compares_and_decomposes_base_once(
         return real(w, k, method)
 
     runs_dir = family["base"].parent
-    single = runner.invoke(app, ["compare", str(family["base"]), str(family["sft"]), "-f", "csv"])
+    single = runner.invoke(
+        app, ["compare", str(family["base"]), str(family["sft"]), "-f", "csv", "--no-cache"]
+    )
     monkeypatch.setattr(opdgeo.pair, "spectrum", counting)
-    result = runner.invoke(app, ["batch", str(family["base"]), str(runs_dir), "-f", "csv", "-q"])
+    result = runner.invoke(
+        app, ["batch", str(family["base"]), str(runs_dir), "-f", "csv", "-q", "--no-cache"]
+    )
     assert result.exit_code == 0, result.stderr
     frame = pd.read_csv(io.StringIO(result.stdout)).set_index("label")
     assert list(frame.index) == ["base", "opd", "rlvr", "sft"]
@@ -167,7 +171,7 @@ def test_compare_of_several_local_runs_decomposes_base_once(
 
     monkeypatch.setattr(opdgeo.pair, "spectrum", counting)
     args = [str(family[k]) for k in ("base", "sft", "opd", "rlvr")]
-    result = runner.invoke(app, ["compare", *args, "-f", "csv", "-q"])
+    result = runner.invoke(app, ["compare", *args, "-f", "csv", "-q", "--no-cache"])
     assert result.exit_code == 0, result.stderr
     n_matrices = int(pd.read_csv(io.StringIO(result.stdout))["n_matrices"].iloc[0])
     assert len(calls) == n_matrices + 3 * n_matrices

@@ -28,20 +28,26 @@ class MetricSpec:
     columns: tuple[str, ...]
     matrix_only: bool
     doc: str
+    tiers: tuple[str, ...] = ("fast", "standard", "exact")
+    """The tiers (``Settings.tier``) that run this metric; others report NaN."""
 
 
 METRICS: dict[str, MetricSpec] = {}
 
 
 def metric(
-    name: str, columns: tuple[str, ...], matrix_only: bool = False
+    name: str,
+    columns: tuple[str, ...],
+    matrix_only: bool = False,
+    tiers: tuple[str, ...] = ("fast", "standard", "exact"),
 ) -> Callable[[MetricFn], MetricFn]:
     """Register ``fn`` under ``name``; its docstring (the maths) becomes its documentation."""
 
     def register(fn: MetricFn) -> MetricFn:
         if name in METRICS:
             raise ValueError(f"metric {name!r} registered twice")
-        METRICS[name] = MetricSpec(name, fn, columns, matrix_only, inspect.getdoc(fn) or "")
+        doc = inspect.getdoc(fn) or ""
+        METRICS[name] = MetricSpec(name, fn, columns, matrix_only, doc, tiers)
         return fn
 
     return register

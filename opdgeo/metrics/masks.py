@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from opdgeo.linalg import fraction_mask
+from opdgeo.linalg import threshold_mask
 from opdgeo.metrics import metric
 from opdgeo.pair import TensorPair
 
@@ -22,6 +22,7 @@ NAN = float("nan")
         "mask_rank",
     ),
     matrix_only=True,
+    tiers=("standard", "exact"),
 )
 def mask_overlap(pair: TensorPair) -> dict[str, float]:
     """Share of visibly updated entries that fall in W0's principal / low-magnitude masks.
@@ -32,14 +33,20 @@ def mask_overlap(pair: TensorPair) -> dict[str, float]:
     0.3), ties filled in index order so each mask holds exactly round(α·n) entries.
     ``overlap(M) = |M ∩ M_upd| / |M_upd|``; an update blind to the masks scores α
     (``overlap_baseline``). ``principal_notlow_overlap`` uses ``M_princ ∩ M_lowᶜ`` (PNT Fig. 5),
-    whose baseline is that mask's density. NaN when no entry changed visibly.
+    whose baseline is that mask's density. NaN when no entry changed visibly. The thresholds
+    depend on W0 alone and are kept with its spectrum (shared across runs, base cache).
     """
     alpha = pair.settings.alpha
     r = pair.mask_rank
-    low = fraction_mask(pair.w0.abs(), alpha, largest=False)
+    w0_abs = pair.w0.abs()
+    thr, need = pair.threshold(f"low:{alpha!r}", w0_abs, alpha, largest=False)
+    low = threshold_mask(w0_abs, thr, need, largest=False)
+    del w0_abs
     sp = pair.spec0
     recon = (sp.u[:, :r] * sp.s[:r]).to(torch.float32) @ sp.v[:, :r].to(torch.float32).T
-    princ = fraction_mask(recon.abs_(), alpha, largest=True)
+    recon.abs_()
+    thr, need = pair.threshold(f"principal:{alpha!r}:{r}", recon, alpha, largest=True)
+    princ = threshold_mask(recon, thr, need, largest=True)
     del recon
     notlow = princ & ~low
     n = pair.numel

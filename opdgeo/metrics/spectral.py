@@ -16,6 +16,8 @@ from opdgeo.metrics import metric
 from opdgeo.pair import TensorPair
 
 NAN = float("nan")
+FULL_TIERS = ("standard", "exact")
+"""Tiers that decompose W0 and W1 (the fast tier skips these metrics)."""
 
 
 @metric(
@@ -28,6 +30,7 @@ NAN = float("nan")
         "angle_k",
     ),
     matrix_only=True,
+    tiers=FULL_TIERS,
 )
 def principal_angles(pair: TensorPair) -> dict[str, float]:
     """Rotation of the top-k singular subspaces (PNT §4.1, OPDG Eq. 2).
@@ -58,7 +61,7 @@ def principal_angles(pair: TensorPair) -> dict[str, float]:
     }
 
 
-@metric("nss", columns=("nss", "spectral_drift_ratio"), matrix_only=True)
+@metric("nss", columns=("nss", "spectral_drift_ratio"), matrix_only=True, tiers=FULL_TIERS)
 def nss(pair: TensorPair) -> dict[str, float]:
     """Normalized spectral shift ``NSS = ‖σ(W1) − σ(W0)‖₂ / ‖σ(W0)‖₂`` (PNT §4.1, OPDG Eq. 3).
 
@@ -89,6 +92,7 @@ def nss(pair: TensorPair) -> dict[str, float]:
         "energy_k",
     ),
     matrix_only=True,
+    tiers=FULL_TIERS,
 )
 def principal_energy(pair: TensorPair) -> dict[str, float]:
     """Share of the update's energy inside W0's top-k singular subspaces (DSSU, papers.md D7).
