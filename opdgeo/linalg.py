@@ -35,6 +35,11 @@ class Spectrum:
     method: str
 
 
+def count(mask: torch.Tensor) -> int:
+    """Number of True entries (``count_nonzero``: ~30x faster than ``sum`` on bool tensors)."""
+    return int(torch.count_nonzero(mask))
+
+
 def gram(w: torch.Tensor) -> torch.Tensor:
     """``W Wᵀ`` in float64, formed in column chunks so no full float64 copy of W is made."""
     m, n = w.shape
@@ -144,7 +149,7 @@ def top_singular_value(w: torch.Tensor) -> float:
 
 
 def top_singular_value_power(
-    w: torch.Tensor, tol: float = 1e-5, max_iter: int = 40, block: int = 4, seed: int = 0
+    w: torch.Tensor, tol: float = 1e-5, max_iter: int = 40, block: int = 16, seed: int = 0
 ) -> tuple[float, int]:
     """σ₁(W) by block power iteration with Krylov acceleration (block Lanczos); (σ₁, steps).
 
@@ -176,14 +181,15 @@ def top_singular_value_power(
         big_q, big_aq = torch.cat(basis, 1), torch.cat(images, 1)
         t = big_q.T @ big_aq
         est = math.sqrt(max(float(torch.linalg.eigvalsh(((t + t.T) / 2).double())[-1]), 0.0))
-        if est == 0.0 or abs(est - prev) <= tol * est or big_q.shape[1] + b > small:
-            return est, steps
+        room = small - big_q.shape[1]
+        if est == 0.0 or abs(est - prev) <= tol * est or room <= 0:
+            return est, steps  # converged, or the basis spans the whole space (exact)
         prev = est
-        y = _orthogonalise(aq, big_q)
+        y = _orthogonalise(aq[:, : min(b, room)], big_q)
         scale = float(torch.linalg.matrix_norm(aq)) or 1.0
         lost = torch.linalg.vector_norm(y, dim=0) <= 1e-4 * scale
         if bool(lost.any()):  # the Krylov space (nearly) closed: refill with random directions
-            fresh = torch.randn(small, b, generator=gen, dtype=torch.float32).to(y.device, y.dtype)
+            fresh = torch.randn(y.shape, generator=gen, dtype=torch.float32).to(y.device, y.dtype)
             y = torch.where(lost, _orthogonalise(fresh, big_q), y)
         q, _ = torch.linalg.qr(y)
         q = _orthogonalise(q, big_q)
@@ -221,10 +227,10 @@ def fraction_threshold(x: torch.Tensor, frac: float, largest: bool) -> tuple[flo
     """
     flat = x.reshape(-1)
     n = flat.numel()
-    count = int(round(frac * n))
-    if count <= 0:
+    size = int(round(frac * n))
+    if size <= 0:
         return math.inf if largest else -math.inf, 0
-    if count >= n:
+    if size >= n:
         return -math.inf if largest else math.inf, 0
     bits = _bf16_magnitude_bits(flat)
     if bits is not None and bool((flat >= 0).all()):
@@ -232,18 +238,18 @@ def fraction_threshold(x: torch.Tensor, frac: float, largest: bool) -> tuple[flo
         if largest:
             hist = hist.flip(0)
         cum = torch.cumsum(hist, 0)
-        idx = int(torch.searchsorted(cum, torch.tensor(count, device=cum.device)))
+        idx = int(torch.searchsorted(cum, torch.tensor(size, device=cum.device)))
         before = int(cum[idx - 1]) if idx > 0 else 0
         code = (1 << 15) - 1 - idx if largest else idx
         thr = float(torch.tensor([code], dtype=torch.int16).view(torch.bfloat16).float())
-        return thr, count - before
+        return thr, size - before
     if largest:
-        thr_t = torch.kthvalue(flat, n - count + 1).values
-        strict = int((flat > thr_t).sum())
+        thr_t = torch.kthvalue(flat, n - size + 1).values
+        strict = count(flat > thr_t)
     else:
-        thr_t = torch.kthvalue(flat, count).values
-        strict = int((flat < thr_t).sum())
-    return float(thr_t), count - strict
+        thr_t = torch.kthvalue(flat, size).values
+        strict = count(flat < thr_t)
+    return float(thr_t), size - strict
 
 
 def threshold_mask(x: torch.Tensor, thr: float, need: int, largest: bool) -> torch.Tensor:
@@ -252,7 +258,7 @@ def threshold_mask(x: torch.Tensor, thr: float, need: int, largest: bool) -> tor
     strict = flat > thr if largest else flat < thr
     if need > 0:
         ties = flat == thr
-        n_ties = int(ties.sum())
+        n_ties = count(ties)
         fill = ties if need >= n_ties else ties & (torch.cumsum(ties, 0) <= need)
         strict |= fill
     return strict.reshape(x.shape)

@@ -19,10 +19,10 @@ import torch
 from opdgeo.config import Settings
 from opdgeo.linalg import (
     Spectrum,
+    count,
     fraction_threshold,
     spectrum,
     spectrum_from_vectors,
-    top_singular_value,
     top_singular_value_power,
 )
 
@@ -225,16 +225,16 @@ class TensorPair:
         for i in range(0, self.numel, CHUNK):
             b, t = b_flat[i : i + CHUNK], t_flat[i : i + CHUNK]
             b_bits, t_bits = bf16_bits(b), bf16_bits(t)
-            unchanged = int(bf16_unchanged(b_bits, t_bits).sum())
+            unchanged = count(bf16_unchanged(b_bits, t_bits))
             stats.unchanged_bf16 += unchanged
             b_c, t_c = b.to(cd), t.to(cd)
             # NaN/Inf in either side (bf16 rounding keeps them, and overflows to Inf)
-            bad_count = int(((b_bits & _SIGN_MASK) >= _BF16_INF).sum()) + int(
-                ((t_bits & _SIGN_MASK) >= _BF16_INF).sum()
+            bad_count = count((b_bits & _SIGN_MASK) >= _BF16_INF) + count(
+                (t_bits & _SIGN_MASK) >= _BF16_INF
             )
             if bad_count:
                 bad = ~(torch.isfinite(b_c) & torch.isfinite(t_c))
-                stats.nonfinite += int(bad.sum())
+                stats.nonfinite += count(bad)
                 delta = torch.where(bad, 0.0, t_c - b_c)
                 base = torch.where(bad, 0.0, b_c)
             else:
@@ -245,12 +245,12 @@ class TensorPair:
             else:
                 d16 = t_bits.view(torch.bfloat16).float() - b_bits.view(torch.bfloat16).float()
                 d16 = d16.to(torch.bfloat16).abs_()
-            stats.le_atol += int((d16 <= atol).sum())
-            stats.lt_atol += int((d16 < atol).sum())
+            stats.le_atol += count(d16 <= atol)
+            stats.lt_atol += count(d16 < atol)
             if both_bf16 and not bad_count:
                 stats.exact_equal += unchanged  # bf16: equal values are equal bit patterns
             else:
-                stats.exact_equal += int((b_c == t_c).sum())
+                stats.exact_equal += count(b_c == t_c)
             # float32 sums of squares lose ~1e-4 relative over millions of terms: use float64
             stats.delta_sq += float(torch.linalg.vector_norm(delta, dtype=torch.float64)) ** 2
             stats.base_sq += float(torch.linalg.vector_norm(base, dtype=torch.float64)) ** 2
@@ -364,11 +364,13 @@ class TensorPair:
 
     @property
     def delta_sigma1(self) -> float:
-        """σ₁(ΔW), by tier: ``exact`` float64 SVD (``svd-f64``); ``standard`` the largest
-        eigenvalue of ΔW's Gram matrix in its compute dtype (``gram-f32``; σ₁ is perfectly
-        conditioned, so float32 gives it to ~1e-7 and, unlike power iteration, needs no
-        spectral gap); ``fast`` block Krylov power iteration to 1e-5 relative
-        (``krylov-f32``, a lower bound that is exact for low-rank updates)."""
+        """σ₁(ΔW), by tier: ``exact`` float64 SVD (``svd-f64``); ``standard`` block Krylov
+        power iteration in ΔW's compute dtype to 1e-6 relative change (``krylov-f32``), and
+        ``fast`` the same to 1e-4. The Krylov value is a lower bound that is exact for
+        low-rank updates; on flat spectra it was within 4e-6 of the float64 SVD (1536² and
+        8960×1536 Gaussian updates) and costs at most what the Gram matrix of ΔW costs (often
+        10× less). :func:`opdgeo.linalg.top_singular_value` (top eigenvalue of the Gram
+        matrix) is the dense alternative, used as a reference in the tests."""
         value, method = self._delta_sigma1
         self.use(method)
         return value
@@ -379,9 +381,8 @@ class TensorPair:
         if tier == "exact":
             return float(torch.linalg.svdvals(self.delta.to(torch.float64))[0]), "svd-f64"
         suffix = "f64" if self.delta.dtype == torch.float64 else "f32"
-        if tier == "fast":
-            return top_singular_value_power(self.delta)[0], f"krylov-{suffix}"
-        return top_singular_value(self.delta), f"gram-{suffix}"
+        tol = 1e-4 if tier == "fast" else 1e-6
+        return top_singular_value_power(self.delta, tol=tol)[0], f"krylov-{suffix}"
 
 
 def stored_base(shared: BaseShared, shape: tuple[int, ...]) -> StoredBase | None:

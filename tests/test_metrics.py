@@ -14,8 +14,8 @@ from opdgeo.pair import TensorPair
 
 F64 = torch.float64
 BF16 = torch.bfloat16
-SIGMA1_GRAM = "gram-f32"
-"""``methods`` label of sigma_1(ΔW) for stable rank under ``spectral_method = "gram"``."""
+SIGMA1_GRAM = "krylov-f32"
+"""``methods`` label of sigma_1(ΔW) for stable rank in the standard tier."""
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -557,8 +557,8 @@ def test_gram_and_svd_agree(dtype: torch.dtype) -> None:
     assert rg.keys() == rs.keys()
     for col in rg:
         assert rg[col] == pytest.approx(rs[col], rel=1e-6, abs=1e-12), col
-    # The decompositions of W0 and W1, plus sigma_1(ΔW) for stable rank (a Gram eigenvalue).
-    sigma1 = "gram-f64" if dtype == F64 else SIGMA1_GRAM  # the Gram of ΔW is in ΔW's dtype
+    # The decompositions of W0 and W1, plus sigma_1(ΔW) for stable rank (block Krylov).
+    sigma1 = "krylov-f64" if dtype == F64 else SIGMA1_GRAM  # Krylov runs in ΔW's dtype
     assert pg.methods == {"gram-eigh-f64", sigma1}
     assert ps.methods == {"svd-f64"}
 

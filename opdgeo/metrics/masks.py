@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from opdgeo.linalg import threshold_mask
+from opdgeo.linalg import count, threshold_mask
 from opdgeo.metrics import metric
 from opdgeo.pair import TensorPair
 
@@ -52,11 +52,11 @@ def mask_overlap(pair: TensorPair) -> dict[str, float]:
     n = pair.numel
     result = {
         "overlap_baseline": alpha,
-        "principal_notlow_baseline": int(notlow.sum()) / n,
+        "principal_notlow_baseline": count(notlow) / n,
         "mask_rank": r,
     }
     visible = pair.visible
-    n_vis = int(visible.sum())
+    n_vis = count(visible)
     if n_vis == 0:
         return {
             **result,
@@ -66,7 +66,7 @@ def mask_overlap(pair: TensorPair) -> dict[str, float]:
         }
     return {
         **result,
-        "principal_overlap": int((princ & visible).sum()) / n_vis,
-        "lowmag_overlap": int((low & visible).sum()) / n_vis,
-        "principal_notlow_overlap": int((notlow & visible).sum()) / n_vis,
+        "principal_overlap": count(princ & visible) / n_vis,
+        "lowmag_overlap": count(low & visible) / n_vis,
+        "principal_notlow_overlap": count(notlow & visible) / n_vis,
     }

@@ -131,9 +131,11 @@ def principal_energy(pair: TensorPair) -> dict[str, float]:
 def stable_rank(pair: TensorPair) -> dict[str, float]:
     """Stable rank of the update ``srank(ΔW) = ‖ΔW‖_F² / ‖ΔW‖₂²`` (OPDG Eq. 8).
 
-    ‖ΔW‖_F² is accumulated in float64; σ₁ = ‖ΔW‖₂ is the square root of the top eigenvalue
-    of ΔW's float32 Gram matrix (``gram-f32``) or comes from float64 SVD. 1 for a rank-one
-    update, min(m, n) for an update with a flat spectrum; NaN when ΔW = 0.
+    ‖ΔW‖_F² is accumulated in float64; σ₁ = ‖ΔW‖₂ comes from block Krylov power iteration
+    on ΔW in float32 (``krylov-f32``; to 1e-6 relative change in the standard tier, 1e-4 in
+    the fast tier) or from float64 SVD in the exact tier (see
+    :attr:`opdgeo.pair.TensorPair.delta_sigma1`). 1 for a rank-one update, min(m, n) for an
+    update with a flat spectrum; NaN when ΔW = 0.
     """
     if pair.identical or pair.delta_fro2 == 0:
         return {"stable_rank": NAN, "delta_sigma1": 0.0}
