@@ -219,12 +219,13 @@ def compare_many(
             )
             spectra = shared if pair.rows is None else BaseShared()
             record.update(analyze_pair(pair, w0, w1, settings, pool, spectra, observer, i))
+            del w0, w1
             yield i, record
-        del tuned
         if cache is not None and shared.dirty and shared.key:
             entry = stored_base(shared, tuple(w0_full.shape))
             if entry is not None:
                 cache.save(shared.key, entry)
+        del w0_full, tuned  # release before the next read is taken (bounded memory)
     for i, plan in enumerate(plans):
         for skip in plan.skipped:
             if (i, skip.name) in done:
@@ -251,6 +252,10 @@ def _shared(
 Reads = Iterator[tuple[str, torch.Tensor, list[torch.Tensor]]]
 
 
+READ_AHEAD_MIN_BYTES = 256 << 20
+"""Bytes that may be read ahead whatever the tensor sizes (see :func:`_reads`)."""
+
+
 def _reads(
     base: Checkpoint,
     runs: Sequence[Checkpoint],
@@ -259,13 +264,20 @@ def _reads(
     ahead: int,
     pin: bool,
 ) -> Reads:
-    """``(name, W0, [W1 of each run])`` in ``order``, read ``ahead`` items in advance.
+    """``(name, W0, [W1 of each run])`` in ``order``, read up to ``ahead`` items in advance.
 
     With ``ahead > 0`` one background thread does every read, in order (so each checkpoint
-    still has one open shard and reads in file order), and at most ``ahead`` items wait in
-    a queue: peak memory grows by ``ahead`` tensor sets, while reading overlaps the analysis
-    (file reads release the GIL). ``pin`` reads into pinned host memory for async GPU copies.
+    still has one open shard and reads in file order), while the caller analyses the item
+    before (file reads release the GIL, so the two overlap). Memory stays bounded: besides
+    the queue's ``ahead`` items, the bytes read but not yet released by the caller may not
+    exceed max(256 MiB, the largest item) unless nothing else is in flight, so at most two
+    copies of the largest tensor set are held, whatever the model size. ``pin`` reads into
+    pinned host memory for asynchronous GPU copies.
     """
+
+    def size(name: str) -> int:
+        tensors = [base.tensors[name]] + [runs[i].tensors[p.tuned_name] for i, p in todo[name]]
+        return sum(t.nbytes for t in tensors)
 
     def read_one(name: str) -> tuple[str, torch.Tensor, list[torch.Tensor]]:
         w0 = base.read(name, pin=pin)
@@ -275,8 +287,12 @@ def _reads(
         for name in order:
             yield read_one(name)
         return
+    sizes = {name: size(name) for name in order}
+    budget = max([READ_AHEAD_MIN_BYTES, *sizes.values()])
     items: queue.Queue[Any] = queue.Queue(maxsize=ahead)
     stop = threading.Event()
+    room = threading.Condition()
+    in_flight = [0]  # bytes read and not yet released by the consumer
     end = object()
 
     def put(item: Any) -> bool:
@@ -291,6 +307,12 @@ def _reads(
     def work() -> None:
         try:
             for name in order:
+                with room:
+                    while in_flight[0] and in_flight[0] + sizes[name] > budget:
+                        if stop.is_set():
+                            return
+                        room.wait(timeout=0.1)
+                    in_flight[0] += sizes[name]
                 if not put(read_one(name)):
                     return
             put(end)
@@ -307,6 +329,9 @@ def _reads(
             if isinstance(item, BaseException):
                 raise item
             yield item
+            with room:
+                in_flight[0] -= sizes[item[0]]
+                room.notify()
             del item
     finally:
         stop.set()
