@@ -11,13 +11,15 @@ output options) can skip it. One safetensors file per base matrix holds
 * metadata - the method, the cache key's plain text and the exact mask thresholds.
 
 The key is a SHA-256 of the tensor's identity and everything the stored values depend on:
-a local file's resolved path, size and modification time (nanoseconds) plus the tensor's
-name, dtype, shape and offset; or ``repo@commit`` plus shard and tensor name for Hub files;
-and the spectral method, the compute device type and :data:`CACHE_VERSION`. A changed file
-gets a new key; an unreadable or inconsistent entry is ignored and rewritten. Entries are
-written atomically (temporary file + rename), never inside a checkpoint directory unless
-the user points ``cache_dir`` there. Size: ``8 · min(m, n) · k`` bytes per matrix plus
-the singular values (Gram route), so a Qwen2-1.5B base takes about 0.3 GB.
+a local file's resolved path, size, modification and status-change times (nanoseconds),
+device and inode plus the tensor's name, dtype, shape and offset (a copy that keeps the
+mtime, ``cp -p``, still gets a new ctime and inode); or ``repo@commit`` plus shard and
+tensor name for Hub files; and the spectral method, the compute device type and
+:data:`CACHE_VERSION`. A changed file gets a new key; an unreadable or inconsistent entry
+is ignored and rewritten. Entries are written atomically (temporary file + rename), never
+inside a checkpoint directory unless the user points ``cache_dir`` there. Size:
+``8 · min(m, n) · k`` bytes per matrix plus the singular values (Gram route), so a
+Qwen2-1.5B base takes about 0.3 GB.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def tensor_identity(ckpt: Checkpoint, name: str) -> str | None:
         st = os.stat(info.file)
     except OSError:
         return None
-    return f"file|{Path(info.file).resolve()}|{st.st_size}|{st.st_mtime_ns}|{where}"
+    stamp = f"{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_dev}|{st.st_ino}"
+    return f"file|{Path(info.file).resolve()}|{stamp}|{where}"
 
 
 class BaseCache:

@@ -52,8 +52,9 @@ class Settings:
     * ``exact`` - every metric from float64 full SVD (papers' reference numbers).
     """
     spectral_method: str = "gram"
-    """``gram``: float64 Gram matrix + eigh; ``svd``: float64 full SVD. Follows ``tier``
-    (``exact`` implies ``svd``); setting ``svd`` with the standard tier selects ``exact``."""
+    """``gram``: float64 Gram matrix + eigh; ``svd``: float64 full SVD. Derived from ``tier``
+    (``svd`` exactly for ``exact``); in a config file without a ``tier`` key, the legacy
+    ``spectral_method = "svd"`` selects the exact tier."""
     spectral_embeddings: bool = False
     """Run spectral metrics on embedding / lm_head matrices too (V x h Grams are costly)."""
     max_spectral_dim: int = 16384
@@ -75,19 +76,17 @@ class Settings:
     def __post_init__(self) -> None:
         if self.tier not in TIERS:
             raise ConfigError(f"tier must be one of {', '.join(TIERS)}, got {self.tier!r}")
-        if self.spectral_method == "svd" and self.tier == "standard":
-            object.__setattr__(self, "tier", "exact")
-        if self.tier == "exact":
-            object.__setattr__(self, "spectral_method", "svd")
-        if self.threads < 0 or self.read_ahead < 0:
-            raise ConfigError("threads and read_ahead must be >= 0")
-        if self.scope not in SCOPES:
-            raise ConfigError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         if self.spectral_method not in SPECTRAL_METHODS:
             raise ConfigError(
                 f"spectral_method must be one of {', '.join(SPECTRAL_METHODS)}, "
                 f"got {self.spectral_method!r}"
             )
+        # the tier decides the method (the legacy key is mapped in load_config)
+        object.__setattr__(self, "spectral_method", "svd" if self.tier == "exact" else "gram")
+        if self.threads < 0 or self.read_ahead < 0:
+            raise ConfigError("threads and read_ahead must be >= 0")
+        if self.scope not in SCOPES:
+            raise ConfigError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         if not 0.0 < self.alpha < 1.0:
             raise ConfigError(f"alpha must be in (0, 1), got {self.alpha}")
         if not 0.0 < self.energy_rank_frac <= 1.0:
@@ -179,6 +178,8 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)}")
     settings_table = dict(data.get("settings", {}))
+    if settings_table.get("spectral_method") == "svd" and "tier" not in settings_table:
+        settings_table["tier"] = "exact"  # legacy spelling of the exact tier
     settings_table.update({k: v for k, v in overrides.items() if v is not None})
     settings = _build(Settings, settings_table, f"{path or 'options'} [settings]")
     thresholds = _build(Thresholds, dict(data.get("thresholds", {})), f"{path} [thresholds]")

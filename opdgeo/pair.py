@@ -123,6 +123,69 @@ def bf16_unchanged(a_bits: torch.Tensor, b_bits: torch.Tensor) -> torch.Tensor:
     return same
 
 
+_ROW = 256
+"""Entries per float32 partial sum of squares (then summed in float64); see :func:`sumsq`."""
+
+
+def sumsq(x: torch.Tensor) -> float:
+    """Σ x² of a float32 vector: float32 sums over rows of 256 entries, float64 across rows.
+
+    Relative error below 1e-6 (torch's float32 reductions are pairwise), at a twentieth of
+    the cost of converting to float64; a single float32 sum over millions of entries would
+    lose ~1e-4. NaN/Inf (or an overflowing square) make the result non-finite.
+    """
+    n = x.numel()
+    full = n - n % _ROW
+    rows = torch.linalg.vector_norm(x[:full].view(-1, _ROW), dim=1).double().square().sum()
+    tail = torch.linalg.vector_norm(x[full:], dtype=torch.float64) ** 2
+    return float(rows + tail)
+
+
+def _atol_bits(atol: float) -> tuple[int, int]:
+    """int16 patterns bounding ``|d| <= atol`` and ``|d| < atol`` for bf16 values ``|d|``.
+
+    As in MUK's code (a bf16 tensor compared with a Python float), the comparison runs in
+    bf16, so ``atol`` is first rounded to bf16 (1e-5 becomes 1.0014e-5). Positive bf16
+    patterns sort like their values, so ``|d| <= bf16(atol)`` is ``bits(|d|) <= le`` and
+    ``|d| < bf16(atol)`` is ``bits(|d|) <= le - 1`` (-1: nothing is below 0).
+    """
+    le = int(torch.tensor([atol], dtype=torch.float32).to(torch.bfloat16).view(torch.int16))
+    return le, le - 1
+
+
+def _bf16_chunk(
+    b: torch.Tensor, t: torch.Tensor, le_bits: int, lt_bits: int, stats: ElementStats
+) -> bool:
+    """The element-wise pass for a chunk of two bf16 tensors without NaN/Inf, on integer
+    views; returns False (adding nothing) when the chunk holds NaN/Inf or huge values, so
+    the general path handles it.
+
+    Exact for such chunks: bf16 values are equal exactly when their patterns are (or both
+    are ±0); their difference is exact in float32; ``sparsity_atol`` compares patterns of
+    the bf16-rounded |difference| with :func:`_atol_bits`.
+    """
+    b_c, t_c = b.float(), t.float()
+    delta = t_c - b_c
+    delta_sq, base_sq = sumsq(delta), sumsq(b_c)
+    if not (math.isfinite(delta_sq) and math.isfinite(base_sq)):
+        return False  # NaN or Inf somewhere (or a square beyond float32): general path
+    bb, tb = b.view(torch.int16), t.view(torch.int16)
+    equal = count(bb == tb)
+    flipped = (bb ^ tb) == -32768  # same magnitude, other sign: equal only for ±0
+    if count(flipped):
+        equal += count(flipped & ((bb & _SIGN_MASK) == 0))
+    stats.unchanged_bf16 += equal
+    stats.exact_equal += equal
+    d_bits = delta.to(torch.bfloat16).view(torch.int16) & _SIGN_MASK
+    stats.le_atol += count(d_bits <= le_bits)
+    stats.lt_atol += count(d_bits <= lt_bits)
+    stats.delta_sq += delta_sq
+    stats.base_sq += base_sq
+    if delta.numel():
+        stats.max_abs_delta = max(stats.max_abs_delta, float(delta.abs().max()))
+    return True
+
+
 class TensorPair:
     """A base tensor ``W0`` and a tuned tensor ``W1`` of the same shape (CPU, stored dtypes)."""
 
@@ -231,36 +294,26 @@ class TensorPair:
                 return ElementStats(n, n, n if atol > 0 else 0, n, 0, 0.0, base_sq, 0.0)
         cd = self.compute_dtype
         both_bf16 = self.base.dtype == self.tuned.dtype == torch.bfloat16
+        le_bits, lt_bits = _atol_bits(atol)
         for i in range(0, self.numel, CHUNK):
             b, t = b_flat[i : i + CHUNK], t_flat[i : i + CHUNK]
+            if both_bf16 and _bf16_chunk(b, t, le_bits, lt_bits, stats):
+                continue
             b_bits, t_bits = bf16_bits(b), bf16_bits(t)
             unchanged = count(bf16_unchanged(b_bits, t_bits))
             stats.unchanged_bf16 += unchanged
             b_c, t_c = b.to(cd), t.to(cd)
-            # NaN/Inf in either side (bf16 rounding keeps them, and overflows to Inf)
-            bad_count = count((b_bits & _SIGN_MASK) >= _BF16_INF) + count(
-                (t_bits & _SIGN_MASK) >= _BF16_INF
-            )
-            if bad_count:
-                bad = ~(torch.isfinite(b_c) & torch.isfinite(t_c))
-                stats.nonfinite += count(bad)
-                delta = torch.where(bad, 0.0, t_c - b_c)
-                base = torch.where(bad, 0.0, b_c)
-            else:
-                delta, base = t_c - b_c, b_c
+            bad = ~(torch.isfinite(b_c) & torch.isfinite(t_c))
+            n_bad = count(bad)
+            stats.nonfinite += n_bad
+            delta = torch.where(bad, 0.0, t_c - b_c) if n_bad else t_c - b_c
+            base = torch.where(bad, 0.0, b_c) if n_bad else b_c
             # bf16 arithmetic as MUK's code: the exact difference of two bf16 values, rounded
-            if both_bf16 and not bad_count:
-                d16 = delta.to(torch.bfloat16).abs_()
-            else:
-                d16 = t_bits.view(torch.bfloat16).float() - b_bits.view(torch.bfloat16).float()
-                d16 = d16.to(torch.bfloat16).abs_()
+            d16 = t_bits.view(torch.bfloat16).float() - b_bits.view(torch.bfloat16).float()
+            d16 = d16.to(torch.bfloat16).abs_()
             stats.le_atol += count(d16 <= atol)
             stats.lt_atol += count(d16 < atol)
-            if both_bf16 and not bad_count:
-                stats.exact_equal += unchanged  # bf16: equal values are equal bit patterns
-            else:
-                stats.exact_equal += count(b_c == t_c)
-            # float32 sums of squares lose ~1e-4 relative over millions of terms: use float64
+            stats.exact_equal += count(b_c == t_c)
             stats.delta_sq += float(torch.linalg.vector_norm(delta, dtype=torch.float64)) ** 2
             stats.base_sq += float(torch.linalg.vector_norm(base, dtype=torch.float64)) ** 2
             if delta.numel():
@@ -340,7 +393,8 @@ class TensorPair:
             small, other = stored.small.to(device), stored.other.to(device)
             u, v = (small, other) if m <= n else (other, small)
             return Spectrum(stored.s.to(device), u, v, stored.method)
-        return spectrum_from_vectors(self.w0, stored.s, stored.small, stored.k, stored.method)
+        # rebuild exactly the k a cold run computes, so warm results are bit-identical
+        return spectrum_from_vectors(self.w0, stored.s, stored.small, self.spec0_k, stored.method)
 
     def threshold(self, key: str, x: torch.Tensor, frac: float, largest: bool) -> tuple[float, int]:
         """The exact ``frac`` mask threshold of ``x`` (a function of W0 only) for mask ``key``:
@@ -399,6 +453,10 @@ def stored_base(shared: BaseShared, shape: tuple[int, ...]) -> StoredBase | None
     if not shared.spectra:
         return None
     sp = shared.spectra[max(shared.spectra)]
+    kept = shared.stored
+    if kept is not None and kept.k >= sp.u.shape[1] and kept.method == sp.method:
+        # a new threshold only: keep the stored (possibly larger-k) vectors
+        return StoredBase(kept.s, kept.small, kept.other, kept.method, dict(shared.thresholds))
     m, n = shape
     small, other = (sp.u, sp.v) if m <= n else (sp.v, sp.u)
     keep_other = sp.method == "svd-f64"

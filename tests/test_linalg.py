@@ -312,3 +312,126 @@ def test_gram_spectrum_of_rank_deficient_matrix_has_orthonormal_vectors() -> Non
     exact = spectrum(w, 3, "svd")
     overlap = torch.linalg.svdvals(sp.v[:, :3].T @ exact.v)
     assert float(overlap.min()) > 1 - 1e-10
+
+
+# -- block Krylov sigma_1 (fast tier) -------------------------------------------------------
+
+
+def _power_cases() -> dict[str, torch.Tensor]:
+    g = _gen(40)
+    x, y = torch.randn(50, generator=g), torch.randn(70, generator=g)
+    spread = torch.linspace(1.0, 0.5, 30, dtype=torch.float64)
+    u = torch.linalg.qr(torch.randn(90, 30, generator=g, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(30, 30, generator=g, dtype=torch.float64))[0]
+    return {
+        "rank1": torch.outer(x, y),
+        "rank1_tall": torch.outer(y, x),
+        "rank2": torch.randn(60, 2, generator=g) @ torch.randn(2, 40, generator=g),
+        "gaussian_square": torch.randn(96, 96, generator=g),
+        "gaussian_wide": torch.randn(40, 150, generator=g),
+        "gaussian_tall": torch.randn(150, 40, generator=g),
+        # small sides that are not a multiple of any block size
+        "gaussian_small_side_30": torch.randn(91, 30, generator=g),
+        "gaussian_small_side_21": torch.randn(21, 113, generator=g),
+        "gaussian_small_side_7": torch.randn(50, 7, generator=g),
+        "gaussian_small_side_5": torch.randn(5, 64, generator=g),
+        "slow_decay": ((u * spread) @ v.T).float(),
+        "one_column": torch.randn(40, 1, generator=g),
+        "one_row": torch.randn(1, 40, generator=g),
+        "two_by_two": torch.randn(2, 2, generator=g),
+        "very_wide": torch.randn(8, 300, generator=g),
+        "very_tall": torch.randn(300, 8, generator=g),
+        "float64": torch.randn(50, 60, generator=g, dtype=torch.float64),
+    }
+
+
+@pytest.mark.parametrize("case", list(_power_cases()))
+def test_power_sigma1_matches_exact(case: str) -> None:
+    """A lower bound of sigma_1 that is exact for low rank and within 1e-3 on flat spectra."""
+    w = _power_cases()[case]
+    exact = float(torch.linalg.svdvals(w.double())[0])
+    est, steps = linalg.top_singular_value_power(w)
+    assert isinstance(est, float) and steps >= 1
+    assert est <= exact * (1 + 1e-6)  # Rayleigh-Ritz: never above sigma_1 (f32 round-off)
+    rel = 1e-6 if case.startswith(("rank", "one_", "two_")) else 1e-3
+    assert est == pytest.approx(exact, rel=rel)
+
+
+def test_power_sigma1_is_deterministic_and_does_not_touch_the_global_rng() -> None:
+    w = torch.randn(64, 48, generator=_gen(41))
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = linalg.top_singular_value_power(w)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert linalg.top_singular_value_power(w) == first
+    assert linalg.top_singular_value_power(w.clone()) == first
+
+
+def test_power_sigma1_zero_and_empty() -> None:
+    assert linalg.top_singular_value_power(torch.zeros(10, 20))[0] == 0.0
+    assert linalg.top_singular_value_power(torch.zeros(0, 5))[0] == 0.0
+    assert linalg.top_singular_value_power(torch.zeros(1, 1))[0] == 0.0
+
+
+def test_power_sigma1_agrees_with_gram_route() -> None:
+    w = torch.randn(70, 33, generator=_gen(42))
+    est, _ = linalg.top_singular_value_power(w)
+    assert est == pytest.approx(top_singular_value(w), rel=1e-3)
+
+
+# -- fraction threshold: bf16 histogram route == kthvalue route -----------------------------
+
+
+def _bf16_magnitudes(n: int, seed: int) -> torch.Tensor:
+    """Non-negative values that are exactly bf16: heavy ties, zeros (+0 and -0), subnormals."""
+    g = _gen(seed)
+    x = (torch.randn(n, generator=g) * 0.02).abs().to(torch.bfloat16).float()
+    x[torch.randint(0, n, (n // 10,), generator=g)] = 0.0
+    x[torch.randint(0, n, (n // 20,), generator=g)] = -0.0
+    x[torch.randint(0, n, (n // 10,), generator=g)] = 0.0078125  # one heavily tied value
+    x[:3] = torch.tensor([1e-40, 2e-40, 9.2e-41]).to(torch.bfloat16).float()  # subnormal bf16
+    return x
+
+
+@pytest.mark.parametrize("frac", [1e-4, 0.0015, 0.1, 0.3, 0.5, 0.7, 0.9985, 1 - 1e-4])
+@pytest.mark.parametrize("largest", [True, False])
+def test_histogram_route_equals_kthvalue_route(frac: float, largest: bool) -> None:
+    x = _bf16_magnitudes(71 * 281, seed=43).reshape(71, 281)
+    assert linalg._bf16_magnitude_bits(x.reshape(-1)) is not None  # histogram route
+    assert linalg._bf16_magnitude_bits(x.double().reshape(-1)) is None  # kthvalue route
+    hist = linalg.fraction_threshold(x, frac, largest)
+    kth = linalg.fraction_threshold(x.double(), frac, largest)
+    as_bf16 = linalg.fraction_threshold(x.to(torch.bfloat16), frac, largest)
+    assert hist == kth == as_bf16
+    mask = linalg.threshold_mask(x, *hist, largest)
+    assert torch.equal(mask, linalg.threshold_mask(x.double(), *kth, largest))
+    assert int(mask.sum()) == round(frac * x.numel())
+    inside, outside = x[mask], x[~mask]
+    if largest:
+        assert float(inside.min()) >= float(outside.max())
+    else:
+        assert float(inside.max()) <= float(outside.min())
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_histogram_route_all_tied_and_all_zero(largest: bool) -> None:
+    for value in (0.0, 0.5):
+        x = torch.full((13, 17), value)
+        for frac in (0.01, 0.3, 0.99):
+            hist = linalg.fraction_threshold(x, frac, largest)
+            assert hist == linalg.fraction_threshold(x.double(), frac, largest)
+            mask = linalg.threshold_mask(x, *hist, largest).reshape(-1)
+            count = round(frac * x.numel())
+            assert mask.tolist() == [True] * count + [False] * (x.numel() - count)
+
+
+def test_non_bf16_or_negative_values_take_the_kthvalue_route() -> None:
+    x = torch.rand(40, 50, generator=_gen(44))  # float32 values that are not bf16
+    assert linalg._bf16_magnitude_bits(x.reshape(-1)) is None
+    signed = _bf16_magnitudes(2000, seed=45)
+    signed[::3] *= -1
+    for data in (x, signed):
+        for largest in (True, False):
+            thr, need = linalg.fraction_threshold(data, 0.3, largest)
+            mask = linalg.threshold_mask(data, thr, need, largest)
+            assert int(mask.sum()) == round(0.3 * data.numel())

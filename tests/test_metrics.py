@@ -14,6 +14,8 @@ from opdgeo.pair import TensorPair
 
 F64 = torch.float64
 BF16 = torch.bfloat16
+TIER = {"gram": "standard", "svd": "exact"}
+"""Tier that selects each spectral method."""
 SIGMA1_GRAM = "krylov-f32"
 """``methods`` label of sigma_1(ΔW) for stable rank in the standard tier."""
 
@@ -247,9 +249,11 @@ def test_norms_doubling(dtype: torch.dtype) -> None:
     w0 = torch.randn(40, 30, generator=_gen(13)).to(dtype)
     w1 = (w0.to(F64) * 2).to(dtype)  # exact in every dtype
     r = _run("update_norms", w0, w1)
+    # bf16 pairs sum squares in float32 rows of 256, then float64 (pair.sumsq: < 1e-6)
+    rel = 1e-6 if dtype == BF16 else 1e-12
     assert r["rel_norm"] == pytest.approx(1.0, abs=1e-6)
-    assert r["delta_fro"] == pytest.approx(r["base_fro"], rel=1e-12)
-    assert r["base_fro"] == pytest.approx(float(torch.linalg.vector_norm(w0.to(F64))), rel=1e-12)
+    assert r["delta_fro"] == pytest.approx(r["base_fro"], rel=rel)
+    assert r["base_fro"] == pytest.approx(float(torch.linalg.vector_norm(w0.to(F64))), rel=rel)
     assert r["max_abs_delta"] == float(w0.abs().max())
 
 
@@ -274,7 +278,7 @@ def test_stable_rank_rank_one(method: str) -> None:
     w0 = torch.randn(40, 60, generator=_gen(14), dtype=F64)
     x = torch.randn(40, generator=_gen(15), dtype=F64)
     y = torch.randn(60, generator=_gen(16), dtype=F64)
-    r = _run("stable_rank", w0, w0 + 0.01 * torch.outer(x, y), spectral_method=method)
+    r = _run("stable_rank", w0, w0 + 0.01 * torch.outer(x, y), tier=TIER[method])
     assert r["stable_rank"] == pytest.approx(1.0, abs=1e-9)
     sigma = 0.01 * float(torch.linalg.vector_norm(x) * torch.linalg.vector_norm(y))
     assert r["delta_sigma1"] == pytest.approx(sigma, rel=1e-9)
@@ -288,7 +292,7 @@ def test_stable_rank_flat_spectrum(method: str, k: int) -> None:
     q1 = _orthogonal(m, 18)[:, :k]
     q2 = _orthogonal(n, 19)[:, :k]
     delta = 1e-2 * q1 @ q2.T  # k equal singular values 1e-2
-    r = _run("stable_rank", w0, w0 + delta, spectral_method=method)
+    r = _run("stable_rank", w0, w0 + delta, tier=TIER[method])
     assert r["stable_rank"] == pytest.approx(k, rel=1e-6)
     assert r["delta_sigma1"] == pytest.approx(1e-2, rel=1e-6)
 
@@ -380,7 +384,7 @@ def test_angles_zero_for_update_orthogonal_to_top_k(
     a = torch.randn(40 - k, 60 - k, generator=_gen(28), dtype=F64)
     a *= 0.2 / float(torch.linalg.matrix_norm(a, ord=2))
     w1 = w0 + u[:, k:] @ a @ v[:, k:].T
-    r = _run("principal_angles", w0, w1, angle_k=k, spectral_method=method)
+    r = _run("principal_angles", w0, w1, angle_k=k, tier=TIER[method])
     assert r["angle_k"] == k
     for side in ("left", "right"):
         for stat in ("mean", "max"):
@@ -396,7 +400,7 @@ def test_angles_90_when_singular_values_swap_across_k(method: str) -> None:
     s1[k - 1], s1[k] = s0[k], s0[k - 1]  # sigma_k and sigma_{k+1} trade places
     w0, _, _ = _svd_matrix(40, 60, s0, 21)
     w1, _, _ = _svd_matrix(40, 60, s1, 21)
-    r = _run("principal_angles", w0, w1, angle_k=k, spectral_method=method)
+    r = _run("principal_angles", w0, w1, angle_k=k, tier=TIER[method])
     for side in ("left", "right"):
         assert r[f"angle_{side}_max_deg"] == pytest.approx(90.0, abs=1e-8)
         assert r[f"angle_{side}_mean_deg"] == pytest.approx(90.0 / k, abs=1e-8)
@@ -426,7 +430,7 @@ def test_angles_planted_rotation_of_one_singular_vector(theta: float) -> None:
 @pytest.mark.parametrize("method", ["gram", "svd"])
 def test_nss_uniform_scaling(c: float, method: str) -> None:
     w0 = torch.randn(48, 80, generator=_gen(29), dtype=F64)
-    r = _run("nss", w0, (1 + c) * w0, spectral_method=method)
+    r = _run("nss", w0, (1 + c) * w0, tier=TIER[method])
     assert r["nss"] == pytest.approx(c, rel=1e-6, abs=1e-9)
     # Pure rescaling: all of ||ΔW||_F shows up in the spectrum.
     assert r["spectral_drift_ratio"] == pytest.approx(1.0, abs=1e-6)
@@ -551,8 +555,8 @@ def test_gram_and_svd_agree(dtype: torch.dtype) -> None:
     w0 = torch.randn(48, 80, generator=_gen(39), dtype=F64)
     w1 = w0 + 0.05 * torch.randn(48, 80, generator=_gen(40), dtype=F64)
     base, tuned = w0.to(dtype), w1.to(dtype)
-    pg = TensorPair(base, tuned, Settings(spectral_method="gram"))
-    ps = TensorPair(base, tuned, Settings(spectral_method="svd"))
+    pg = TensorPair(base, tuned, Settings(tier="standard"))
+    ps = TensorPair(base, tuned, Settings(tier="exact"))
     rg, rs = _run_all(pg), _run_all(ps)
     assert rg.keys() == rs.keys()
     for col in rg:
@@ -574,3 +578,40 @@ def test_methods_record_only_what_ran() -> None:
     assert pair.methods == {SIGMA1_GRAM}
     METRICS["nss"].fn(pair)
     assert pair.methods == {SIGMA1_GRAM, "gram-eigh-f64"}
+
+
+@pytest.mark.parametrize("atol", [0.0, 1e-5, 9.96e-6, 1.0014e-5, 3e-3, 1e30])
+def test_bf16_integer_path_equals_general_path(atol: float) -> None:
+    """The bf16 fast path (integer views) gives the general path's counts exactly."""
+    gen = _gen(77)
+    w0 = (0.01 * torch.randn(64, 96, generator=gen)).to(BF16)
+    w1 = (w0.float() + 1e-5 * torch.randn(64, 96, generator=gen)).to(BF16)
+    flat0, flat1 = w0.view(-1), w1.view(-1)
+    flat0[:10] = 0.0
+    flat1[:5] = -0.0  # ±0: unchanged
+    flat1[20:25] = -flat0[20:25]  # sign flips of non-zero values: changed
+    flat1[30:40] = flat0[30:40]
+    # differences that round (in bf16) to exactly the bf16 neighbours of 1e-5
+    flat1[40:44] = (flat0[40:44].float() + 1.0014e-5).to(BF16)
+    flat0[50], flat1[50] = 1.0, 1.0 + 2**-7
+    settings = Settings(atol=atol)
+    fast = TensorPair(w0, w1, settings).elementwise
+    slow = TensorPair(w0.float(), w1.float(), settings).elementwise
+    for field in ("unchanged_bf16", "le_atol", "lt_atol", "exact_equal", "nonfinite"):
+        assert getattr(fast, field) == getattr(slow, field), field
+    assert fast.max_abs_delta == slow.max_abs_delta
+    assert fast.delta_sq == pytest.approx(slow.delta_sq, rel=1e-6)
+    assert fast.base_sq == pytest.approx(slow.base_sq, rel=1e-6)
+
+
+def test_bf16_path_falls_back_on_nan_and_inf() -> None:
+    w0 = torch.randn(8, 8, generator=_gen(78)).to(BF16)
+    w0[2, 2] = 3e38  # finite in bf16, but its square overflows float32
+    w1 = w0.clone()
+    w1[0, 0] = float("nan")
+    w1[1, 1] = float("inf")
+    fast = TensorPair(w0, w1, Settings()).elementwise
+    slow = TensorPair(w0.double(), w1.double(), Settings()).elementwise
+    assert fast.nonfinite == slow.nonfinite == 2
+    assert fast.unchanged_bf16 == slow.unchanged_bf16 == 62
+    assert fast.base_sq == pytest.approx(slow.base_sq, rel=1e-12)
