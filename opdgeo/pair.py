@@ -141,48 +141,56 @@ def sumsq(x: torch.Tensor) -> float:
     return float(rows + tail)
 
 
-def _atol_bits(atol: float) -> tuple[int, int]:
-    """int16 patterns bounding ``|d| <= atol`` and ``|d| < atol`` for bf16 values ``|d|``.
+def _atol_bounds(atol: float) -> tuple[float, float]:
+    """float32 bounds ``(le, lt)`` with ``bf16(|d|) <= bf16(atol)`` ⟺ ``|d| <= le`` and
+    ``bf16(|d|) < bf16(atol)`` ⟺ ``|d| <= lt`` for float32 ``d`` (-1: nothing qualifies).
 
-    As in MUK's code (a bf16 tensor compared with a Python float), the comparison runs in
-    bf16, so ``atol`` is first rounded to bf16 (1e-5 becomes 1.0014e-5). Positive bf16
-    patterns sort like their values, so ``|d| <= bf16(atol)`` is ``bits(|d|) <= le`` and
-    ``|d| < bf16(atol)`` is ``bits(|d|) <= le - 1`` (-1: nothing is below 0).
+    As in MUK's code (a bf16 tensor compared with a Python float) the comparison runs in
+    bf16, so ``atol`` is first rounded to bf16 (1e-5 becomes 1.0014e-5). bf16 rounding of
+    float32 is round-to-nearest-even on the upper 16 bits, so the largest float32 that
+    rounds to the bf16 pattern ``p`` (or below) has upper bits ``p`` and lower bits 0x8000
+    when ``p`` is even (the tie goes to ``p``) or 0x7FFF when ``p`` is odd.
     """
-    le = int(torch.tensor([atol], dtype=torch.float32).to(torch.bfloat16).view(torch.int16))
-    return le, le - 1
+
+    def top(p: int) -> float:
+        if p < 0:
+            return -1.0
+        if p >= 0x7F80:
+            return math.inf
+        bits = (p << 16) | (0x8000 if p % 2 == 0 else 0x7FFF)
+        return float(torch.tensor([bits], dtype=torch.int32).view(torch.float32))
+
+    p = int(torch.tensor([atol], dtype=torch.float32).to(torch.bfloat16).view(torch.int16))
+    return top(p), top(p - 1)
 
 
 def _bf16_chunk(
-    b: torch.Tensor, t: torch.Tensor, le_bits: int, lt_bits: int, stats: ElementStats
+    b: torch.Tensor, t: torch.Tensor, le: float, lt: float, stats: ElementStats
 ) -> bool:
-    """The element-wise pass for a chunk of two bf16 tensors without NaN/Inf, on integer
-    views; returns False (adding nothing) when the chunk holds NaN/Inf or huge values, so
-    the general path handles it.
+    """The element-wise pass for a chunk of two bf16 tensors without NaN/Inf; returns False
+    (adding nothing) when the chunk holds NaN/Inf or huge values, for the general path.
 
-    Exact for such chunks: bf16 values are equal exactly when their patterns are (or both
-    are ±0); their difference is exact in float32; ``sparsity_atol`` compares patterns of
-    the bf16-rounded |difference| with :func:`_atol_bits`.
+    Exact for such chunks with fewer passes: the difference of two bf16 values is exact in
+    float32, so values are equal (bit patterns equal, or ±0) exactly when it is 0, and
+    ``sparsity_atol``'s bf16 comparison becomes a float32 range test (:func:`_atol_bounds`).
     """
     b_c, t_c = b.float(), t.float()
     delta = t_c - b_c
     delta_sq, base_sq = sumsq(delta), sumsq(b_c)
     if not (math.isfinite(delta_sq) and math.isfinite(base_sq)):
         return False  # NaN or Inf somewhere (or a square beyond float32): general path
-    bb, tb = b.view(torch.int16), t.view(torch.int16)
-    equal = count(bb == tb)
-    flipped = (bb ^ tb) == -32768  # same magnitude, other sign: equal only for ±0
-    if count(flipped):
-        equal += count(flipped & ((bb & _SIGN_MASK) == 0))
+    equal = count(delta == 0)
     stats.unchanged_bf16 += equal
     stats.exact_equal += equal
-    d_bits = delta.to(torch.bfloat16).view(torch.int16) & _SIGN_MASK
-    stats.le_atol += count(d_bits <= le_bits)
-    stats.lt_atol += count(d_bits <= lt_bits)
+    for bound, attr in ((le, "le_atol"), (lt, "lt_atol")):
+        if bound >= 0:
+            inside = count(delta <= bound) - count(delta < -bound)
+            setattr(stats, attr, getattr(stats, attr) + inside)
     stats.delta_sq += delta_sq
     stats.base_sq += base_sq
     if delta.numel():
-        stats.max_abs_delta = max(stats.max_abs_delta, float(delta.abs().max()))
+        low, high = torch.aminmax(delta)
+        stats.max_abs_delta = max(stats.max_abs_delta, -float(low), float(high))
     return True
 
 
@@ -294,10 +302,10 @@ class TensorPair:
                 return ElementStats(n, n, n if atol > 0 else 0, n, 0, 0.0, base_sq, 0.0)
         cd = self.compute_dtype
         both_bf16 = self.base.dtype == self.tuned.dtype == torch.bfloat16
-        le_bits, lt_bits = _atol_bits(atol)
+        le, lt = _atol_bounds(atol)
         for i in range(0, self.numel, CHUNK):
             b, t = b_flat[i : i + CHUNK], t_flat[i : i + CHUNK]
-            if both_bf16 and _bf16_chunk(b, t, le_bits, lt_bits, stats):
+            if both_bf16 and _bf16_chunk(b, t, le, lt, stats):
                 continue
             b_bits, t_bits = bf16_bits(b), bf16_bits(t)
             unchanged = count(bf16_unchanged(b_bits, t_bits))
