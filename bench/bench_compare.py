@@ -1,185 +1,1345 @@
-"""Benchmark `opdgeo compare` against a plain read of the files and a naive SVD script.
+"""Benchmark `opdgeo compare` tiers against a plain read of the files and naive SVD scripts.
 
-Generates Qwen2-shaped bf16 checkpoints (spike + Marchenko-Pastur bulk spectra, an RLVR-like
-update stored in bf16) at several sizes, then measures for each size, in the same run:
+Generates Qwen2-shaped bf16 checkpoint pairs (W0: spike + Marchenko-Pastur bulk spectra from
+``opdgeo.synthetic.base_matrix``; W1: a small RLVR/OPD-like update, noise plus a low-rank part,
+stored in bf16) at several sizes and measures, in the same run and on the same files:
 
-* ``read``   - sequential read of both checkpoints' files (the I/O floor);
-* ``opdgeo`` - ``opdgeo compare`` (default settings: float64 Gram + eigh) in a child process;
-* ``naive``  - what a user writes by hand: load both state dicts fully, then per 2-D matrix
-  ``torch.linalg.svd`` in float32 of W0 and W1 for angles and NSS.
+* ``read``      - a plain sequential read of both checkpoints (page cache evicted, then warm);
+* ``fast``      - ``opdgeo compare --tier fast`` (page cache cold and warm);
+* ``standard``  - the default tier without base cache, with a cold and with a warm base cache;
+* ``exact``     - float64 / full SVD;
+* ``naive``     - what a user writes by hand: load both state dicts, ``torch.linalg.svd`` per
+  matrix (``full_matrices=False``), and ``naive-full`` the same with the defaults.
 
-Wall time and peak RSS (VmHWM of the child process) are reported, with ratios against the
-naive script. Results go to a markdown table and a CSV next to it.
+Every measurement runs in a fresh child process wrapped by a launcher that reports its peak RSS
+(VmHWM), bytes read (``/proc/self/io``: ``read_bytes`` from disk, ``rchar`` all read calls) and
+the time after imports. Per-tensor results of every tier are compared with ``exact`` on one
+size. Writes a markdown report and a long-format CSV beside it; with ``--device cuda`` the
+default output is ``bench/RESULTS-gpu.md`` so CPU results are kept.
 
-    python bench/bench_compare.py --sizes tiny,small --out bench/RESULTS.md
+    python bench/bench_compare.py --sizes tiny,small --out /tmp/r.md      # quick
+    python bench/bench_compare.py                                         # full default set
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import math
 import os
 import platform
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, TypeGuard
 
 import torch
-from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from opdgeo.synthetic import base_matrix  # noqa: E402
 
-# hidden, intermediate, kv width, layers, vocab
-SIZES = {
-    "tiny": (256, 704, 128, 2, 4096),
-    "small": (896, 4864, 128, 4, 32000),
-    "medium": (896, 4864, 128, 24, 151936),  # Qwen2-0.5B shapes, ~0.5 B params
+GB = 1e9
+MB = 1e6
+
+
+# --------------------------------------------------------------------------------------------
+# opdgeo's command line: every flag the benchmark passes is named here, in one place.
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Flags:
+    """Flag spellings of ``opdgeo compare`` used by the benchmark."""
+
+    tier: str = "--tier"
+    exact_legacy: str = "--exact"  # used for the exact tier when --tier does not exist
+    no_cache: str = "--no-cache"
+    cache_dir: str = "--cache-dir"
+    threads: str = "--threads"
+    device: str = "--device"
+    quiet: str = "-q"
+    fmt: str = "--format"
+    per_tensor: str = "--per-tensor"
+    output: str = "--output"
+
+
+FLAGS = Flags()
+
+
+# --------------------------------------------------------------------------------------------
+# Model shapes
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Spec:
+    """Qwen2-style shapes (untied lm_head)."""
+
+    hidden: int
+    inter: int
+    kv: int
+    layers: int
+    vocab: int
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Tensor names and shapes in the order HF writes them."""
+        h = self.hidden
+        out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (self.vocab, h)}
+        for i in range(self.layers):
+            p = f"model.layers.{i}."
+            out.update(
+                {
+                    p + "input_layernorm.weight": (h,),
+                    p + "mlp.down_proj.weight": (h, self.inter),
+                    p + "mlp.gate_proj.weight": (self.inter, h),
+                    p + "mlp.up_proj.weight": (self.inter, h),
+                    p + "post_attention_layernorm.weight": (h,),
+                    p + "self_attn.k_proj.bias": (self.kv,),
+                    p + "self_attn.k_proj.weight": (self.kv, h),
+                    p + "self_attn.o_proj.weight": (h, h),
+                    p + "self_attn.q_proj.bias": (h,),
+                    p + "self_attn.q_proj.weight": (h, h),
+                    p + "self_attn.v_proj.bias": (self.kv,),
+                    p + "self_attn.v_proj.weight": (self.kv, h),
+                }
+            )
+        out["model.norm.weight"] = (h,)
+        out["lm_head.weight"] = (self.vocab, h)
+        return out
+
+    def n_params(self) -> int:
+        """Parameter count."""
+        return sum(math.prod(s) for s in self.shapes().values())
+
+    def largest(self) -> int:
+        """Elements of the largest tensor."""
+        return max(math.prod(s) for s in self.shapes().values())
+
+    def largest_matrix(self) -> int:
+        """Elements of the largest non-embedding matrix (what the spectral metrics hold)."""
+        return max(
+            math.prod(s)
+            for n, s in self.shapes().items()
+            if len(s) == 2 and "embed" not in n and "lm_head" not in n
+        )
+
+
+SIZES: dict[str, Spec] = {
+    "tiny": Spec(hidden=256, inter=704, kv=128, layers=2, vocab=4096),
+    "small": Spec(hidden=896, inter=4864, kv=128, layers=4, vocab=32000),
+    "medium": Spec(hidden=896, inter=4864, kv=128, layers=24, vocab=151936),  # Qwen2-0.5B
+    "large": Spec(hidden=1536, inter=8960, kv=256, layers=28, vocab=151936),  # Qwen2-1.5B
 }
-
-NAIVE = r"""
-import sys, time, torch
-from safetensors.torch import load_file
-a, b = load_file(sys.argv[1]), load_file(sys.argv[2])
-for name, w0 in a.items():
-    if w0.dim() != 2 or "embed" in name or "lm_head" in name:
-        continue
-    w0, w1 = w0.float(), b[name].float()
-    u0, s0, v0 = torch.linalg.svd(w0, full_matrices=False)
-    u1, s1, v1 = torch.linalg.svd(w1, full_matrices=False)
-    k = max(1, min(w0.shape) // 8)
-    torch.linalg.svdvals(u0[:, :k].T @ u1[:, :k])
-    float((s1 - s0).norm() / s0.norm())
-    float(((w1.bfloat16() == w0.bfloat16()).float().mean()))
-print(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
-"""
-
-OPDGEO = r"""
-import sys
-from opdgeo import compare_checkpoints
-compare_checkpoints(sys.argv[1], [sys.argv[2]])
-print(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
-"""
+ORDER = list(SIZES)
 
 
-def make_pair(size: str, folder: Path, seed: int = 0) -> tuple[Path, Path, int, int]:
-    """Write base/tuned safetensors for ``size``; return paths, parameter count, largest numel."""
-    hidden, inter, kv, layers, vocab = SIZES[size]
+def spec_for(size: str, layers: int | None) -> Spec:
+    """The spec of ``size``, with ``--layers`` applied to the largest requested size."""
+    s = SIZES[size]
+    if layers is None:
+        return s
+    return Spec(s.hidden, s.inter, s.kv, layers, s.vocab)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint generation (streamed: one tensor in memory at a time)
+# --------------------------------------------------------------------------------------------
+def _header(shapes: dict[str, tuple[int, ...]]) -> bytes:
+    meta: dict[str, object] = {"__metadata__": {"format": "pt", "generator": "opdgeo-bench"}}
+    offset = 0
+    for name, shape in shapes.items():
+        nbytes = math.prod(shape) * 2
+        meta[name] = {
+            "dtype": "BF16",
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    raw = json.dumps(meta, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def _bf16_bytes(t: torch.Tensor) -> bytes:
+    return t.to(torch.bfloat16).contiguous().view(torch.int16).numpy().tobytes()
+
+
+def generate_pair(spec: Spec, folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Write ``base.safetensors`` and ``tuned.safetensors`` for ``spec`` into ``folder``.
+
+    W0 matrices come from ``base_matrix`` (eight spikes over a Marchenko-Pastur bulk, RMS 0.02);
+    embeddings and lm_head are Gaussian. The update is RLVR/OPD-like: Gaussian noise of RMS
+    ~1.5e-5 (below half a bf16 ulp for most entries, so many stay bit-identical) plus a rank-4
+    component of similar norm, added in float32 and rounded to bf16. Norm and bias vectors of
+    the tuned model are unchanged except a few entries.
+    """
     gen = torch.Generator().manual_seed(seed)
-    base: dict[str, torch.Tensor] = {}
-    tuned: dict[str, torch.Tensor] = {}
-
-    def add(name: str, w: torch.Tensor) -> None:
-        w0 = w.to(torch.bfloat16)
-        noise = torch.randn(w.shape, generator=gen, dtype=torch.float32) * 2e-5
-        base[name] = w0
-        tuned[name] = (w0.float() + noise).to(torch.bfloat16)
-
-    add("model.embed_tokens.weight", (0.02 * torch.randn(vocab, hidden, generator=gen)))
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        for proj, (m, n) in {
-            "self_attn.q_proj": (hidden, hidden),
-            "self_attn.k_proj": (kv, hidden),
-            "self_attn.v_proj": (kv, hidden),
-            "self_attn.o_proj": (hidden, hidden),
-            "mlp.gate_proj": (inter, hidden),
-            "mlp.up_proj": (inter, hidden),
-            "mlp.down_proj": (hidden, inter),
-        }.items():
-            add(p + proj + ".weight", base_matrix(m, n, gen).float())
-        add(p + "input_layernorm.weight", torch.ones(hidden))
-        add(p + "post_attention_layernorm.weight", torch.ones(hidden))
-    add("model.norm.weight", torch.ones(hidden))
-    add("lm_head.weight", 0.02 * torch.randn(vocab, hidden, generator=gen))
+    shapes = spec.shapes()
     folder.mkdir(parents=True, exist_ok=True)
-    a, b = folder / "base.safetensors", folder / "tuned.safetensors"
-    save_file(base, str(a))
-    save_file(tuned, str(b))
-    n_params = sum(t.numel() for t in base.values())
-    largest = max(t.numel() for t in base.values())
-    return a, b, n_params, largest
+    paths = folder / "base.safetensors", folder / "tuned.safetensors"
+    tmp = [p.with_suffix(".part") for p in paths]
+    head = _header(shapes)
+    with open(tmp[0], "wb") as fa, open(tmp[1], "wb") as fb:
+        fa.write(head)
+        fb.write(head)
+        for name, shape in shapes.items():
+            if len(shape) == 1:
+                w0 = 1.0 + 0.05 * torch.randn(shape, generator=gen)
+                if "bias" in name:
+                    w0 = 0.1 * torch.randn(shape, generator=gen)
+                w0 = w0.to(torch.bfloat16).float()
+                w1 = w0.clone()
+                w1[:: max(1, shape[0] // 8)] += 2e-3
+            else:
+                m, n = shape
+                if "embed" in name or "lm_head" in name:
+                    w0 = 0.02 * torch.randn(m, n, generator=gen)
+                else:
+                    w0 = base_matrix(m, n, gen).float()
+                w0 = w0.to(torch.bfloat16).float()
+                delta = torch.randn(m, n, generator=gen) * 1.5e-5
+                r = 4
+                u = torch.randn(m, r, generator=gen) / math.sqrt(m)
+                v = torch.randn(r, n, generator=gen) / math.sqrt(n)
+                delta += (u @ v) * (1.5e-5 * math.sqrt(m * n / r))
+                w1 = w0 + delta
+            fa.write(_bf16_bytes(w0))
+            fb.write(_bf16_bytes(w1))
+        for fh in (fa, fb):
+            fh.flush()
+            os.fsync(fh.fileno())
+    for t, p in zip(tmp, paths, strict=True):
+        t.rename(p)
+    return paths
 
 
-def timed_child(script: str, *args: str) -> tuple[float, float]:
-    """Run ``script`` in a fresh interpreter; return (seconds, peak RSS in MB)."""
+def ensure_pair(spec: Spec, workdir: Path, size: str, seed: int) -> tuple[Path, Path, float]:
+    """Reuse the pair in ``workdir/size`` when its spec file matches, else generate it."""
+    folder = workdir / size
+    want = json.dumps({"spec": asdict(spec), "seed": seed, "version": 2}, sort_keys=True)
+    spec_file = folder / "spec.json"
+    paths = folder / "base.safetensors", folder / "tuned.safetensors"
+    if spec_file.exists() and spec_file.read_text() == want and all(p.exists() for p in paths):
+        return paths[0], paths[1], 0.0
+    shutil.rmtree(folder, ignore_errors=True)
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
-                         check=True, cwd=ROOT)  # fmt: skip
-    seconds = time.perf_counter() - start
-    return seconds, int(out.stdout.strip().splitlines()[-1]) / 1024
+    generate_pair(spec, folder, seed)
+    spec_file.write_text(want)
+    return paths[0], paths[1], time.perf_counter() - start
 
 
-def read_files(*paths: Path) -> tuple[float, float]:
-    """Sequentially read ``paths`` (1 MiB chunks); return (seconds, GB/s)."""
+# --------------------------------------------------------------------------------------------
+# Page cache and raw reads
+# --------------------------------------------------------------------------------------------
+def proc_io() -> dict[str, int]:
+    """This process's ``/proc/self/io`` counters."""
+    out = {}
+    with open("/proc/self/io") as fh:
+        for line in fh:
+            key, val = line.split(":")
+            out[key.strip()] = int(val)
+    return out
+
+
+def evict(paths: Iterable[Path]) -> None:
+    """Drop ``paths`` from the page cache (clean pages; no root needed)."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def raw_read(paths: Sequence[Path]) -> tuple[float, int, int]:
+    """Read ``paths`` sequentially in 8 MiB chunks; return (seconds, bytes, disk read_bytes)."""
+    buf = bytearray(8 << 20)
+    view = memoryview(buf)
     total = 0
+    before = proc_io()["read_bytes"]
     start = time.perf_counter()
     for path in paths:
         with open(path, "rb", buffering=0) as fh:
-            while chunk := fh.read(1 << 20):
-                total += len(chunk)
+            while n := fh.readinto(view):
+                total += n
     seconds = time.perf_counter() - start
-    return seconds, total / seconds / 1e9
+    return seconds, total, proc_io()["read_bytes"] - before
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="tiny,small", help=f"comma list of {', '.join(SIZES)}")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
-    parser.add_argument("--skip-naive", action="store_true", help="only read + opdgeo")
-    args = parser.parse_args()
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="opdgeo-bench-") as tmp:
-        for size in args.sizes.split(","):
-            a, b, n_params, largest = make_pair(size, Path(tmp) / size)
-            nbytes = a.stat().st_size + b.stat().st_size
-            read_s, read_gbs = read_files(a, b)
-            ours_s, ours_mb = timed_child(OPDGEO, str(a), str(b))
-            naive_s, naive_mb = (float("nan"), float("nan"))
-            if not args.skip_naive:
-                naive_s, naive_mb = timed_child(NAIVE, str(a), str(b))
-            rows.append({
-                "size": size, "params": n_params, "pair_bytes_MB": round(nbytes / 1e6, 1),
-                "largest_tensor_f32_MB": round(largest * 4 / 1e6, 1),
-                "read_s": round(read_s, 3), "read_GBps": round(read_gbs, 2),
-                "opdgeo_s": round(ours_s, 2), "opdgeo_peak_MB": round(ours_mb),
-                "naive_s": round(naive_s, 2), "naive_peak_MB": round(naive_mb, 1),
-                "speedup_vs_naive": round(naive_s / ours_s, 2),
-                "peak_ratio_naive_over_opdgeo": round(naive_mb / ours_mb, 2),
-            })  # fmt: skip
-            print(rows[-1], file=sys.stderr)
-            a.unlink()
-            b.unlink()
-    write_results(Path(args.out), rows)
+# --------------------------------------------------------------------------------------------
+# Child processes
+# --------------------------------------------------------------------------------------------
+# Runs one measurement in a fresh interpreter and writes a JSON record to argv[1]: exit code,
+# seconds after imports (torch, opdgeo.cli / safetensors are imported before the clock starts),
+# VmHWM, /proc/self/io, and the CUDA allocator's peak when CUDA was used.
+LAUNCHER = r"""
+import json, sys, time
+out, mode, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+rec = {"exit": 0, "run_s": None}
+t0 = None
+try:
+    import torch
+    if mode == "opdgeo":
+        import runpy
+        import opdgeo.cli  # noqa: F401
+        sys.argv = ["opdgeo", *args]
+        t0 = time.perf_counter()
+        runpy.run_module("opdgeo", run_name="__main__", alter_sys=True)
+    else:
+        import safetensors.torch  # noqa: F401
+        code = args[0]
+        t0 = time.perf_counter()
+        exec(compile(code, "<naive>", "exec"), {"__name__": "__main__", "ARGS": args[1:]})
+except SystemExit as exc:
+    rec["exit"] = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+except BaseException as exc:
+    rec["exit"] = 99
+    rec["error"] = f"{type(exc).__name__}: {exc}"
+finally:
+    if t0 is not None:
+        rec["run_s"] = time.perf_counter() - t0
+    status = open("/proc/self/status").read()
+    rec["vmhwm_kb"] = int(status.split("VmHWM:")[1].split()[0])
+    for line in open("/proc/self/io"):
+        k, v = line.split(":")
+        rec[k.strip()] = int(v)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        rec["gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
+    with open(out, "w") as fh:
+        json.dump(rec, fh)
+sys.exit(rec["exit"])
+"""
+
+# ARGS = [base, tuned, device, full_matrices ("0"/"1"), threads ("" = default)]
+NAIVE = r"""
+import torch
+from safetensors.torch import load_file
+base, tuned, device, full, threads = ARGS
+if threads:
+    torch.set_num_threads(int(threads))
+full = full == "1"
+a, b = load_file(base), load_file(tuned)
+for name, w0 in a.items():
+    if w0.dim() != 2 or "embed" in name or "lm_head" in name:
+        continue
+    w0, w1 = w0.to(device).float(), b[name].to(device).float()
+    if full:
+        u0, s0, v0 = torch.linalg.svd(w0)
+        u1, s1, v1 = torch.linalg.svd(w1)
+    else:
+        u0, s0, v0 = torch.linalg.svd(w0, full_matrices=False)
+        u1, s1, v1 = torch.linalg.svd(w1, full_matrices=False)
+    k = max(1, min(w0.shape) // 8)
+    angles = torch.rad2deg(torch.arccos(torch.linalg.svdvals(u0[:, :k].T @ u1[:, :k]).clamp(max=1)))
+    nss = float((s1 - s0).norm() / s0.norm())
+    sparsity = float((w1.bfloat16() == w0.bfloat16()).float().mean())
+    float(angles.mean())
+"""
 
 
-def write_results(out: Path, rows: list[dict[str, object]]) -> None:
-    machine = (
-        f"{platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, Python {platform.python_version()}"
+@dataclass
+class SizeInfo:
+    """What the report needs to know about one generated pair."""
+
+    params: int
+    pair_bytes: int
+    largest_f32_bytes: int
+    largest_matrix_f32_bytes: int
+
+    @property
+    def rss_bound_mb(self) -> float:
+        """The target: 3 x the largest tensor in float32 + 1.5 GB."""
+        return 3 * self.largest_f32_bytes / MB + 1500
+
+
+@dataclass
+class MetricError:
+    """Error of one tier on one per-tensor metric against the exact tier."""
+
+    tier: str
+    metric: str
+    status: str  # ok | partial | not computed
+    n: int
+    nan_mismatch: int
+    max_abs_err: float
+    median_abs_err: float
+    max_rel_err: float
+    method: str
+    exact_method: str
+
+
+@dataclass
+class Measure:
+    """One measurement (one row of the CSV)."""
+
+    size: str
+    variant: str
+    tier: str
+    page_cache: str  # cold | warm
+    base_cache: str  # off | cold | warm | n/a
+    device: str
+    status: str = "ok"  # ok | timeout | failed | unsupported | skipped
+    wall_s: float = math.nan
+    run_s: float = math.nan
+    peak_rss_mb: float = math.nan
+    gpu_peak_mb: float = math.nan
+    read_bytes: float = math.nan
+    rchar: float = math.nan
+    evicted: str = ""
+    repeats: int = 0
+    command: str = ""
+    note: str = ""
+
+
+def run_child(
+    mode: str, args: Sequence[str], timeout: float | None, env: dict[str, str]
+) -> tuple[str, float, dict[str, Any], str]:
+    """Run the launcher; return (status, wall seconds, record, stderr tail)."""
+    with tempfile.NamedTemporaryFile(prefix="opdgeo-bench-", suffix=".json", delete=False) as fh:
+        rec_path = fh.name
+    cmd = [sys.executable, "-c", LAUNCHER, rec_path, mode, *args]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        os.unlink(rec_path)
+        return "timeout", time.perf_counter() - start, {}, ""
+    wall = time.perf_counter() - start
+    try:
+        rec = json.loads(Path(rec_path).read_text())
+    except (OSError, ValueError):
+        rec = {}
+    finally:
+        os.unlink(rec_path)
+    status = "ok" if proc.returncode == 0 and rec.get("exit") == 0 else "failed"
+    tail = (proc.stderr or "")[-400:].strip()
+    if rec.get("error"):
+        tail = f"{rec['error']} {tail}"
+    return status, wall, rec, tail
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Support:
+    """Which of the flags in FLAGS this opdgeo understands."""
+
+    tier: bool
+    no_cache: bool
+    cache_dir: bool
+    threads: bool
+
+
+def detect_support() -> Support:
+    """Read ``opdgeo compare --help`` once."""
+    env = dict(os.environ, COLUMNS="400", NO_COLOR="1", TERM="dumb")
+    out = subprocess.run(
+        [sys.executable, "-m", "opdgeo", "compare", "--help"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    words = set(out.replace("│", " ").replace(",", " ").split())
+    return Support(
+        tier=FLAGS.tier in words,
+        no_cache=FLAGS.no_cache in words,
+        cache_dir=FLAGS.cache_dir in words,
+        threads=FLAGS.threads in words,
     )
-    cols = list(rows[0])
-    lines = [
-        "# opdgeo benchmark",
-        "",
-        f"Machine: {machine}. Generated by `make bench` (bench/bench_compare.py).",
-        "Times are wall seconds of a fresh interpreter (imports included); peak = VmHWM.",
-        "`naive` loads both state dicts and runs float32 `torch.linalg.svd` per matrix.",
-        "",
+
+
+class Bench:
+    """State shared by the measurements of one run."""
+
+    def __init__(self, args: argparse.Namespace, support: Support) -> None:
+        self.args = args
+        self.support = support
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
+        self.rows: list[Measure] = []
+
+    # ---- opdgeo command lines
+    def tier_flags(self, tier: str) -> list[str] | None:
+        """Flags selecting ``tier``; None when this opdgeo cannot run it."""
+        if self.support.tier:
+            return [FLAGS.tier, tier]
+        return {"standard": [], "exact": [FLAGS.exact_legacy]}.get(tier)
+
+    def opdgeo_args(
+        self, a: Path, b: Path, tier: str, cache: str | None, per_tensor: Path | None
+    ) -> list[str] | None:
+        """Full ``opdgeo compare`` argument list; ``cache`` is a directory or None (off)."""
+        tflags = self.tier_flags(tier)
+        if tflags is None:
+            return None
+        out = ["compare", str(a), str(b), *tflags, FLAGS.quiet, FLAGS.fmt, "csv"]
+        out += [FLAGS.output, os.devnull]
+        if cache is None:
+            if self.support.no_cache:
+                out.append(FLAGS.no_cache)
+        elif self.support.cache_dir:
+            out += [FLAGS.cache_dir, cache]
+        else:
+            return None
+        if self.args.device != "cpu":
+            out += [FLAGS.device, self.args.device]
+        if self.args.threads and self.support.threads:
+            out += [FLAGS.threads, str(self.args.threads)]
+        if per_tensor is not None:
+            out += [FLAGS.per_tensor, str(per_tensor)]
+        return out
+
+    # ---- one measured variant, best of --repeat
+    def measure(
+        self,
+        row: Measure,
+        mode: str,
+        args: list[str] | None,
+        files: Sequence[Path],
+        timeout: float | None = None,
+        before_each: Callable[[], None] | None = None,
+    ) -> Measure:
+        """Run ``args`` ``--repeat`` times (evicting first for a cold page cache); keep the best."""
+        if args is None:
+            row.status = "unsupported"
+            row.note = "this opdgeo lacks the flag"
+            self.rows.append(row)
+            return row
+        if mode == "opdgeo":
+            row.command = "opdgeo " + " ".join(
+                x for x in args if not x.startswith("/") and x != os.devnull
+            )
+        best: tuple[float, float, dict[str, Any]] | None = None
+        for _ in range(max(1, self.args.repeat)):
+            if before_each is not None:
+                before_each()
+            if row.page_cache == "cold":
+                evict(files)
+            status, wall, rec, tail = run_child(mode, args, timeout, self.env)
+            row.repeats += 1
+            if status != "ok":
+                row.status, row.wall_s, row.note = status, wall, tail[-300:]
+                if status == "timeout":
+                    row.note = f"killed after {timeout:.0f} s"
+                best = None
+                break
+            run_s = float(rec.get("run_s") or wall)
+            if best is None or run_s < best[1]:
+                best = (wall, run_s, rec)
+        if best is not None:
+            wall, run_s, rec = best
+            row.wall_s, row.run_s = wall, run_s
+            row.peak_rss_mb = float(rec["vmhwm_kb"]) * 1024 / MB
+            row.read_bytes = float(rec.get("read_bytes", math.nan))
+            row.rchar = float(rec.get("rchar", math.nan))
+            if "gpu_peak_bytes" in rec:
+                row.gpu_peak_mb = float(rec["gpu_peak_bytes"]) / MB
+            if row.page_cache == "cold":
+                pair = sum(p.stat().st_size for p in files)
+                row.evicted = "yes" if row.read_bytes >= 0.9 * pair else "no"
+        self.rows.append(row)
+        print(f"  {row.size:7s} {row.variant:22s} {fmt_row(row)}", file=sys.stderr, flush=True)
+        return row
+
+    def size_run(self, size: str, a: Path, b: Path) -> None:
+        """All variants for one size."""
+        files = [a, b]
+        dev = self.args.device
+        tiers = self.args.tiers
+        tmp = Path(tempfile.mkdtemp(prefix="opdgeo-bench-cache-", dir=self.args.workdir))
+        try:
+            # (1) raw sequential reads: page cache evicted, then warm
+            evict(files)
+            secs, nbytes, disk = raw_read(files)
+            self.rows.append(
+                Measure(
+                    size,
+                    "read",
+                    "-",
+                    "cold",
+                    "n/a",
+                    "cpu",
+                    wall_s=secs,
+                    run_s=secs,
+                    read_bytes=disk,
+                    rchar=nbytes,
+                    repeats=1,
+                    evicted="yes" if disk >= 0.9 * nbytes else "no",
+                    command="sequential read, 8 MiB readinto",
+                )
+            )
+            raw_read(files)  # make sure everything is cached before the warm timing
+            warm = min(raw_read(files)[0] for _ in range(max(1, self.args.repeat)))
+            self.rows.append(
+                Measure(
+                    size,
+                    "read",
+                    "-",
+                    "warm",
+                    "n/a",
+                    "cpu",
+                    wall_s=warm,
+                    run_s=warm,
+                    read_bytes=0,
+                    rchar=nbytes,
+                    repeats=self.args.repeat,
+                    command="sequential read, 8 MiB readinto",
+                )
+            )
+            for r in self.rows[-2:]:
+                print(f"  {size:7s} read/{r.page_cache:17s} {fmt_row(r)}", file=sys.stderr)
+            # (2) fast tier: cold and warm page cache
+            if "fast" in tiers:
+                args = self.opdgeo_args(a, b, "fast", None, None)
+                self.measure(
+                    Measure(size, "fast", "fast", "cold", "off", dev), "opdgeo", args, files
+                )
+                raw_read(files)
+                self.measure(
+                    Measure(size, "fast", "fast", "warm", "off", dev), "opdgeo", args, files
+                )
+            # (3) standard: base cache off, cold, warm
+            if "standard" in tiers:
+                args = self.opdgeo_args(a, b, "standard", None, None)
+                self.measure(
+                    Measure(size, "standard", "standard", "warm", "off", dev), "opdgeo", args, files
+                )
+                cache = tmp / "cache"
+                cargs = self.opdgeo_args(a, b, "standard", str(cache), None)
+
+                def clear() -> None:
+                    shutil.rmtree(cache, ignore_errors=True)
+
+                self.measure(
+                    Measure(size, "standard+cache-cold", "standard", "warm", "cold", dev),
+                    "opdgeo",
+                    cargs,
+                    files,
+                    before_each=clear,
+                )
+                self.measure(
+                    Measure(size, "standard+cache-warm", "standard", "warm", "warm", dev),
+                    "opdgeo",
+                    cargs,
+                    files,
+                )
+            # (4) exact
+            if "exact" in tiers:
+                row = Measure(size, "exact", "exact", "warm", "off", dev)
+                if ORDER.index(size) > ORDER.index(self.args.exact_max_size):
+                    row.status, row.note = (
+                        "skipped",
+                        f"size > --exact-max-size {self.args.exact_max_size}",
+                    )
+                    self.rows.append(row)
+                else:
+                    args = self.opdgeo_args(a, b, "exact", None, None)
+                    self.measure(row, "opdgeo", args, files, timeout=self.args.time_limit)
+            # (5) naive baselines
+            for variant, full, opt in (
+                ("naive", "0", "naive_max_size"),
+                ("naive-full", "1", "naive_full_max_size"),
+            ):
+                row = Measure(size, variant, "-", "warm", "n/a", dev)
+                limit = getattr(self.args, opt)
+                if limit == "none" or ORDER.index(size) > ORDER.index(limit):
+                    flag = "--" + opt.replace("_", "-")
+                    why = f"{flag} none" if limit == "none" else f"size > {flag} {limit}"
+                    row.status, row.note = "skipped", why
+                    self.rows.append(row)
+                    continue
+                nargs = [NAIVE, str(a), str(b), dev, full, str(self.args.threads or "")]
+                self.measure(row, "naive", nargs, files, timeout=self.args.time_limit)
+                row.command = (
+                    "load_file x2; torch.linalg.svd(w.float()"
+                    + (")" if full == "1" else ", full_matrices=False)")
+                    + " per matrix"
+                )
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def error_run(self, size: str, a: Path, b: Path) -> dict[str, Path]:
+        """Per-tensor CSVs of every tier on one size (untimed)."""
+        out: dict[str, Path] = {}
+        folder = Path(self.args.workdir) / f"per-tensor-{size}-{self.args.device}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for tier in ("fast", "standard", "exact"):
+            path = folder / f"{tier}.csv"
+            args = self.opdgeo_args(a, b, tier, None, path)
+            if args is None:
+                continue
+            path.unlink(missing_ok=True)
+            status, _, _, tail = run_child("opdgeo", args, None, self.env)
+            if status == "ok" and path.exists():
+                out[tier] = path
+            else:
+                print(f"  per-tensor {tier} failed: {tail}", file=sys.stderr)
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Per-metric error against exact
+# --------------------------------------------------------------------------------------------
+IDENTITY = {
+    "run",
+    "base",
+    "tensor",
+    "tuned_name",
+    "module",
+    "layer",
+    "shape",
+    "numel",
+    "dtype_base",
+    "dtype_tuned",
+    "tied",
+    "added_rows",
+    "skipped",
+    "spectral_skipped",
+    "method",
+    "n_nonfinite",
+}
+
+
+def _num(s: str | None) -> float:
+    try:
+        return float(s) if s not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def _read_rows(path: Path) -> dict[str, dict[str, str]]:
+    with open(path, newline="") as fh:
+        return {r["tensor"]: r for r in csv.DictReader(fh) if not r.get("skipped")}
+
+
+def metric_families() -> dict[str, str]:
+    """Per-tensor column -> registered metric name (``opdgeo.metrics.METRICS``), if available;
+    matrix-only metrics are marked `` (matrix)``."""
+    try:
+        from opdgeo.metrics import METRICS
+    except ImportError:
+        return {}
+    return {
+        col: name + (" (matrix)" if spec.matrix_only else "")
+        for name, spec in METRICS.items()
+        for col in spec.columns
+    }
+
+
+def _method_of(row: dict[str, str], column: str, families: dict[str, str]) -> str:
+    """The method that produced ``column``.
+
+    Understands a per-column ``<column>_method`` field, and a ``method`` field of the form
+    ``elementwise | nss=svd-f64;stable_rank=power-iter`` keyed by registered metric name (the
+    part without ``=`` applies to the metrics not listed).
+    """
+    for col in (f"{column}_method", f"method_{column}"):
+        if row.get(col):
+            return row[col]
+    raw = row.get("method", "")
+    keyed, plain = {}, []
+    for part in raw.replace("|", ";").replace(",", ";").split(";"):
+        part = part.strip()
+        if "=" in part:
+            key, val = part.split("=", 1)
+            keyed[key.strip()] = val.strip()
+        elif part:
+            plain.append(part)
+    family = families.get(column, "")
+    for key in (column, family.removesuffix(" (matrix)")):
+        if key in keyed:
+            return keyed[key]
+    if family.endswith(" (matrix)"):
+        return "not run"
+    # a spectral row lists only the spectral metrics: the others are elementwise
+    return "+".join(plain) or ("elementwise" if keyed else "-")
+
+
+def metric_errors(files: dict[str, Path]) -> list[MetricError]:
+    """One row per (tier, metric): error over tensors against the exact tier."""
+    if "exact" not in files:
+        return []
+    exact = _read_rows(files["exact"])
+    any_row = next(iter(exact.values()))
+    families = metric_families()
+    metrics = [
+        c
+        for c in any_row
+        if (c in families if families else c not in IDENTITY)
+        and not c.endswith("_method")
+        and not c.startswith("method_")
+        and any(math.isfinite(_num(r.get(c))) for r in exact.values())
+    ]
+    out: list[MetricError] = []
+    for tier in ("fast", "standard"):
+        if tier not in files:
+            continue
+        rows = _read_rows(files[tier])
+        for m in metrics:
+            abs_err: list[float] = []
+            rel_err: list[float] = []
+            nan_mismatch = 0
+            methods: set[str] = set()
+            for name, er in exact.items():
+                e = _num(er.get(m))
+                if not math.isfinite(e):
+                    continue
+                tr = rows.get(name)
+                t = _num(tr.get(m)) if tr else math.nan
+                methods.add(_method_of(tr, m, families) if tr else "missing")
+                if not math.isfinite(t):
+                    nan_mismatch += 1
+                    continue
+                d = abs(t - e)
+                abs_err.append(d)
+                rel_err.append(0.0 if d == 0 else (d / abs(e) if e != 0 else math.inf))
+            exact_methods = {
+                _method_of(r, m, families) for r in exact.values() if math.isfinite(_num(r.get(m)))
+            }
+            status = "ok" if nan_mismatch == 0 else "partial"
+            out.append(
+                MetricError(
+                    tier=tier,
+                    metric=m,
+                    status=status if abs_err else "not computed",
+                    n=len(abs_err),
+                    nan_mismatch=nan_mismatch,
+                    max_abs_err=max(abs_err, default=math.nan),
+                    median_abs_err=statistics.median(abs_err) if abs_err else math.nan,
+                    max_rel_err=max(rel_err, default=math.nan),
+                    method=" | ".join(sorted(methods)) or "-",
+                    exact_method=" | ".join(sorted(exact_methods)),
+                )
+            )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------------
+def g(x: float, digits: int = 3) -> str:
+    """Compact number."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, float) and math.isinf(x):
+        return "inf"
+    if x == 0:
+        return "0"
+    if abs(x) >= 1e5 or abs(x) < 1e-3:
+        return f"{x:.2e}"
+    return f"{x:.{digits}g}" if abs(x) < 100 else f"{x:.0f}"
+
+
+def fmt_row(r: Measure) -> str:
+    """One line of progress."""
+    if r.status != "ok":
+        return f"{r.status} {r.note}"
+    return (
+        f"run {r.run_s:8.2f} s  wall {r.wall_s:8.2f} s  peak {r.peak_rss_mb:8.0f} MB  "
+        f"rchar {r.rchar / MB:9.0f} MB  disk {r.read_bytes / MB:9.0f} MB {r.evicted}"
+    )
+
+
+def machine_line(threads: int | None) -> str:
+    """CPU model, cores, memory, torch and thread settings."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem = math.nan
+    if torch.cuda.is_available():
+        model += f"; GPU {torch.cuda.get_device_name(0)}"
+    return (
+        f"{model}, {os.cpu_count()} logical CPUs, {mem:.0f} GiB RAM, {platform.machine()}; "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads"
+        f"{f' (--threads {threads})' if threads else ''}; Python {platform.python_version()}"
+    )
+
+
+def git_commit() -> str:
+    """The repository's commit (``+dirty`` with uncommitted changes), or ``unknown``."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT, capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+    except OSError:
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
+def table(cols: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table."""
+    return [
         "| " + " | ".join(cols) + " |",
         "| " + " | ".join("---" for _ in cols) + " |",
-        *("| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows),
+        *("| " + " | ".join(r) + " |" for r in rows),
         "",
     ]
+
+
+def find(rows: list[Measure], size: str, variant: str, page: str | None = None) -> Measure | None:
+    """The measurement of ``variant`` at ``size``."""
+    for r in rows:
+        if r.size == size and r.variant == variant and (page is None or r.page_cache == page):
+            return r
+    return None
+
+
+def ok(r: Measure | None) -> TypeGuard[Measure]:
+    """Whether ``r`` holds a measurement."""
+    return r is not None and r.status == "ok"
+
+
+def write_report(
+    out: Path,
+    bench: Bench,
+    info: dict[str, SizeInfo],
+    errors: list[MetricError],
+    error_size: str | None,
+    started: float,
+    load0: float,
+) -> None:
+    """Write the markdown report and the long-format CSV."""
+    args, rows = bench.args, bench.rows
+    sizes = list(info)
+    dev = args.device
+    lines = [
+        f"# opdgeo benchmark ({dev})",
+        "",
+        f"Machine: {machine_line(args.threads)}.",
+        f"Generated by `{' '.join(['bench/bench_compare.py', *sys.argv[1:]])}` on "
+        f"{time.strftime('%Y-%m-%d %H:%M')} in {(time.time() - started) / 60:.1f} min; "
+        f"best of {args.repeat}; opdgeo at commit {git_commit()}. Every number below is "
+        "written by the script. Load average "
+        f"(1 min) at start {load0:.1f}, at end {os.getloadavg()[0]:.1f}: timings are only "
+        "meaningful on an otherwise idle machine.",
+        "",
+        "Checkpoints: Qwen2-style shapes (untied lm_head, q/k/v biases), bf16, one safetensors "
+        "file each; W0 from `opdgeo.synthetic.base_matrix` (spikes over a Marchenko-Pastur bulk), "
+        "W1 = bf16(W0 + noise of RMS 1.5e-5 + a rank-4 update of similar norm).",
+        "`run s`: seconds after imports (torch and opdgeo/safetensors are imported before the "
+        "clock starts); `wall s`: the whole child process. Peak RSS: the child's VmHWM. "
+        "`rchar`: bytes through read calls (page cache included, mmap not); `disk`: "
+        "`read_bytes` actually read from the block device.",
+        f"Flags detected in `opdgeo compare --help`: {asdict(bench.support)}.",
+        "",
+    ]
+    # ---- headline
+    top = max((s for s in sizes if ok(find(rows, s, "standard"))), key=ORDER.index, default=None)
+    if top is not None:
+        std, naive = find(rows, top, "standard"), find(rows, top, "naive")
+        fast_c, fast_w = find(rows, top, "fast", "cold"), find(rows, top, "fast", "warm")
+        rd_c, rd_w = find(rows, top, "read", "cold"), find(rows, top, "read", "warm")
+        pair = float(info[top].pair_bytes)
+        lines += ["## Summary", ""]
+        if ok(naive) and std is not None and naive is not None:
+            ratio = naive.run_s / std.run_s
+            lines.append(
+                f"- **{top}**: standard tier {g(std.run_s)} s vs naive {g(naive.run_s)} s: "
+                f"**{ratio:.1f}x** faster (target >= 10x: {'met' if ratio >= 10 else 'not met'}); "
+                f"peak RSS {g(std.peak_rss_mb)} MB vs {g(naive.peak_rss_mb)} MB "
+                f"(naive/standard {naive.peak_rss_mb / std.peak_rss_mb:.2f}x)."
+            )
+        elif naive is not None:
+            lines.append(f"- **{top}**: naive baseline {naive.status} ({naive.note}).")
+        if ok(fast_w) and fast_w is not None and rd_w is not None and rd_c is not None:
+            fast_gbps = pair / fast_w.run_s / GB
+            line = (
+                f"- fast tier at {top}: {g(fast_gbps)} GB/s (page cache warm) vs plain read "
+                f"{g(pair / rd_w.run_s / GB)} GB/s warm ({fast_gbps * rd_w.run_s * GB / pair:.2f}x)"
+            )
+            if ok(fast_c) and fast_c is not None:
+                line += (
+                    f"; {g(pair / fast_c.run_s / GB)} GB/s cold vs plain read "
+                    f"{g(pair / rd_c.run_s / GB)} GB/s cold ({rd_c.run_s / fast_c.run_s:.2f}x; "
+                    f"page cache eviction worked: {rd_c.evicted})"
+                )
+            lines.append(line + ".")
+        bound = info[top].rss_bound_mb
+        if std is not None and ok(std):
+            lines.append(
+                f"- peak RSS bound at {top}: 3 x largest tensor in float32 + 1.5 GB = "
+                f"{bound:.0f} MB; standard tier {g(std.peak_rss_mb)} MB "
+                f"({'within' if std.peak_rss_mb <= bound else 'ABOVE'} the bound)."
+            )
+        lines.append("")
+    # ---- (A)
+    lines += [
+        "## (A) Time, peak RSS and bytes read per size and tier",
+        "",
+        "Ratios are naive (load both + `svd(full_matrices=False)`) over the row: "
+        "time on `run s`, memory on peak RSS. `page`: page cache state of the checkpoint files; "
+        "`base cache`: opdgeo's on-disk cache of W0's decompositions.",
+        "",
+    ]
+    a_rows = []
+    for s in sizes:
+        naive = find(rows, s, "naive")
+        for r in rows:
+            if r.size != s or r.variant == "read":
+                continue
+            if not ok(r):
+                wall = f"> {g(r.wall_s)}" if r.status == "timeout" else "-"
+                a_rows.append(
+                    [s, r.variant, r.page_cache, r.base_cache, f"{r.status}: {r.note}", "-", wall]
+                    + ["-"] * 6
+                )
+                continue
+            t_ratio = m_ratio = "-"
+            if ok(naive) and naive is not None:
+                t_ratio = f"{naive.run_s / r.run_s:.2f}x"
+                m_ratio = f"{naive.peak_rss_mb / r.peak_rss_mb:.2f}x"
+            a_rows.append(
+                [
+                    s,
+                    r.variant,
+                    r.page_cache,
+                    r.base_cache,
+                    "ok",
+                    g(r.run_s),
+                    g(r.wall_s),
+                    g(r.peak_rss_mb),
+                    g(r.rchar / MB),
+                    g(r.read_bytes / MB),
+                    t_ratio,
+                    m_ratio,
+                    g(r.gpu_peak_mb),
+                ]
+            )
+    lines += table(
+        [
+            "size",
+            "variant",
+            "page",
+            "base cache",
+            "status",
+            "run s",
+            "wall s",
+            "peak RSS MB",
+            "rchar MB",
+            "disk MB",
+            "naive/this time",
+            "naive/this RSS",
+            "GPU peak MB",
+        ],
+        a_rows,
+    )
+    # ---- (B)
+    lines += [
+        "## (B) I/O: plain sequential read vs fast tier",
+        "",
+        "GB/s = both checkpoints' bytes / seconds (fast tier: `run s`, imports excluded). "
+        "`evicted`: the cold run read >= 90 % of the bytes from disk (read_bytes), i.e. "
+        "`posix_fadvise(DONTNEED)` emptied the page cache.",
+        "",
+    ]
+    b_rows = []
+    for s in sizes:
+        pair = float(info[s].pair_bytes)
+        rc, rw = find(rows, s, "read", "cold"), find(rows, s, "read", "warm")
+        fc, fw = find(rows, s, "fast", "cold"), find(rows, s, "fast", "warm")
+
+        def gbps(r: Measure | None, pair: float = pair) -> float:
+            return pair / r.run_s / GB if ok(r) else math.nan
+
+        b_rows.append(
+            [
+                s,
+                g(pair / GB),
+                g(gbps(rc)),
+                rc.evicted if rc else "-",
+                g(gbps(rw)),
+                g(gbps(fc)),
+                fc.evicted if fc and ok(fc) else "-",
+                g(gbps(fw)),
+                f"{gbps(fc) / gbps(rc):.2f}" if ok(fc) else "-",
+                f"{gbps(fw) / gbps(rw):.2f}" if ok(fw) else "-",
+            ]
+        )
+    lines += table(
+        [
+            "size",
+            "pair GB",
+            "read cold GB/s",
+            "evicted",
+            "read warm GB/s",
+            "fast cold GB/s",
+            "fast evicted",
+            "fast warm GB/s",
+            "fast/read cold",
+            "fast/read warm",
+        ],
+        b_rows,
+    )
+    # ---- (C)
+    lines += [
+        "## (C) Peak RSS vs model size",
+        "",
+        "bound = 3 x largest tensor in float32 + 1.5 GB (the largest tensor is the embedding / "
+        "lm_head; the largest spectral matrix is listed too). Peak RSS in MB.",
+        "",
+    ]
+    variants = ["fast", "standard", "standard+cache-warm", "exact", "naive"]
+    c_rows = []
+    for s in sizes:
+        it = info[s]
+        bound = it.rss_bound_mb
+        cells = []
+        for v in variants:
+            found = find(rows, s, v, "warm")
+            cells.append(g(found.peak_rss_mb) if ok(found) else "-")
+        std = find(rows, s, "standard")
+        within = "-"
+        if ok(std) and std is not None:
+            within = "yes" if std.peak_rss_mb <= bound else "no"
+        c_rows.append(
+            [
+                s,
+                f"{it.params / 1e9:.3f}",
+                g(it.pair_bytes / GB),
+                g(it.largest_f32_bytes / MB),
+                g(it.largest_matrix_f32_bytes / MB),
+                f"{bound:.0f}",
+                *cells,
+                within,
+            ]
+        )
+    lines += table(
+        [
+            "size",
+            "params (B)",
+            "pair GB",
+            "largest f32 MB",
+            "largest matrix f32 MB",
+            "bound MB",
+            *(f"{v} MB" for v in variants),
+            "standard within bound",
+        ],
+        c_rows,
+    )
+    # ---- (D)
+    lines += [f"## (D) Per-metric error against the exact tier ({error_size or 'not run'})", ""]
+    if errors:
+        lines += [
+            "Over the tensors where `exact` gives a finite value: max and median absolute error, "
+            "max relative error (|x - exact| / |exact|). `NaN`: tensors where this tier left the "
+            "metric empty while exact computed it (`not computed` when it never did). `method`: "
+            "what produced the metric (the per-tensor `method` column).",
+            "",
+        ]
+        lines += table(
+            [
+                "tier",
+                "metric",
+                "status",
+                "n",
+                "NaN",
+                "max abs err",
+                "median abs err",
+                "max rel err",
+                "method",
+                "exact method",
+            ],
+            [
+                [
+                    str(e.tier),
+                    str(e.metric),
+                    str(e.status),
+                    str(e.n),
+                    str(e.nan_mismatch),
+                    g(e.max_abs_err),
+                    g(e.median_abs_err),
+                    g(e.max_rel_err),
+                    str(e.method),
+                    str(e.exact_method),
+                ]
+                for e in errors
+            ],
+        )
+    else:
+        lines += ["No per-tensor comparison (the exact tier did not run).", ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
+    # ---- CSV (long format)
+    fields = [
+        "size",
+        "params",
+        "pair_bytes",
+        "largest_f32_bytes",
+        "largest_matrix_f32_bytes",
+        "variant",
+        "tier",
+        "device",
+        "page_cache",
+        "base_cache",
+        "status",
+        "repeats",
+        "run_s",
+        "wall_s",
+        "peak_rss_mb",
+        "gpu_peak_mb",
+        "read_bytes",
+        "rchar",
+        "gbps",
+        "evicted",
+        "naive_over_this_time",
+        "naive_over_this_rss",
+        "command",
+        "note",
+    ]
     with open(out.with_suffix(".csv"), "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=cols)
-        writer.writeheader()
-        writer.writerows(rows)
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            it = info[r.size]
+            naive = find(rows, r.size, "naive")
+            w.writerow(
+                {
+                    **{k: v for k, v in asdict(r).items() if k in fields},
+                    **asdict(it),
+                    "gbps": it.pair_bytes / r.run_s / GB if ok(r) else math.nan,
+                    "naive_over_this_time": (
+                        naive.run_s / r.run_s if ok(naive) and ok(r) else math.nan
+                    ),
+                    "naive_over_this_rss": (
+                        naive.peak_rss_mb / r.peak_rss_mb if ok(naive) and ok(r) else math.nan
+                    ),
+                }
+            )
+        for e in errors:
+            w.writerow(
+                {
+                    "size": error_size,
+                    "variant": f"error:{e.metric}",
+                    "tier": e.tier,
+                    "device": dev,
+                    "status": e.status,
+                    "note": (
+                        f"n={e.n} nan={e.nan_mismatch} max_abs={e.max_abs_err} "
+                        f"median_abs={e.median_abs_err} max_rel={e.max_rel_err} "
+                        f"method={e.method}"
+                    ),
+                }
+            )
+
+
+# --------------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The benchmark's command line."""
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--sizes", default="tiny,small,medium,large", help=f"comma list of {ORDER}")
+    p.add_argument("--tiers", default="fast,standard,exact", help="comma list of opdgeo tiers")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="markdown file (CSV beside it); default "
+        "bench/RESULTS.md, or bench/RESULTS-gpu.md with --device cuda",
+    )
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None, help="passed to opdgeo and naive")
+    p.add_argument("--layers", type=int, default=None, help="layers of the largest size")
+    p.add_argument(
+        "--workdir",
+        default=str(Path(tempfile.gettempdir()) / "opdgeo-bench"),
+        help="generated checkpoints (reused when their spec matches)",
+    )
+    p.add_argument("--naive-max-size", default="large", help="largest size for naive ('none')")
+    p.add_argument(
+        "--naive-full-max-size",
+        default="small",
+        help="largest size for naive-full (full_matrices=True; 'none')",
+    )
+    p.add_argument("--exact-max-size", default="medium", help="largest size for the exact tier")
+    p.add_argument("--error-size", default="small", help="size of the per-metric error table")
+    p.add_argument("--time-limit", type=float, default=1200.0, help="seconds per naive/exact run")
+    p.add_argument("--repeat", type=int, default=1, help="best of N runs")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    args.tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
+    for s in [*args.sizes, args.exact_max_size, args.error_size]:
+        if s not in SIZES:
+            p.error(f"unknown size {s!r} (choose from {', '.join(ORDER)})")
+    for s in (args.naive_max_size, args.naive_full_max_size):
+        if s != "none" and s not in SIZES:
+            p.error(f"unknown naive size limit {s!r} (a size or 'none')")
+    for t in args.tiers:
+        if t not in ("fast", "standard", "exact"):
+            p.error(f"unknown tier {t!r}")
+    args.sizes.sort(key=ORDER.index)
+    if args.out is None:
+        name = "RESULTS-gpu.md" if args.device == "cuda" else "RESULTS.md"
+        args.out = str(ROOT / "bench" / name)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Generate, measure, report."""
+    args = parse_args(argv)
+    started = time.time()
+    load0 = os.getloadavg()[0]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda but torch sees no CUDA device")
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    support = detect_support()
+    print(f"opdgeo flags: {asdict(support)}; workdir {workdir}", file=sys.stderr)
+    bench = Bench(args, support)
+    info: dict[str, SizeInfo] = {}
+    largest = args.sizes[-1]
+    for size in args.sizes:
+        spec = spec_for(size, args.layers if size == largest else None)
+        a, b, gen_s = ensure_pair(spec, workdir, size, args.seed)
+        pair = a.stat().st_size + b.stat().st_size
+        info[size] = SizeInfo(
+            params=spec.n_params(),
+            pair_bytes=pair,
+            largest_f32_bytes=spec.largest() * 4,
+            largest_matrix_f32_bytes=spec.largest_matrix() * 4,
+        )
+        print(
+            f"{size}: {spec}, {spec.n_params() / 1e9:.3f} B params, pair {pair / GB:.2f} GB"
+            f"{f', generated in {gen_s:.0f} s' if gen_s else ' (reused)'}",
+            file=sys.stderr,
+            flush=True,
+        )
+        bench.size_run(size, a, b)
+        write_report(Path(args.out), bench, info, [], None, started, load0)  # partial results
+    errors: list[MetricError] = []
+    if args.error_size:
+        spec = spec_for(args.error_size, args.layers if args.error_size == largest else None)
+        a, b, _ = ensure_pair(spec, workdir, args.error_size, args.seed)
+        print(f"per-metric error on {args.error_size}", file=sys.stderr, flush=True)
+        errors = metric_errors(bench.error_run(args.error_size, a, b))
+    write_report(Path(args.out), bench, info, errors, args.error_size, started, load0)
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.csv')}", file=sys.stderr)
 
 
 if __name__ == "__main__":
