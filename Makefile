@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch is pinned here (not in pyproject) so the set-up uses the local CPU wheel; users keep a range.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install demo figures test lint typecheck check bench clean
+.PHONY: install demo demo-zoo zoo zoo-sweep figures test lint typecheck check bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,24 @@ install: $(VENV)/.installed
 
 demo: install
 	$(VENV)/bin/opdgeo demo demo --format table
+	@if [ -f $(ZOO_CKPT)/rlvr/model.safetensors ]; then $(MAKE) --no-print-directory demo-zoo; fi
+
+# Real SFT / OPD / RLVR runs of the regime zoo (seed 0, committed bf16 checkpoints, 4.5 MB each):
+# SFT measured from the base, OPD and RLVR from the SFT checkpoint, as in OPDG.
+ZOO_CKPT ?= zoo/checkpoints/seed0
+demo-zoo: install
+	$(VENV)/bin/opdgeo compare $(ZOO_CKPT)/base $(ZOO_CKPT)/sft --format table
+	$(VENV)/bin/opdgeo compare $(ZOO_CKPT)/sft $(ZOO_CKPT)/opd $(ZOO_CKPT)/rlvr --format table
+
+# Train the regime zoo for two seeds on the CPU and regenerate zoo/RESULTS.md (~20 min, 2 cores).
+zoo: install
+	$(PY) -m zoo all --seeds 0 1
+
+# The zoo's learning-rate / steps / initialisation experiments (after `make zoo`, ~5 min; writes
+# zoo/experiments/sweep.json, which the report includes).
+zoo-sweep: install
+	$(PY) -m zoo sweep
+	$(PY) -m zoo report --seeds 0 1
 
 # The README's figures: the demo family's regime map and a synthetic OPD-like trajectory.
 figures: install
@@ -31,8 +49,8 @@ test: install
 	$(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check opdgeo tests bench
-	$(VENV)/bin/ruff format --check opdgeo tests bench
+	$(VENV)/bin/ruff check opdgeo tests bench zoo
+	$(VENV)/bin/ruff format --check opdgeo tests bench zoo
 
 typecheck: install
 	$(VENV)/bin/mypy

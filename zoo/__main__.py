@@ -1,0 +1,5 @@
+"""``python -m zoo``: see :mod:`zoo.run`."""
+
+from zoo.run import main
+
+main()
