@@ -57,8 +57,11 @@ typecheck: install
 
 check: lint typecheck test
 
+# About 30 min on 2 idle cores (sizes tiny..Qwen2-1.5B shapes, naive baselines included);
+# add BENCH_ARGS="--sizes tiny,small" for a quick look, or --device cuda for bench/RESULTS-gpu.md.
+BENCH_ARGS ?= --sizes tiny,small,medium,large --exact-max-size small --error-size small
 bench: install
-	$(PY) bench/bench_compare.py --out bench/RESULTS.md
+	$(PY) bench/bench_compare.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache *.egg-info
