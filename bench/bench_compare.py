@@ -45,32 +45,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from opdgeo.metrics import METRICS  # noqa: E402
 from opdgeo.synthetic import base_matrix  # noqa: E402
+
+MATRIX_METRICS = {name for name, spec in METRICS.items() if spec.matrix_only}
 
 GB = 1e9
 MB = 1e6
-
-
-# --------------------------------------------------------------------------------------------
-# opdgeo's command line: every flag the benchmark passes is named here, in one place.
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Flags:
-    """Flag spellings of ``opdgeo compare`` used by the benchmark."""
-
-    tier: str = "--tier"
-    exact_legacy: str = "--exact"  # used for the exact tier when --tier does not exist
-    no_cache: str = "--no-cache"
-    cache_dir: str = "--cache-dir"
-    threads: str = "--threads"
-    device: str = "--device"
-    quiet: str = "-q"
-    fmt: str = "--format"
-    per_tensor: str = "--per-tensor"
-    output: str = "--output"
-
-
-FLAGS = Flags()
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,7 +366,7 @@ class Measure:
     page_cache: str  # cold | warm
     base_cache: str  # off | cold | warm | n/a
     device: str
-    status: str = "ok"  # ok | timeout | failed | unsupported | skipped
+    status: str = "ok"  # ok | timeout | failed | skipped
     wall_s: float = math.nan
     run_s: float = math.nan
     peak_rss_mb: float = math.nan
@@ -430,42 +411,11 @@ def run_child(
 # --------------------------------------------------------------------------------------------
 # The benchmark
 # --------------------------------------------------------------------------------------------
-@dataclass
-class Support:
-    """Which of the flags in FLAGS this opdgeo understands."""
-
-    tier: bool
-    no_cache: bool
-    cache_dir: bool
-    threads: bool
-
-
-def detect_support() -> Support:
-    """Read ``opdgeo compare --help`` once."""
-    env = dict(os.environ, COLUMNS="400", NO_COLOR="1", TERM="dumb")
-    out = subprocess.run(
-        [sys.executable, "-m", "opdgeo", "compare", "--help"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    words = set(out.replace("│", " ").replace(",", " ").split())
-    return Support(
-        tier=FLAGS.tier in words,
-        no_cache=FLAGS.no_cache in words,
-        cache_dir=FLAGS.cache_dir in words,
-        threads=FLAGS.threads in words,
-    )
-
-
 class Bench:
     """State shared by the measurements of one run."""
 
-    def __init__(self, args: argparse.Namespace, support: Support) -> None:
+    def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.support = support
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.env["PYTHONPATH"] = os.pathsep.join(
             [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -473,34 +423,19 @@ class Bench:
         self.rows: list[Measure] = []
 
     # ---- opdgeo command lines
-    def tier_flags(self, tier: str) -> list[str] | None:
-        """Flags selecting ``tier``; None when this opdgeo cannot run it."""
-        if self.support.tier:
-            return [FLAGS.tier, tier]
-        return {"standard": [], "exact": [FLAGS.exact_legacy]}.get(tier)
-
     def opdgeo_args(
         self, a: Path, b: Path, tier: str, cache: str | None, per_tensor: Path | None
-    ) -> list[str] | None:
+    ) -> list[str]:
         """Full ``opdgeo compare`` argument list; ``cache`` is a directory or None (off)."""
-        tflags = self.tier_flags(tier)
-        if tflags is None:
-            return None
-        out = ["compare", str(a), str(b), *tflags, FLAGS.quiet, FLAGS.fmt, "csv"]
-        out += [FLAGS.output, os.devnull]
-        if cache is None:
-            if self.support.no_cache:
-                out.append(FLAGS.no_cache)
-        elif self.support.cache_dir:
-            out += [FLAGS.cache_dir, cache]
-        else:
-            return None
+        out = ["compare", str(a), str(b), "--tier", tier, "-q", "--format", "csv"]
+        out += ["--output", os.devnull]
+        out += ["--no-cache"] if cache is None else ["--cache-dir", cache]
         if self.args.device != "cpu":
-            out += [FLAGS.device, self.args.device]
-        if self.args.threads and self.support.threads:
-            out += [FLAGS.threads, str(self.args.threads)]
+            out += ["--device", self.args.device]
+        if self.args.threads:
+            out += ["--threads", str(self.args.threads)]
         if per_tensor is not None:
-            out += [FLAGS.per_tensor, str(per_tensor)]
+            out += ["--per-tensor", str(per_tensor)]
         return out
 
     # ---- one measured variant, best of --repeat
@@ -508,17 +443,12 @@ class Bench:
         self,
         row: Measure,
         mode: str,
-        args: list[str] | None,
+        args: list[str],
         files: Sequence[Path],
         timeout: float | None = None,
         before_each: Callable[[], None] | None = None,
     ) -> Measure:
         """Run ``args`` ``--repeat`` times (evicting first for a cold page cache); keep the best."""
-        if args is None:
-            row.status = "unsupported"
-            row.note = "this opdgeo lacks the flag"
-            self.rows.append(row)
-            return row
         if mode == "opdgeo":
             row.command = "opdgeo " + " ".join(
                 x for x in args if not x.startswith("/") and x != os.devnull
@@ -694,26 +624,6 @@ class Bench:
 # --------------------------------------------------------------------------------------------
 # Per-metric error against exact
 # --------------------------------------------------------------------------------------------
-IDENTITY = {
-    "run",
-    "base",
-    "tensor",
-    "tuned_name",
-    "module",
-    "layer",
-    "shape",
-    "numel",
-    "dtype_base",
-    "dtype_tuned",
-    "tied",
-    "added_rows",
-    "skipped",
-    "spectral_skipped",
-    "method",
-    "n_nonfinite",
-}
-
-
 def _num(s: str | None) -> float:
     try:
         return float(s) if s not in (None, "") else math.nan
@@ -726,47 +636,20 @@ def _read_rows(path: Path) -> dict[str, dict[str, str]]:
         return {r["tensor"]: r for r in csv.DictReader(fh) if not r.get("skipped")}
 
 
-def metric_families() -> dict[str, str]:
-    """Per-tensor column -> registered metric name (``opdgeo.metrics.METRICS``), if available;
-    matrix-only metrics are marked `` (matrix)``."""
-    try:
-        from opdgeo.metrics import METRICS
-    except ImportError:
-        return {}
-    return {
-        col: name + (" (matrix)" if spec.matrix_only else "")
-        for name, spec in METRICS.items()
-        for col in spec.columns
-    }
+def metric_of_column() -> dict[str, str]:
+    """Per-tensor column -> the registered metric that produces it (``opdgeo.metrics``)."""
+    return {col: name for name, spec in METRICS.items() for col in spec.columns}
 
 
-def _method_of(row: dict[str, str], column: str, families: dict[str, str]) -> str:
-    """The method that produced ``column``.
-
-    Understands a per-column ``<column>_method`` field, and a ``method`` field of the form
-    ``elementwise | nss=svd-f64;stable_rank=power-iter`` keyed by registered metric name (the
-    part without ``=`` applies to the metrics not listed).
-    """
-    for col in (f"{column}_method", f"method_{column}"):
-        if row.get(col):
-            return row[col]
-    raw = row.get("method", "")
-    keyed, plain = {}, []
-    for part in raw.replace("|", ";").replace(",", ";").split(";"):
-        part = part.strip()
-        if "=" in part:
-            key, val = part.split("=", 1)
-            keyed[key.strip()] = val.strip()
-        elif part:
-            plain.append(part)
-    family = families.get(column, "")
-    for key in (column, family.removesuffix(" (matrix)")):
-        if key in keyed:
-            return keyed[key]
-    if family.endswith(" (matrix)"):
-        return "not run"
-    # a spectral row lists only the spectral metrics: the others are elementwise
-    return "+".join(plain) or ("elementwise" if keyed else "-")
+def _method_of(row: dict[str, str], column: str, metric: dict[str, str]) -> str:
+    """The method that produced ``column``: the per-tensor ``method`` field reads
+    ``metric=method;...`` for the metrics that ran linear algebra, ``elementwise`` when
+    none did; a metric it does not list was exact (element-wise) or did not run."""
+    methods = dict(part.split("=", 1) for part in row.get("method", "").split(";") if "=" in part)
+    name = metric.get(column, "")
+    if name in methods:
+        return methods[name]
+    return "not run" if name in MATRIX_METRICS else "elementwise"
 
 
 def metric_errors(files: dict[str, Path]) -> list[MetricError]:
@@ -775,14 +658,11 @@ def metric_errors(files: dict[str, Path]) -> list[MetricError]:
         return []
     exact = _read_rows(files["exact"])
     any_row = next(iter(exact.values()))
-    families = metric_families()
+    families = metric_of_column()
     metrics = [
         c
         for c in any_row
-        if (c in families if families else c not in IDENTITY)
-        and not c.endswith("_method")
-        and not c.startswith("method_")
-        and any(math.isfinite(_num(r.get(c))) for r in exact.values())
+        if c in families and any(math.isfinite(_num(r.get(c))) for r in exact.values())
     ]
     out: list[MetricError] = []
     for tier in ("fast", "standard"):
@@ -946,7 +826,6 @@ def write_report(
         "clock starts); `wall s`: the whole child process. Peak RSS: the child's VmHWM. "
         "`rchar`: bytes through read calls (page cache included, mmap not); `disk`: "
         "`read_bytes` actually read from the block device.",
-        f"Flags detected in `opdgeo compare --help`: {asdict(bench.support)}.",
         "",
     ]
     # ---- headline
@@ -1309,9 +1188,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit("error: --device cuda but torch sees no CUDA device")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    support = detect_support()
-    print(f"opdgeo flags: {asdict(support)}; workdir {workdir}", file=sys.stderr)
-    bench = Bench(args, support)
+    print(f"workdir {workdir}", file=sys.stderr)
+    bench = Bench(args)
     info: dict[str, SizeInfo] = {}
     largest = args.sizes[-1]
     for size in args.sizes:
