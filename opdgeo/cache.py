@@ -32,8 +32,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from opdgeo.config import Settings
 from opdgeo.pair import StoredBase
@@ -96,10 +96,9 @@ class BaseCache:
         if not path.is_file():
             return None
         try:
-            tensors = load_file(str(path))
-            with open(path, "rb") as fh:
-                header_len = int.from_bytes(fh.read(8), "little")
-                meta = json.loads(fh.read(header_len)).get("__metadata__", {})
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                tensors = {name: fh.get_tensor(name) for name in fh.keys()}
             thresholds = {
                 k: (float(v[0]), int(v[1])) for k, v in json.loads(meta["thresholds"]).items()
             }
