@@ -8,18 +8,27 @@ output options) can skip it. One safetensors file per base matrix holds
 * ``small`` - the top-k singular vectors of W0's smaller side, float64 (the other side is
   recomputed from W0 exactly as a cold run computes it, ``Wᵀ U_k / s_k``), and for the
   ``svd-f64`` method also ``other``, the other side's vectors;
-* metadata - the method, the cache key's plain text and the exact mask thresholds.
+* metadata - the method, the cache key, the exact mask thresholds and a SHA-256 of all of it.
 
 The key is a SHA-256 of the tensor's identity and everything the stored values depend on:
 a local file's resolved path, size, modification and status-change times (nanoseconds),
 device and inode plus the tensor's name, dtype, shape and offset (a copy that keeps the
 mtime, ``cp -p``, still gets a new ctime and inode); or ``repo@commit`` plus shard and
 tensor name for Hub files; and the spectral method, the compute device type and
-:data:`CACHE_VERSION`. A changed file gets a new key; an unreadable or inconsistent entry
-is ignored and rewritten. Entries are written atomically (temporary file + rename), never
-inside a checkpoint directory unless the user points ``cache_dir`` there. Size:
-``8 · min(m, n) · k`` bytes per matrix plus the singular values (Gram route), so a
-Qwen2-1.5B base takes about 0.3 GB.
+:data:`CACHE_VERSION`.
+
+What is trusted: nothing. An entry is used only when its checksum matches its content and it
+fits the matrix it claims to describe (:func:`check_entry`: shapes, finite values, singular
+values non-negative and descending, ``Σ s² = ‖W0‖_F²`` and ``‖W0ᵀ u₁‖ = s₁`` to 1e-6, unit
+vectors); anything else is recomputed and rewritten, so a damaged or poisoned cache gives the
+numbers of ``--no-cache``.
+
+What is touched: the cache folder holds ``CACHEDIR.TAG`` and two-hex-digit subfolders of
+``<64 hex>.safetensors`` entries. A folder holding anything else (a checkpoint, say) is never
+used as a cache and never cleared; symlinks inside it are never followed. Writes go through a
+temporary file and a rename; a failed write (full disk, read-only folder) warns once and the
+run goes on without caching. Size: ``8 · min(m, n) · k`` bytes per matrix plus the singular
+values (Gram route), so a Qwen2-1.5B base takes about 0.3 GB.
 """
 
 from __future__ import annotations
@@ -27,20 +36,38 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
+import re
 import tempfile
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from opdgeo.config import Settings
+from opdgeo.errors import OpdgeoError, OpdgeoWarning, SourceError
+from opdgeo.linalg import project_left
 from opdgeo.pair import StoredBase
+from opdgeo.safetensors_io import read_header
 from opdgeo.sources import Checkpoint
 
-CACHE_VERSION = 1
-"""Bump when the stored layout or the numerics of a stored value change."""
+CACHE_VERSION = 2
+"""Bump when the stored layout or the numerics of a stored value change (2: checksums)."""
+TAG_NAME = "CACHEDIR.TAG"
+TAG_TEXT = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by opdgeo (base-matrix cache).\n"
+    "# For information about cache directory tags see https://bford.info/cachedir/\n"
+)
+_SUBDIR_RE = re.compile(r"^[0-9a-f]{2}$")
+_ENTRY_RE = re.compile(r"^([0-9a-f]{64})\.safetensors$")
+_TMP_RE = re.compile(r"^\.tmp-[A-Za-z0-9_]+\.safetensors$")
+_TENSORS = frozenset({"s", "small", "other"})
+_REL_TOL = 1e-6
 
 
 def default_dir() -> Path:
@@ -67,6 +94,94 @@ def tensor_identity(ckpt: Checkpoint, name: str) -> str | None:
     return f"file|{Path(info.file).resolve()}|{stamp}|{where}"
 
 
+def _checksum(tensors: dict[str, torch.Tensor], thresholds: str, method: str, key: str) -> str:
+    h = hashlib.sha256(f"{key}|{method}|{thresholds}".encode())
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"|{name}|{t.dtype}|{list(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).reshape(-1).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def entry_is_sound(entry: StoredBase) -> bool:
+    """Checks that need no matrix: float64 tensors of consistent shapes, finite values,
+    singular values non-negative and descending, unit vectors, valid thresholds."""
+    s, small, other = entry.s, entry.small, entry.other
+    if s.dtype != torch.float64 or small.dtype != torch.float64 or s.dim() != 1:
+        return False
+    if small.dim() != 2 or small.shape[0] != s.numel() or not 1 <= small.shape[1] <= s.numel():
+        return False
+    if other is not None and (other.dtype != torch.float64 or other.dim() != 2):
+        return False
+    if other is not None and other.shape[1] != small.shape[1]:
+        return False
+    tensors = [s, small] if other is None else [s, small, other]
+    if not all(bool(torch.isfinite(t).all()) for t in tensors):
+        return False
+    if bool((s < 0).any()) or bool((s[1:] > s[:-1] * (1 + 1e-12)).any()):
+        return False
+    norms = torch.linalg.vector_norm(small, dim=0)
+    if bool(((norms - 1).abs() > _REL_TOL).any()):
+        return False
+    return all(not math.isnan(thr) and need >= 0 for thr, need in entry.thresholds.values())
+
+
+def check_entry(entry: StoredBase, w0: torch.Tensor) -> bool:
+    """True when ``entry`` is sound and describes the matrix ``w0``: shapes match it,
+    ``Σ s² = ‖W0‖_F²`` and ``‖W0ᵀ u₁‖ = s₁`` (``‖W0 v₁‖`` on the tall side) to 1e-6."""
+    if w0.dim() != 2 or not entry_is_sound(entry):
+        return False
+    m, n = w0.shape
+    s, small, other = entry.s, entry.small, entry.other
+    if s.numel() != min(m, n):
+        return False
+    if other is not None and other.shape[0] != max(m, n):
+        return False
+    if any(need > m * n for _, need in entry.thresholds.values()):
+        return False
+    fro2 = float(torch.linalg.vector_norm(w0, dtype=torch.float64)) ** 2
+    total = float((s * s).sum())
+    if abs(total - fro2) > _REL_TOL * max(fro2, 1e-300):
+        return False
+    if float(s[0]) == 0.0:
+        return fro2 == 0.0
+    image = project_left(w0, small[:, :1]) if m <= n else project_left(w0.T, small[:, :1])
+    top = float(torch.linalg.vector_norm(image))
+    return abs(top - float(s[0])) <= _REL_TOL * float(s[0])
+
+
+@dataclass
+class Scan:
+    """What a cache folder holds: entries opdgeo wrote, its leftovers, and anything else."""
+
+    entries: list[Path] = field(default_factory=list)
+    leftovers: list[Path] = field(default_factory=list)
+    """Temporary files of interrupted writes (ours by name, inside our subfolders)."""
+    subdirs: list[Path] = field(default_factory=list)
+    foreign: list[Path] = field(default_factory=list)
+    """Files, folders and symlinks that opdgeo did not write (never touched)."""
+
+    @property
+    def nbytes(self) -> int:
+        total = 0
+        for p in self.entries:
+            with contextlib.suppress(OSError):
+                total += p.lstat().st_size
+        return total
+
+
+def _is_entry(path: Path, subdir: str) -> bool:
+    """An entry by name (``<key>.safetensors`` in the ``key[:2]`` subfolder) and by header."""
+    match = _ENTRY_RE.match(path.name)
+    if not match or match.group(1)[:2] != subdir:
+        return False
+    try:
+        infos, meta = read_header(path)
+    except (OpdgeoError, OSError):
+        return False
+    return meta.get("key") == match.group(1) and set(infos) <= _TENSORS and "s" in infos
+
+
 class BaseCache:
     """A directory of cached base decompositions (see the module docstring)."""
 
@@ -74,13 +189,47 @@ class BaseCache:
         self.root = root
         self.hits = 0
         self.writes = 0
+        self.rejected = 0
+        """Entries found but not used (bad checksum, not fitting their matrix)."""
+        self.failed = False
+        """A write failed; no more writes are tried in this run."""
 
     @classmethod
     def for_settings(cls, settings: Settings) -> BaseCache | None:
-        """The cache the settings ask for, or None (``cache = false`` or the fast tier)."""
+        """The cache the settings ask for, or None (``cache = false``, the fast tier, or a
+        folder that is not an opdgeo cache: then a warning says so)."""
         if not settings.cache or settings.tier == "fast":
             return None
-        return cls(Path(settings.cache_dir).expanduser() if settings.cache_dir else default_dir())
+        root = Path(settings.cache_dir).expanduser() if settings.cache_dir else default_dir()
+        cache = cls(root)
+        problem = cache.foreign_top_level()
+        if problem is not None:
+            warnings.warn(
+                f"not using {root} as the base cache: {problem}; caching is off for this run",
+                OpdgeoWarning,
+                stacklevel=2,
+            )
+            return None
+        return cache
+
+    def foreign_top_level(self) -> str | None:
+        """Why the cache folder cannot be ours, judged from its top level (cheap), or None."""
+        try:
+            if not self.root.exists() and not self.root.is_symlink():
+                return None
+            if not self.root.is_dir():
+                return "it is not a folder"
+            names = os.listdir(self.root)
+        except OSError as exc:
+            return f"it cannot be read ({exc.strerror or exc})"
+        for name in sorted(names):
+            path = self.root / name
+            if name == TAG_NAME and path.is_file() and not path.is_symlink():
+                continue
+            if _SUBDIR_RE.match(name) and path.is_dir() and not path.is_symlink():
+                continue
+            return f"it holds {name!r}, which opdgeo did not write"
+        return None
 
     def key(self, identity: str, settings: Settings) -> str:
         device = torch.device(settings.device).type
@@ -90,65 +239,157 @@ class BaseCache:
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
 
-    def load(self, key: str) -> StoredBase | None:
-        """The entry stored under ``key``, or None when absent or unusable."""
+    def load(self, key: str, w0: torch.Tensor | None = None) -> StoredBase | None:
+        """The entry stored under ``key`` if it is intact and (given ``w0``) fits that
+        matrix; None otherwise (the caller recomputes)."""
         path = self._path(key)
-        if not path.is_file():
+        if path.is_symlink() or path.parent.is_symlink() or not path.is_file():
             return None
         try:
+            from safetensors import safe_open
+
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}
                 tensors = {name: fh.get_tensor(name) for name in fh.keys()}
-            thresholds = {
-                k: (float(v[0]), int(v[1])) for k, v in json.loads(meta["thresholds"]).items()
-            }
-            s, small = tensors["s"], tensors["small"]
-            other = tensors.get("other")
-            ok = s.dtype == small.dtype == torch.float64 and small.dim() == 2
-            ok = ok and small.shape[1] <= s.numel() and meta["key"] == key
-            if not ok:
-                return None
-            self.hits += 1
-            return StoredBase(s, small, other, meta["method"], thresholds)
-        except (OSError, ValueError, KeyError, TypeError, SafetensorError):
-            return None
+            if meta.get("key") != key or set(tensors) - _TENSORS:
+                return self._reject()
+            text = meta["thresholds"]
+            if meta.get("checksum") != _checksum(tensors, text, meta["method"], key):
+                return self._reject()
+            thresholds = {k: (float(v[0]), int(v[1])) for k, v in json.loads(text).items()}
+            entry = StoredBase(
+                tensors["s"], tensors["small"], tensors.get("other"), meta["method"], thresholds
+            )
+        except (OSError, ValueError, KeyError, TypeError, IndexError, SafetensorError):
+            return self._reject()
+        if not (entry_is_sound(entry) if w0 is None else check_entry(entry, w0)):
+            return self._reject()
+        self.hits += 1
+        return entry
+
+    def _reject(self) -> StoredBase | None:
+        """Count an unusable entry; the caller recomputes."""
+        self.rejected += 1
+        return None
 
     def save(self, key: str, entry: StoredBase) -> None:
-        """Write ``entry`` under ``key`` atomically; a failure to write is not an error."""
+        """Write ``entry`` under ``key`` atomically. A failure warns once and turns writing
+        off for the rest of the run; it never fails the comparison."""
+        if self.failed:
+            return
         path = self._path(key)
         tensors = {"s": entry.s.contiguous(), "small": entry.small.contiguous()}
         if entry.other is not None:
             tensors["other"] = entry.other.contiguous()
+        text = json.dumps({k: [v[0], v[1]] for k, v in entry.thresholds.items()})
         meta = {
             "key": key,
             "method": entry.method,
-            "thresholds": json.dumps({k: [v[0], v[1]] for k, v in entry.thresholds.items()}),
+            "thresholds": text,
+            "checksum": _checksum(tensors, text, entry.method, key),
         }
         tmp = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._make_folders(path.parent)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
             os.close(fd)
             save_file(tensors, tmp, metadata=meta)
             os.replace(tmp, path)
             tmp = None
             self.writes += 1
-        except OSError:
-            pass  # a read-only or full cache only costs speed
+        except (OSError, SafetensorError, OpdgeoError) as exc:
+            self.failed = True
+            why = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+            warnings.warn(
+                f"cannot write the base cache in {self.root} ({why}); going on without caching",
+                OpdgeoWarning,
+                stacklevel=2,
+            )
         finally:
             if tmp is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
 
+    def _make_folders(self, subdir: Path) -> None:
+        """Create the cache folder (tagged) and ``subdir``; refuse symlinked subfolders."""
+        if not self.root.is_dir():
+            self.root.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                (self.root / TAG_NAME).write_text(TAG_TEXT, encoding="utf-8")
+        if subdir.is_symlink():
+            raise OpdgeoError(f"{subdir} is a symlink")
+        subdir.mkdir(exist_ok=True)
+
+    def scan(self) -> Scan:
+        """Classify everything under the cache folder, following no symlink."""
+        found = Scan()
+        if not self.root.is_dir():
+            return found
+        try:
+            top = sorted(os.scandir(self.root), key=lambda e: e.name)
+        except OSError as exc:
+            raise SourceError(f"cannot read {self.root}: {exc.strerror or exc}") from None
+        for entry in top:
+            path = Path(entry.path)
+            if entry.name == TAG_NAME and entry.is_file(follow_symlinks=False):
+                continue
+            if not (_SUBDIR_RE.match(entry.name) and entry.is_dir(follow_symlinks=False)):
+                found.foreign.append(path)
+                continue
+            found.subdirs.append(path)
+            try:
+                inner = sorted(os.scandir(path), key=lambda e: e.name)
+            except OSError:
+                found.foreign.append(path)
+                continue
+            for item in inner:
+                file = Path(item.path)
+                if not item.is_file(follow_symlinks=False):
+                    found.foreign.append(file)
+                elif _is_entry(file, entry.name):
+                    found.entries.append(file)
+                elif _TMP_RE.match(item.name):
+                    found.leftovers.append(file)
+                else:
+                    found.foreign.append(file)
+        return found
+
     def size(self) -> tuple[int, int]:
         """(entries, bytes) currently in the cache."""
-        files = list(self.root.glob("*/*.safetensors")) if self.root.is_dir() else []
-        return len(files), sum(f.stat().st_size for f in files)
+        found = self.scan()
+        return len(found.entries), found.nbytes
 
-    def clear(self) -> int:
-        """Delete every entry; returns how many were removed."""
-        files = list(self.root.glob("*/*.safetensors")) if self.root.is_dir() else []
-        for f in files:
+    def clear(self, dry_run: bool = False) -> list[Path]:
+        """Delete every entry (and leftover temporary file) opdgeo wrote; return them.
+
+        Refuses (:class:`OpdgeoError`, nothing deleted) when the folder holds anything else,
+        so a cache folder pointed at a checkpoint never loses a file. ``dry_run`` only lists.
+        """
+        if self.root.is_symlink():
+            raise OpdgeoError(
+                f"refusing to clear {self.root}: it is a symlink (pass the folder it points to)"
+            )
+        found = self.scan()
+        if found.foreign:
+            first = found.foreign[0]
+            raise OpdgeoError(
+                f"refusing to clear {self.root}: {first} was not written by opdgeo "
+                f"({len(found.foreign)} such item(s)); remove the cache entries by hand "
+                "or point --cache-dir at the cache folder itself"
+            )
+        doomed = [*found.entries, *found.leftovers]
+        if dry_run:
+            return doomed
+        removed = []
+        for path in doomed:
+            try:
+                path.unlink()
+                removed.append(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise OpdgeoError(f"cannot remove {path}: {exc.strerror or exc}") from None
+        for subdir in found.subdirs:
             with contextlib.suppress(OSError):
-                f.unlink()
-        return len(files)
+                subdir.rmdir()  # only when empty
+        return removed

@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import sys
+import warnings
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -22,6 +23,7 @@ from rich.console import Console
 
 from opdgeo import __version__
 from opdgeo.errors import EXIT_ERROR, EXIT_INTERRUPTED, ConfigError, OpdgeoError
+from opdgeo.text import markup_safe, printable
 
 if TYPE_CHECKING:
     from opdgeo.config import Config
@@ -36,7 +38,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-_state = {"debug": os.environ.get("OPDGEO_DEBUG", "") not in ("", "0")}
+_state = {"debug": os.environ.get("OPDGEO_DEBUG", "") not in ("", "0"), "quiet": False}
 
 
 class Format(StrEnum):
@@ -110,6 +112,25 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """opdgeo's warnings as one ``warning:`` line on stderr (hidden by -q); other libraries'
+    warnings only with --debug."""
+    from opdgeo.errors import OpdgeoWarning
+
+    if issubclass(category, OpdgeoWarning):
+        if not _state["quiet"]:
+            _err().print(f"[yellow]warning:[/] {markup_safe(message)}")
+    elif _state["debug"]:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"opdgeo {__version__}")
@@ -127,6 +148,7 @@ def _root(
     """opdgeo: parameter-space diagnostics of post-training (SFT / OPD / RLVR)."""
     if debug:
         _state["debug"] = True
+    warnings.showwarning = _show_warning
 
 
 def _source_options(
@@ -263,8 +285,9 @@ def compare(
     quiet: QuietOpt = False,
 ) -> None:
     """Compare each TUNED checkpoint against BASE, tensor by tensor, and name its regime."""
-    from opdgeo import render
+    from opdgeo import outputs
 
+    _state["quiet"] = quiet
     with user_errors():
         cfg = _load(
             config,
@@ -282,7 +305,7 @@ def compare(
         )
         for path in (output, per_tensor, per_group, plot and plot / "regime_map.png"):
             if path:
-                render.check_output_path(path, [base, *tuned])
+                outputs.check_output_path(path, [base, *tuned])
         sources = _source_options(token, offline, keep, quiet, allow_pickle)
         runs = _run_compare(base, tuned, cfg, sources, quiet)
         _emit(runs, cfg, fmt, output, per_tensor, per_group)
@@ -338,7 +361,7 @@ def _emit(
     trajectory: bool = False,
 ) -> None:
     """Write the report (stdout or -o) and the optional per-tensor / per-group CSVs."""
-    from opdgeo import render, report
+    from opdgeo import outputs, render, report
 
     chosen = fmt or (Format.table if sys.stdout.isatty() and output is None else Format.csv)
     s = cfg.settings
@@ -360,11 +383,11 @@ def _emit(
         }
         text = render.json_text(report.to_json(runs, meta))
     if per_tensor:
-        render.write_atomic(per_tensor, render.csv_text(report.tensors_frame(runs)))
+        outputs.write_output(per_tensor, render.csv_text(report.tensors_frame(runs)))
     if per_group:
-        render.write_atomic(per_group, render.csv_text(report.groups_frame(runs)))
+        outputs.write_output(per_group, render.csv_text(report.groups_frame(runs)))
     if output:
-        render.write_atomic(output, text)
+        outputs.write_output(output, text)
     elif text:
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -379,9 +402,9 @@ def _plots(
 ) -> None:
     if folder is None:
         return
-    from opdgeo import plots, render
+    from opdgeo import outputs, plots
 
-    render.check_output_path(folder / "regime_map.png", inputs)
+    outputs.check_output_path(folder / "regime_map.png", inputs)
     paths = plots.write_plots(runs, folder, trajectory)
     if not quiet:
         _err().print(f"wrote {len(paths)} figure files to {folder}/")
@@ -516,9 +539,10 @@ def batch(
     quiet: QuietOpt = False,
 ) -> None:
     """Compare every checkpoint in DIRECTORY (or a --study file) against BASE, in one pass."""
-    from opdgeo import render
+    from opdgeo import outputs
     from opdgeo import study as studies
 
+    _state["quiet"] = quiet
     with user_errors():
         cfg = _load(
             config,
@@ -545,7 +569,7 @@ def batch(
         inputs = [base_spec, *(r.path for r in runs), *(r.origin for r in runs if r.origin)]
         for path in (output, per_tensor, per_group, state):
             if path:
-                render.check_output_path(path, inputs)
+                outputs.check_output_path(path, inputs)
         state_path = state or (output.with_name(output.name + ".state.jsonl") if output else None)
         if resume and state_path is None:
             raise ConfigError("--resume needs --state PATH (or -o, whose state file it uses)")
@@ -599,10 +623,11 @@ def trajectory(
     quiet: QuietOpt = False,
 ) -> None:
     """Follow one run's checkpoints from BASE: cumulative updates and subspace locking."""
-    from opdgeo import render
+    from opdgeo import outputs
     from opdgeo import study as studies
     from opdgeo import trajectory as traj
 
+    _state["quiet"] = quiet
     with user_errors():
         cfg = _load(
             config,
@@ -625,7 +650,7 @@ def trajectory(
             specs = [studies.RunSpec(c, c, step=studies.parse_step(c)) for c in checkpoints]
         for path in (output, per_tensor):
             if path:
-                render.check_output_path(path, [base, *(s.path for s in specs)])
+                outputs.check_output_path(path, [base, *(s.path for s in specs)])
         _regex(matrices, "--matrices")
         observer = traj.TrajectoryObserver(
             len(specs), matrices or traj.DEFAULT_MATRICES, sim_k, hill_k,
@@ -730,6 +755,7 @@ def demo(
     from opdgeo.config import load_config
     from opdgeo.synthetic import write_family
 
+    _state["quiet"] = quiet
     with user_errors():
         paths = write_family(directory, seed=seed)
         if not quiet:
@@ -745,19 +771,45 @@ def demo(
 
 @app.command("cache")
 def cache_command(
-    clear: Annotated[bool, typer.Option("--clear", help="Delete every cached entry.")] = False,
+    clear: Annotated[
+        bool, typer.Option("--clear", help="Delete every entry opdgeo wrote in the cache.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="With --clear: list what would be removed.")
+    ] = False,
     cache_dir: CacheDirOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
-    """Show where the base cache is and how big it is (or empty it with --clear)."""
+    """Show where the base cache is and how big it is (or empty it with --clear).
+
+    --clear removes only files opdgeo wrote (recognised by name and header), follows no
+    symlink, and refuses a folder that holds anything else.
+    """
     from opdgeo.cache import BaseCache, default_dir
+    from opdgeo.config import load_config
 
     with user_errors():
-        store = BaseCache(cache_dir or default_dir())
+        configured = load_config(config).settings.cache_dir if config else ""
+        store = BaseCache(cache_dir or (Path(configured) if configured else default_dir()))
         if clear:
-            removed = store.clear()
-            _err().print(f"removed {removed} cached base matrices from {store.root}")
-        entries, nbytes = store.size()
-        print(f"path\t{store.root}\nentries\t{entries}\nbytes\t{nbytes}")
+            removed = store.clear(dry_run=dry_run)
+            if dry_run:
+                for path in removed:
+                    print(printable(path))
+                root = markup_safe(store.root)
+                _err().print(f"would remove {len(removed)} file(s) from {root}")
+                return
+            _err().print(
+                f"removed {len(removed)} cached base matrices from {markup_safe(store.root)}"
+            )
+        found = store.scan()
+        if found.foreign:
+            _err().print(
+                f"[yellow]warning:[/] {markup_safe(store.root)} also holds "
+                f"{len(found.foreign)} item(s) opdgeo did not write "
+                f"(first: {markup_safe(found.foreign[0])})"
+            )
+        print(f"path\t{store.root}\nentries\t{len(found.entries)}\nbytes\t{found.nbytes}")
 
 
 def main() -> None:

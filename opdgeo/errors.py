@@ -27,6 +27,10 @@ class FormatError(SourceError):
     """A safetensors file is malformed (bad header, offsets, dtype, truncated data)."""
 
 
+class OutputError(OpdgeoError):
+    """A report, figure or state file cannot (or must not) be written where asked."""
+
+
 class ConfigError(OpdgeoError):
     """A configuration file or option value is invalid."""
 
@@ -37,3 +41,9 @@ class NotComparableError(OpdgeoError):
     """The two checkpoints share no tensor that can be compared."""
 
     exit_code = EXIT_NOT_COMPARABLE
+
+
+class OpdgeoWarning(UserWarning):
+    """Something the user should know that does not stop the run (a cache that cannot be
+    written, a comparison of a checkpoint with itself). The CLI prints each as one
+    ``warning: ...`` line on stderr; library users see them through :mod:`warnings`."""

@@ -58,18 +58,20 @@ class BaseShared:
 
     spectra: dict[int, Spectrum] = field(default_factory=dict)
     thresholds: dict[str, tuple[float, int]] = field(default_factory=dict)
-    load: Callable[[], StoredBase | None] | None = None
+    load: Callable[[torch.Tensor], StoredBase | None] | None = None
+    """Reads the cached entry of this tensor, checked against W0 (passed in)."""
     key: str = ""
     """The base-cache key of this tensor ("" when it is not cached)."""
     stored: StoredBase | None = None
     loaded: bool = False
     dirty: bool = False
 
-    def from_store(self) -> StoredBase | None:
-        """The cached entry for this base tensor, loading it on first use."""
+    def from_store(self, w0: torch.Tensor) -> StoredBase | None:
+        """The cached entry for this base tensor ``w0``, loading (and checking it against
+        ``w0``) on first use."""
         if not self.loaded:
             self.loaded = True
-            self.stored = self.load() if self.load is not None else None
+            self.stored = self.load(w0) if self.load is not None else None
             if self.stored is not None:
                 self.thresholds = {**self.stored.thresholds, **self.thresholds}
         return self.stored
@@ -381,7 +383,7 @@ class TensorPair:
         for have, sp in shared.spectra.items():
             if have >= k:
                 return sp
-        stored = shared.from_store()
+        stored = shared.from_store(self.w0)
         if stored is not None and stored.k >= k and self._matches(stored.method):
             sp = self._rebuild(stored)
         else:
@@ -409,7 +411,7 @@ class TensorPair:
         computed once per base tensor, then taken from :class:`BaseShared` and the cache."""
         hit = self.shared.thresholds.get(key)
         if hit is None:
-            self.shared.from_store()
+            self.shared.from_store(self.w0)
             hit = self.shared.thresholds.get(key)
         if hit is None:
             hit = fraction_threshold(x, frac, largest)

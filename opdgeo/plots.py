@@ -6,12 +6,14 @@ numbers give the same files.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from opdgeo.errors import ConfigError
+from opdgeo.outputs import make_folder, write_output
 from opdgeo.report import RunResult
 
 # OPDG (2606.07082) Qwen3-8B: bf16 sparsity (Table 1), low-magnitude overlap at alpha 0.3 (Fig. 3)
@@ -35,12 +37,14 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, folder: Path, stem: str) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write ``stem``.png and .svg into ``folder`` (created if its parent exists) through
+    :func:`opdgeo.outputs.write_output` (atomic, umask-respecting, one-line errors)."""
+    make_folder(folder)
     paths = []
     for ext, meta in (("png", {"Software": None}), ("svg", {"Date": None, "Creator": None})):
-        path = folder / f"{stem}.{ext}"
-        fig.savefig(path, format=ext, dpi=120, metadata=meta, bbox_inches="tight")
-        paths.append(path)
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=120, metadata=meta, bbox_inches="tight")
+        paths.append(write_output(folder / f"{stem}.{ext}", buf.getvalue()))
     fig.clf()
     return paths
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -16,7 +13,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from opdgeo.errors import OpdgeoError
 from opdgeo.report import RunResult
 from opdgeo.sources import Checkpoint
 
@@ -201,37 +197,6 @@ def csv_text(frame: pd.DataFrame) -> str:
 
 def json_text(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, allow_nan=False, default=str) + "\n"
-
-
-def check_output_path(path: Path, inputs: Sequence[str]) -> Path:
-    """Refuse to write over an input file or into a checkpoint directory."""
-    target = path.expanduser().resolve()
-    for spec in inputs:
-        src = Path(spec).expanduser()
-        if not src.exists():
-            continue
-        src = src.resolve()
-        folder = src if src.is_dir() else src.parent
-        if target == src or (src.is_dir() and folder in target.parents):
-            raise OpdgeoError(
-                f"refusing to write {path}: it is (inside) the input checkpoint {spec}"
-            )
-        if src.is_file() and target.parent == folder and target.suffix == ".safetensors":
-            raise OpdgeoError(f"refusing to write {path} next to checkpoint {spec} as .safetensors")
-    return target
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def render_inspect(console: Console, ckpt: Checkpoint, frame: pd.DataFrame) -> None:

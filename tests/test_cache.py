@@ -18,6 +18,7 @@ import opdgeo.pair
 from opdgeo.cache import CACHE_VERSION, BaseCache, default_dir, tensor_identity
 from opdgeo.cli import app
 from opdgeo.config import Config, Settings
+from opdgeo.errors import OpdgeoWarning
 from opdgeo.report import compare_checkpoints
 from opdgeo.sources import open_checkpoint
 from tests.conftest import perturb, tiny_model, write_checkpoint
@@ -415,7 +416,9 @@ def test_read_only_cache_dir_does_not_fail(ckpts: dict[str, Path], tmp_path: Pat
         store.chmod(0o700)
 
 
-def test_save_failure_is_silent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_save_failure_warns_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from opdgeo import cache as cache_module
     from opdgeo.pair import StoredBase
 
@@ -425,8 +428,9 @@ def test_save_failure_is_silent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(cache_module, "save_file", full_disk)
     store = BaseCache(tmp_path)
     s = torch.ones(3, dtype=torch.float64)
-    store.save("e" * 64, StoredBase(s, torch.eye(3, 1, dtype=torch.float64), None, "m", {}))
-    assert store.writes == 0
+    with pytest.warns(OpdgeoWarning, match="cannot write the base cache"):
+        store.save("e" * 64, StoredBase(s, torch.eye(3, 1, dtype=torch.float64), None, "m", {}))
+    assert store.writes == 0 and store.failed
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # no temporary file left
 
 

@@ -1,0 +1,138 @@
+"""Where opdgeo may write, and the one way it writes a file.
+
+Guarantees (README, "Safety"):
+
+* nothing is written inside a checkpoint folder: a directory given as an input, or the folder
+  holding an input file (:func:`check_output_path`);
+* a regular file (or a missing one) is written through a temporary file in the same folder and
+  renamed over it, so a reader never sees half a report and an interrupted run leaves the old
+  file; the temporary file is removed on every failure (full disk, read-only folder, Ctrl-C);
+* a symlink is followed: its target is written and the link is kept;
+* a special file (``/dev/stdout``, ``/dev/full``, a FIFO) is written in place, as the shell's
+  ``>`` does, and never replaced by a regular file;
+* a missing folder is not created (as ``cp`` does not): the write is refused;
+* new files get the permissions ``0666 & ~umask`` (0644 under the usual umask), a replaced
+  file keeps its own;
+* every failure is one :class:`OutputError` line (exit 1) naming the path and the cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from opdgeo.errors import OutputError
+
+STDOUT = "-"
+"""The path that means standard output (``-o -``)."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def checkpoint_folders(inputs: Sequence[str]) -> list[Path]:
+    """Resolved folders that belong to the local inputs: each input directory, and the folder
+    holding each input file."""
+    folders = []
+    for spec in inputs:
+        src = Path(spec).expanduser()
+        try:
+            if not src.exists():
+                continue  # a Hub id, or a path that the comparison itself will report
+            src = src.resolve()
+        except OSError:
+            continue
+        folders.append(src if src.is_dir() else src.parent)
+    return folders
+
+
+def check_output_path(path: Path | str, inputs: Sequence[str]) -> Path:
+    """Refuse to write ``path`` when it is an input or lies inside a checkpoint folder.
+
+    Symlinks are resolved first, so a link that points into a checkpoint is refused too.
+    Returns the resolved target. ``-`` (standard output) is always allowed.
+    """
+    if str(path) == STDOUT:
+        return Path(STDOUT)
+    target = Path(os.path.realpath(Path(path).expanduser()))
+    for folder in checkpoint_folders(inputs):
+        if target == folder or folder in target.parents:
+            raise OutputError(
+                f"refusing to write {path}: it is inside the checkpoint folder {folder} "
+                "(opdgeo never writes into a checkpoint; choose another folder)"
+            )
+    return target
+
+
+def write_output(path: Path | str, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` with the guarantees of the module docstring; returns the path
+    actually written (a symlink's target)."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    given = Path(path).expanduser()
+    target = Path(os.path.realpath(given))
+    try:
+        st: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {_why(exc)}") from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"cannot write {path}: it is a directory")
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        _write_in_place(given, target, raw)
+        return target
+    folder = target.parent
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {path}: folder {folder} does not exist (create it first)")
+    mode = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask()
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
+            fh.write(raw)
+        os.replace(tmp, target)
+        tmp = None
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {_why(exc)}") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    return target
+
+
+def _write_in_place(given: Path, target: Path, raw: bytes) -> None:
+    """Write a special file (device, FIFO) as ``>`` does: open, truncate, write."""
+    try:
+        with open(target, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+    except OSError as exc:
+        raise OutputError(f"cannot write {given}: {_why(exc)}") from None
+
+
+def make_folder(folder: Path) -> Path:
+    """Create ``folder`` (one level: its parent must exist, as ``mkdir`` without ``-p``)."""
+    if folder.is_dir():
+        return folder
+    try:
+        folder.mkdir()
+    except FileNotFoundError:
+        raise OutputError(
+            f"cannot create {folder}: folder {folder.parent} does not exist (create it first)"
+        ) from None
+    except OSError as exc:
+        raise OutputError(f"cannot create {folder}: {_why(exc)}") from None
+    return folder
