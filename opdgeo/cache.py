@@ -50,10 +50,10 @@ from safetensors.torch import save_file
 
 from opdgeo.config import Settings
 from opdgeo.errors import OpdgeoError, OpdgeoWarning, SourceError
+from opdgeo.io import Checkpoint
+from opdgeo.io.safetensors import read_header
 from opdgeo.linalg import project_left
 from opdgeo.pair import StoredBase
-from opdgeo.safetensors_io import read_header
-from opdgeo.sources import Checkpoint
 
 CACHE_VERSION = 2
 """Bump when the stored layout or the numerics of a stored value change (2: checksums)."""

@@ -27,8 +27,8 @@ from opdgeo.text import markup_safe, printable
 
 if TYPE_CHECKING:
     from opdgeo.config import Config
+    from opdgeo.io import Checkpoint, SourceOptions
     from opdgeo.report import RunResult
-    from opdgeo.sources import Checkpoint, SourceOptions
 
 app = typer.Typer(
     name="opdgeo",
@@ -154,7 +154,7 @@ def _root(
 def _source_options(
     token: str | None, offline: bool, keep: bool, quiet: bool, allow_pickle: bool = False
 ) -> SourceOptions:
-    from opdgeo.sources import SourceOptions
+    from opdgeo.io import SourceOptions
 
     show = not quiet and _err().is_terminal
     if not show:
@@ -684,7 +684,7 @@ def inspect(
 ) -> None:
     """List tensors, dtypes, shapes and bytes from the headers only (no weights are read)."""
     from opdgeo import render
-    from opdgeo.sources import open_checkpoint
+    from opdgeo.io import open_checkpoint
 
     with user_errors():
         ckpt = open_checkpoint(

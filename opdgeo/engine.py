@@ -18,10 +18,10 @@ import torch
 from opdgeo.cache import BaseCache, tensor_identity
 from opdgeo.config import Settings
 from opdgeo.errors import ConfigError
+from opdgeo.io import Checkpoint
 from opdgeo.metrics import METRICS, all_columns
 from opdgeo.pair import BaseShared, BufferPool, TensorPair, stored_base
 from opdgeo.pairing import Pair, Plan
-from opdgeo.sources import Checkpoint
 
 RECORD_COLUMNS = (
     "run",

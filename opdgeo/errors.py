@@ -10,6 +10,8 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NOT_COMPARABLE = 3
+EXIT_HUB = 4
+EXIT_OFFLINE = 5
 EXIT_INTERRUPTED = 130
 
 
@@ -25,6 +27,18 @@ class SourceError(OpdgeoError):
 
 class FormatError(SourceError):
     """A safetensors file is malformed (bad header, offsets, dtype, truncated data)."""
+
+
+class HubAccessError(OpdgeoError):
+    """A Hub repo, revision or file cannot be reached: missing, gated, private or forbidden."""
+
+    exit_code = EXIT_HUB
+
+
+class OfflineMissError(OpdgeoError):
+    """Offline mode is on and what is needed is not in the local Hub cache."""
+
+    exit_code = EXIT_OFFLINE
 
 
 class OutputError(OpdgeoError):

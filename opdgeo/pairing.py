@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 from opdgeo.config import Settings
 from opdgeo.errors import ConfigError, NotComparableError
+from opdgeo.io import Checkpoint
+from opdgeo.io.checkpoint import FLOAT_DTYPES, QUANTIZED_DTYPES, TensorInfo
 from opdgeo.naming import ATTENTION_TYPES, LINEAR_TYPES, canonical, layer_index, module_type
-from opdgeo.safetensors_io import FLOAT_DTYPES, QUANTIZED_DTYPES, TensorInfo
-from opdgeo.sources import Checkpoint
 
 _SCALE_SUFFIXES = (".weight_scale", ".weight_scale_inv", ".scales", ".qweight", ".absmax")
 

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from opdgeo.io import Checkpoint
 from opdgeo.report import RunResult
-from opdgeo.sources import Checkpoint
 
 REGIME_STYLE = {
     "sft-like": "bold red",

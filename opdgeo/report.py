@@ -16,9 +16,9 @@ import pandas as pd
 from opdgeo import engine
 from opdgeo.aggregate import clean, groups, summarize
 from opdgeo.config import Config
+from opdgeo.io import Checkpoint, SourceOptions, open_checkpoint
 from opdgeo.pairing import Plan, plan_pairs
 from opdgeo.regimes import Verdict, classify, relative_order
-from opdgeo.sources import Checkpoint, SourceOptions, open_checkpoint
 
 CONTRACT_COLUMNS = (
     "run",

@@ -20,8 +20,8 @@ from typing import Any
 from opdgeo import engine, report
 from opdgeo.config import Config
 from opdgeo.errors import ConfigError, SourceError
+from opdgeo.io import Checkpoint, SourceOptions, open_checkpoint
 from opdgeo.pairing import plan_pairs
-from opdgeo.sources import Checkpoint, SourceOptions, open_checkpoint
 
 _STEP_RE = re.compile(r"(?:checkpoint|global_step|iter|step)[-_]?(\d+)", re.IGNORECASE)
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json")

@@ -19,8 +19,8 @@ from opdgeo.cache import CACHE_VERSION, BaseCache, default_dir, tensor_identity
 from opdgeo.cli import app
 from opdgeo.config import Config, Settings
 from opdgeo.errors import OpdgeoWarning
+from opdgeo.io import open_checkpoint
 from opdgeo.report import compare_checkpoints
-from opdgeo.sources import open_checkpoint
 from tests.conftest import perturb, tiny_model, write_checkpoint
 
 runner = CliRunner()

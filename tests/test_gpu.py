@@ -20,8 +20,8 @@ from opdgeo import engine
 from opdgeo.cache import BaseCache
 from opdgeo.cli import app
 from opdgeo.config import Settings
+from opdgeo.io import Checkpoint, open_checkpoint
 from opdgeo.pairing import plan_pairs
-from opdgeo.sources import Checkpoint, open_checkpoint
 from tests.conftest import perturb, tiny_model, write_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

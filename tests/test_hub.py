@@ -28,9 +28,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import opdgeo.hub
+import opdgeo.io.hub
 from opdgeo.cli import app
-from opdgeo.hub import HubFetcher
+from opdgeo.io.hub import HubFetcher
 from opdgeo.synthetic import write_family
 from tests.conftest import perturb, tiny_model, write_checkpoint
 from tests.hubserver import SHA_A, SHA_B, FakeHub, FakeRepo, repo_from_dir
@@ -205,7 +205,7 @@ def test_inspect_reads_headers_through_range_requests_only(
     weights = hub.downloads(".safetensors")
     assert [r.range for r in weights] == ["bytes=0-99999"]
     assert all(r.status == 206 for r in weights)
-    assert sum(r.sent for r in weights) <= opdgeo.hub.RANGE_FIRST < size / 10
+    assert sum(r.sent for r in weights) <= opdgeo.io.hub.RANGE_FIRST < size / 10
     assert not hub.requests("HEAD", ".safetensors")
     # nothing but the header reads and config.json
     assert {r.path.rsplit("/", 1)[-1] for r in hub.log} == {
@@ -218,7 +218,7 @@ def test_inspect_reads_headers_through_range_requests_only(
 def test_header_larger_than_the_first_range_read_takes_a_second_one(
     hub: FakeHub, family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(opdgeo.hub, "RANGE_FIRST", 64)
+    monkeypatch.setattr(opdgeo.io.hub, "RANGE_FIRST", 64)
     code, out, err = run("inspect", "org/sft", "-f", "json")
     assert code == 0, err
     local = json.loads(run("inspect", str(family["sft"]), "-f", "json")[1])

@@ -13,9 +13,9 @@ import torch
 from opdgeo.config import Settings
 from opdgeo.engine import compare
 from opdgeo.errors import ConfigError, NotComparableError
+from opdgeo.io import Checkpoint, open_checkpoint
 from opdgeo.naming import canonical, layer_index, module_type
 from opdgeo.pairing import Plan, plan_pairs
-from opdgeo.sources import Checkpoint, open_checkpoint
 from tests.conftest import Tensors, perturb, tiny_model
 
 MakeCkpt = Callable[..., Path]

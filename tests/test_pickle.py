@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from opdgeo.cli import app
 from opdgeo.errors import FormatError
-from opdgeo.pickle_io import load_state_dict
+from opdgeo.io.pickle import load_state_dict
 from tests.conftest import perturb, tiny_model, write_checkpoint
 
 runner = CliRunner()

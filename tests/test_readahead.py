@@ -21,9 +21,9 @@ from opdgeo import engine
 from opdgeo.cli import app
 from opdgeo.config import Config, Settings
 from opdgeo.errors import FormatError
+from opdgeo.io import Checkpoint, open_checkpoint
 from opdgeo.pairing import plan_pairs
 from opdgeo.report import compare_checkpoints
-from opdgeo.sources import Checkpoint, open_checkpoint
 from tests.conftest import perturb, tiny_model, write_checkpoint
 
 runner = CliRunner()

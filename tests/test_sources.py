@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from opdgeo.errors import FormatError, SourceError
-from opdgeo.sources import Checkpoint, open_checkpoint
+from opdgeo.io import Checkpoint, open_checkpoint
 from tests.conftest import tiny_model
 
 MakeCkpt = Callable[..., Path]

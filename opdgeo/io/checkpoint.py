@@ -1,14 +1,14 @@
-"""Checkpoints: a ``.safetensors`` file or a directory of them, opened header-first.
+"""The checkpoint model every source produces: tensor infos from headers, and a reader.
 
-A directory is resolved in this order: ``model.safetensors.index.json`` (sharded), then
-``model.safetensors``, then the ``*.safetensors`` files it holds. Only headers are read
-when a checkpoint is opened; tensor data is read one tensor at a time through :meth:`read`.
+A :class:`Checkpoint` is a header view (name -> :class:`TensorInfo`) plus a
+:class:`TensorSource` that reads one tensor at a time, so nothing but headers is read when a
+checkpoint is opened. Local safetensors files, Hub repos and pickle weights (``opdgeo.io.local``,
+``opdgeo.io.hub``, ``opdgeo.io.pickle``) each build one; this module imports none of them.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,8 +16,41 @@ from typing import Any, Protocol
 import torch
 
 from opdgeo.errors import SourceError
-from opdgeo.pickle_io import PICKLE_SUFFIXES, load_files, loader, pickle_files, refusal
-from opdgeo.safetensors_io import TensorInfo, TensorReader, read_header
+
+DTYPE_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2,
+    "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "F4": 1,
+    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+}  # fmt: skip
+"""Bytes per element of every safetensors dtype string (the names every source uses)."""
+FLOAT_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+}
+QUANTIZED_DTYPES = {"F8_E4M3", "F8_E5M2", "F8_E8M0", "F4"}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives: file, dtype string, shape and absolute byte range."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: Path
+    start: int
+    """Absolute offset of the first data byte in ``file``."""
+    nbytes: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
 
 
 @dataclass(frozen=True)
@@ -36,8 +69,21 @@ class SourceOptions:
     """Read pickle weights (.bin/.pt) with torch.load(weights_only=True, mmap=True)."""
 
 
+class TensorSource(Protocol):
+    """Reads tensor data for a checkpoint (a safetensors reader, mmap'd pickle tensors)."""
+
+    def read(
+        self, info: TensorInfo, rows: int | None = None, path: Path | None = None,
+        pin: bool = False,
+    ) -> torch.Tensor:  # fmt: skip
+        """Tensor ``info`` (its first ``rows`` rows), from ``path`` if given (a local copy)."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class ShardFetcher(Protocol):
-    """Makes remote shards local on demand (see :mod:`opdgeo.hub`)."""
+    """Makes remote shards local on demand (see :mod:`opdgeo.io.hub`)."""
 
     def local(self, shard: str) -> Path:
         """Local path of ``shard``, downloading it (or waiting for its prefetch) if needed."""
@@ -58,6 +104,12 @@ class ShardFetcher(Protocol):
     def close(self) -> None: ...
 
 
+class HeaderCheck(Protocol):
+    """Re-reads a downloaded shard's header (the local copy must match the planned one)."""
+
+    def __call__(self, local: Path) -> dict[str, TensorInfo]: ...
+
+
 @dataclass
 class Checkpoint:
     """Header view of one checkpoint plus a streaming reader (one open file at a time).
@@ -70,13 +122,13 @@ class Checkpoint:
     label: str
     tensors: dict[str, TensorInfo]
     files: list[Path]
+    source: TensorSource
     config: dict[str, Any] = field(default_factory=dict)
     fetcher: ShardFetcher | None = None
+    check_header: HeaderCheck | None = None
+    """For remote checkpoints: parses a downloaded shard's header."""
     shard_sizes: dict[Path, int] = field(default_factory=dict)
     """Bytes of each remote shard (empty for local checkpoints)."""
-    loader: Callable[[str, int | None], torch.Tensor] | None = None
-    """Reads a tensor by name instead of the safetensors reader (pickle weights)."""
-    _reader: TensorReader = field(default_factory=TensorReader, repr=False)
     _remaining: dict[Path, int] = field(default_factory=dict, repr=False)
     _next: dict[Path, Path] = field(default_factory=dict, repr=False)
     _local: dict[Path, Path] = field(default_factory=dict, repr=False)
@@ -141,7 +193,9 @@ class Checkpoint:
         return local
 
     def _check_local_header(self, shard: Path, local: Path) -> None:
-        infos, _ = read_header(local)
+        if self.check_header is None:
+            return
+        infos = self.check_header(local)
         for name, expected in self.tensors.items():
             if expected.file != shard:
                 continue
@@ -160,127 +214,67 @@ class Checkpoint:
         """Read tensor ``name`` (optionally only its first ``rows`` rows); ``pin`` puts it in
         pinned (page-locked) host memory so that a GPU copy can run asynchronously."""
         info = self.tensors[name]
-        if self.loader is not None:
-            loaded = self.loader(name, rows)
-            return loaded.pin_memory() if pin else loaded
-        tensor = self._reader.read(info, rows, path=self._path(info.file), pin=pin)
+        tensor = self.source.read(info, rows, path=self._path(info.file), pin=pin)
         left = self._remaining.get(info.file)
         if left is not None:
             self._remaining[info.file] = left - 1
             if left == 1 and self.fetcher is not None:
-                self._reader.close()
+                self.source.close()
                 self._local.pop(info.file, None)
                 self.fetcher.release(str(info.file))
         return tensor
 
     def close(self) -> None:
-        self._reader.close()
+        self.source.close()
         if self.fetcher is not None:
             self.fetcher.close()
 
 
-def open_checkpoint(spec: str, options: SourceOptions | None = None) -> Checkpoint:
-    """Open a checkpoint (headers only): a local path, else a Hub id ``org/name[@rev]``."""
-    options = options or SourceOptions()
-    path = Path(spec).expanduser()
-    if not path.exists():
-        from opdgeo.hub import open_hub, parse_spec
-
-        parsed = parse_spec(spec)
-        if parsed is None:
-            raise SourceError(f"no such file or directory: {spec}")
-        return open_hub(parsed[0], parsed[1], options)
-    if path.is_file():
-        if path.suffix in PICKLE_SUFFIXES:
-            return open_pickles(spec, [path], {}, options)
-        if path.suffix != ".safetensors":
-            raise SourceError(f"{spec}: not a .safetensors file")
-        files = [path]
-        config = (
-            _read_config(path.parent / "config.json") if path.name == "model.safetensors" else {}
-        )
-        tensors = _merge_headers(files)
-        return Checkpoint(spec, tensors, files, config)
-    if not path.is_dir():
-        raise SourceError(f"{spec}: not a file or directory")
-    config = _read_config(path / "config.json")
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        tensors, files = _from_index(index)
-        return Checkpoint(spec, tensors, files, config)
-    single = path / "model.safetensors"
-    if single.is_file():
-        return Checkpoint(spec, _merge_headers([single]), [single], config)
-    files = sorted(p for p in path.glob("*.safetensors") if p.is_file())
-    if files:
-        return Checkpoint(spec, _merge_headers(files), files, config)
-    pickles = pickle_files(path)
-    if pickles:
-        return open_pickles(spec, pickles, config, options)
-    raise SourceError(
-        f"no safetensors weights in {spec} "
-        "(looked for model.safetensors.index.json, model.safetensors, *.safetensors)"
-    )
-
-
-def open_pickles(
-    label: str, files: list[Path], config: dict[str, Any], options: SourceOptions
-) -> Checkpoint:
-    """A checkpoint over pickle weight files, only with the opt-in (see :mod:`opdgeo.pickle_io`)."""
-    if not options.allow_pickle:
-        raise refusal(files[0] if len(files) == 1 else label)
-    infos, tensors = load_files(files)
-    return Checkpoint(label, infos, files, config, loader=loader(tensors))
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _merge_headers(files: list[Path]) -> dict[str, TensorInfo]:
-    tensors: dict[str, TensorInfo] = {}
-    for file in files:
-        infos, _ = read_header(file)
-        for name, info in infos.items():
-            if name in tensors:
-                raise SourceError(
-                    f"tensor {name!r} appears in both {tensors[name].file.name} and {file.name}"
-                )
-            tensors[name] = info
-    return tensors
-
-
-def _from_index(index: Path) -> tuple[dict[str, TensorInfo], list[Path]]:
-    try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SourceError(f"cannot read {index}: {exc.strerror or exc}") from None
-    except ValueError:
-        raise SourceError(f"{index}: not valid JSON") from None
+def check_weight_map(where: str, data: object) -> dict[str, str]:
+    """The ``weight_map`` (tensor name -> shard file) of a parsed index document."""
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
-        raise SourceError(f"{index}: no weight_map of tensor name -> shard file")
-    shard_names = sorted(set(weight_map.values()))
-    headers: dict[str, dict[str, TensorInfo]] = {}
-    files: list[Path] = []
-    for shard in shard_names:
-        file = (index.parent / shard).resolve()
-        if index.parent.resolve() not in file.parents:
-            raise SourceError(f"{index}: shard {shard!r} points outside the checkpoint directory")
-        if not file.is_file():
-            raise SourceError(f"{index}: shard {shard} is missing")
-        headers[shard], _ = read_header(file)
-        files.append(file)
+        raise SourceError(f"{where}: no weight_map of tensor name -> shard file")
+    return weight_map
+
+
+def merge_shards(
+    where: str,
+    headers: dict[str, dict[str, TensorInfo]],
+    weight_map: dict[str, str] | None = None,
+) -> dict[str, TensorInfo]:
+    """One name -> info map from the shards' headers (shard name -> its tensors).
+
+    With an index, each tensor is taken from the shard the index names and must be there
+    (a tensor the index does not list is ignored, as loaders ignore it); a tensor found in
+    two shards is an error naming both. One place for the rules every source (local
+    folders, Hub repos, pickle shards) follows.
+    """
     tensors: dict[str, TensorInfo] = {}
-    for name, shard in weight_map.items():
-        info = headers[shard].get(name)
-        if info is None:
-            raise SourceError(f"{index}: tensor {name!r} is not in its shard {shard}")
-        tensors[name] = info
-    return tensors, files
+    found_in: dict[str, str] = {}
+    for shard, infos in headers.items():
+        for name, info in infos.items():
+            listed = weight_map.get(name) if weight_map is not None else shard
+            if listed is None:
+                continue
+            if listed != shard:
+                if name in headers.get(listed, {}):
+                    raise SourceError(
+                        f"{where}: tensor {name!r} appears in both {listed} and {shard}"
+                    )
+                raise SourceError(
+                    f"{where}: tensor {name!r} is not in its shard {listed} (found in {shard})"
+                )
+            if name in tensors:
+                raise SourceError(
+                    f"{where}: tensor {name!r} appears in both {found_in[name]} and {shard}"
+                )
+            tensors[name] = info
+            found_in[name] = shard
+    if weight_map is not None:
+        for name, shard in weight_map.items():
+            if name not in tensors:
+                raise SourceError(f"{where}: tensor {name!r} is not in its shard {shard}")
+    return tensors

@@ -19,7 +19,13 @@ from typing import Any
 import torch
 
 from opdgeo.errors import FormatError, SourceError
-from opdgeo.safetensors_io import TensorInfo
+from opdgeo.io.checkpoint import (
+    Checkpoint,
+    SourceOptions,
+    TensorInfo,
+    check_weight_map,
+    merge_shards,
+)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 PICKLE_INDEX = "pytorch_model.bin.index.json"
@@ -82,10 +88,10 @@ def pickle_files(folder: Path) -> list[Path]:
     index = folder / PICKLE_INDEX
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            names = sorted(set(weight_map.values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            data = json.loads(index.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             raise SourceError(f"{index}: no weight_map of tensor name -> shard file") from None
+        names = sorted(set(check_weight_map(str(index), data).values()))
         files = [folder / n for n in names]
         for f in files:
             if folder.resolve() not in f.resolve().parents or not f.is_file():
@@ -94,26 +100,39 @@ def pickle_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
 
 
-def load_files(files: list[Path]) -> tuple[dict[str, TensorInfo], dict[str, torch.Tensor]]:
-    """Infos and mmap'd tensors of several pickle shards (duplicate names are an error)."""
-    infos: dict[str, TensorInfo] = {}
-    tensors: dict[str, torch.Tensor] = {}
-    for path in files:
-        for name, tensor in load_state_dict(path).items():
-            if name in tensors:
-                raise SourceError(f"tensor {name!r} appears in two pickle shards ({path.name})")
-            tensors[name] = tensor
-            infos[name] = tensor_info(name, tensor, path)
-    return infos, tensors
+class PickleSource:
+    """A :class:`opdgeo.io.checkpoint.TensorSource` over mmap'd tensors: each read is a
+    contiguous copy (of the leading ``rows`` when asked), so mapped pages are released."""
 
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
 
-def loader(tensors: dict[str, torch.Tensor]) -> Any:
-    """``read(name, rows)`` over mmap'd tensors: contiguous copies, so pages are released."""
-
-    def read(name: str, rows: int | None = None) -> torch.Tensor:
-        t = tensors[name]
+    def read(
+        self, info: TensorInfo, rows: int | None = None, path: Path | None = None,
+        pin: bool = False,
+    ) -> torch.Tensor:  # fmt: skip
+        t = self.tensors[info.name]
         if rows is not None:
             t = t[:rows]
-        return t.contiguous().clone()
+        out = t.contiguous().clone()
+        return out.pin_memory() if pin else out
 
-    return read
+    def close(self) -> None:
+        pass
+
+
+def open_pickles(
+    label: str, files: list[Path], config: dict[str, Any], options: SourceOptions
+) -> Checkpoint:
+    """A checkpoint over pickle weight files, only with the opt-in (see the module docstring)."""
+    if not options.allow_pickle:
+        raise refusal(files[0] if len(files) == 1 else label)
+    headers: dict[str, dict[str, TensorInfo]] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for path in files:
+        loaded = load_state_dict(path)
+        headers[path.name] = {n: tensor_info(n, t, path) for n, t in loaded.items()}
+        for name, tensor in loaded.items():
+            tensors.setdefault(name, tensor)
+    infos = merge_shards(label, headers)
+    return Checkpoint(label, infos, files, PickleSource(tensors), config)

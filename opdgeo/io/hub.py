@@ -29,13 +29,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from opdgeo.errors import OpdgeoError, SourceError
-from opdgeo.pickle_io import refusal
-from opdgeo.safetensors_io import TensorInfo, header_length, parse_header, read_header
-from opdgeo.sources import Checkpoint, SourceOptions, open_pickles
+from opdgeo.errors import HubAccessError, OfflineMissError, OpdgeoError, SourceError
+from opdgeo.io.checkpoint import (
+    Checkpoint,
+    SourceOptions,
+    TensorInfo,
+    check_weight_map,
+    merge_shards,
+)
+from opdgeo.io.pickle import open_pickles, refusal
+from opdgeo.io.safetensors import TensorReader, header_length, parse_header, read_header
 
-EXIT_HUB = 4
-EXIT_OFFLINE = 5
 RANGE_FIRST = 100_000
 """Bytes asked for in the first range read; most headers fit (huggingface_hub does the same)."""
 WEIGHT_INDEX = "model.safetensors.index.json"
@@ -43,18 +47,6 @@ WEIGHT_SINGLE = "model.safetensors"
 
 _REPO_RE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^\s@]+))?$")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-
-
-class HubAccessError(OpdgeoError):
-    """A Hub repo, revision or file cannot be reached: missing, gated, private or forbidden."""
-
-    exit_code = EXIT_HUB
-
-
-class OfflineMissError(OpdgeoError):
-    """Offline mode is on and what is needed is not in the local cache."""
-
-    exit_code = EXIT_OFFLINE
 
 
 def parse_spec(spec: str) -> tuple[str, str | None] | None:
@@ -349,11 +341,7 @@ def weight_files(repo: HubRepo) -> tuple[str, list[str], dict[str, str] | None]:
     when sharded) or ``pickle`` (pickle weight files, read only with the opt-in)."""
     if WEIGHT_INDEX in repo.files:
         index = repo.read_json(WEIGHT_INDEX)
-        weight_map = index.get("weight_map")
-        if not isinstance(weight_map, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
-        ):
-            raise SourceError(f"{repo.label}: {WEIGHT_INDEX} has no weight_map")
+        weight_map = check_weight_map(f"{repo.label}: {WEIGHT_INDEX}", index)
         return "safetensors", sorted(set(weight_map.values())), weight_map
     if WEIGHT_SINGLE in repo.files:
         return "safetensors", [WEIGHT_SINGLE], None
@@ -379,20 +367,11 @@ def open_hub(repo_id: str, revision: str | None, options: SourceOptions) -> Chec
         if not options.allow_pickle:
             raise refusal(f"{repo.label}/{shards[0]}")
         return open_pickles(repo.label, [repo.download(f) for f in shards], {}, options)
-    tensors: dict[str, TensorInfo] = {}
+    headers: dict[str, dict[str, TensorInfo]] = {}
     sizes: dict[Path, int] = {}
     for shard in shards:
-        infos, sizes[Path(shard)] = repo.header(shard)
-        for name, info in infos.items():
-            if weight_map is not None and weight_map.get(name) != shard:
-                continue
-            if name in tensors:
-                raise SourceError(f"{repo.label}: tensor {name!r} appears in two shards")
-            tensors[name] = info
-    if weight_map is not None:
-        missing = sorted(set(weight_map) - set(tensors))
-        if missing:
-            raise SourceError(f"{repo.label}: tensor {missing[0]!r} is not in its shard")
+        headers[shard], sizes[Path(shard)] = repo.header(shard)
+    tensors = merge_shards(repo.label, headers, weight_map)
     config: dict[str, Any] = {}
     if "config.json" in repo.files:
         try:
@@ -400,5 +379,6 @@ def open_hub(repo_id: str, revision: str | None, options: SourceOptions) -> Chec
         except (SourceError, OfflineMissError):
             config = {}
     return Checkpoint(
-        repo.label, tensors, list(sizes), config, fetcher=HubFetcher(repo), shard_sizes=sizes
-    )
+        repo.label, tensors, list(sizes), TensorReader(), config, fetcher=HubFetcher(repo),
+        check_header=lambda local: read_header(local)[0], shard_sizes=sizes,
+    )  # fmt: skip

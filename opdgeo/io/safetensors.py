@@ -15,65 +15,16 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from opdgeo.errors import FormatError, SourceError
+from opdgeo.io.checkpoint import DTYPE_BYTES, FLOAT_DTYPES, TensorInfo
 
 MAX_HEADER_BYTES = 100_000_000
 """Refuse headers above 100 MB (huggingface_hub refuses above 25 MB; real ones are < 1 MB)."""
-
-DTYPE_BYTES = {
-    "F64": 8,
-    "F32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-    "F8_E8M0": 1,
-    "F4": 1,
-    "I64": 8,
-    "I32": 4,
-    "I16": 2,
-    "I8": 1,
-    "U64": 8,
-    "U32": 4,
-    "U16": 2,
-    "U8": 1,
-    "BOOL": 1,
-}
-FLOAT_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-}
-QUANTIZED_DTYPES = {"F8_E4M3", "F8_E5M2", "F8_E8M0", "F4"}
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """Where one tensor lives: file, dtype string, shape and absolute byte range."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    file: Path
-    start: int
-    """Absolute offset of the first data byte in ``file``."""
-    nbytes: int
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def is_float(self) -> bool:
-        return self.dtype in FLOAT_DTYPES
 
 
 def _fail(path: Path, problem: str) -> FormatError:
@@ -172,7 +123,8 @@ def _check_overlaps(path: Path, infos: dict[str, TensorInfo]) -> None:
 
 
 class TensorReader:
-    """Reads tensors from files, keeping at most one file open at a time."""
+    """Reads tensors from safetensors files, keeping at most one file open at a time (a
+    :class:`opdgeo.io.checkpoint.TensorSource`)."""
 
     def __init__(self) -> None:
         self._path: Path | None = None
@@ -229,8 +181,3 @@ class TensorReader:
             self._fh.close()
         self._fh = None
         self._path = None
-
-
-def file_size(path: Path) -> int:
-    """Size of ``path`` in bytes (for planning and reports)."""
-    return os.stat(path).st_size

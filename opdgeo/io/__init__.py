@@ -1,0 +1,37 @@
+"""Reading checkpoints, header first.
+
+Layers (each imports only the ones above it, so there is no cycle):
+
+* :mod:`opdgeo.io.checkpoint` - the model every source produces: :class:`TensorInfo`,
+  :class:`Checkpoint`, :class:`SourceOptions`, and the shard rules (:func:`merge_shards`);
+* formats - :mod:`opdgeo.io.safetensors` (strict header parser and streaming reader) and
+  :mod:`opdgeo.io.pickle` (pickle weights, only on opt-in);
+* locations - :mod:`opdgeo.io.local` (files and folders) and :mod:`opdgeo.io.hub` (Hub
+  repos pinned to a commit); neither imports the other;
+* :func:`open_checkpoint` - the one entry point: a local path if one exists, else a Hub id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from opdgeo.errors import SourceError
+from opdgeo.io.checkpoint import Checkpoint, SourceOptions, TensorInfo
+
+__all__ = ["Checkpoint", "SourceOptions", "TensorInfo", "open_checkpoint"]
+
+
+def open_checkpoint(spec: str, options: SourceOptions | None = None) -> Checkpoint:
+    """Open a checkpoint (headers only): a local path, else a Hub id ``org/name[@rev]``."""
+    options = options or SourceOptions()
+    path = Path(spec).expanduser()
+    if path.exists():
+        from opdgeo.io.local import open_local
+
+        return open_local(spec, path, options)
+    from opdgeo.io.hub import open_hub, parse_spec
+
+    parsed = parse_spec(spec)
+    if parsed is None:
+        raise SourceError(f"no such file or directory: {spec}")
+    return open_hub(parsed[0], parsed[1], options)

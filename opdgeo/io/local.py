@@ -1,0 +1,93 @@
+"""Local checkpoints: a ``.safetensors`` file or a folder of them, opened header-first.
+
+A folder is resolved in this order: ``model.safetensors.index.json`` (sharded), then
+``model.safetensors``, then the ``*.safetensors`` files it holds, then pickle weights (only
+with the opt-in, see :mod:`opdgeo.io.pickle`). Only headers are read here; tensor data is
+read one tensor at a time through :meth:`opdgeo.io.checkpoint.Checkpoint.read`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from opdgeo.errors import SourceError
+from opdgeo.io.checkpoint import (
+    Checkpoint,
+    SourceOptions,
+    TensorInfo,
+    check_weight_map,
+    merge_shards,
+)
+from opdgeo.io.pickle import PICKLE_SUFFIXES, open_pickles, pickle_files
+from opdgeo.io.safetensors import TensorReader, read_header
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+
+def open_local(spec: str, path: Path, options: SourceOptions) -> Checkpoint:
+    """The checkpoint at ``path`` (a file or a folder); ``spec`` is its label."""
+    if path.is_file():
+        if path.suffix in PICKLE_SUFFIXES:
+            return open_pickles(spec, [path], {}, options)
+        if path.suffix != ".safetensors":
+            raise SourceError(f"{spec}: not a .safetensors file")
+        config = read_config(path.parent / "config.json") if path.name == SINGLE else {}
+        return _checkpoint(spec, [path], config)
+    if not path.is_dir():
+        raise SourceError(f"{spec}: not a file or directory")
+    config = read_config(path / "config.json")
+    index = path / INDEX
+    if index.is_file():
+        tensors, files = _from_index(index)
+        return Checkpoint(spec, tensors, files, TensorReader(), config)
+    single = path / SINGLE
+    if single.is_file():
+        return _checkpoint(spec, [single], config)
+    files = sorted(p for p in path.glob("*.safetensors") if p.is_file())
+    if files:
+        return _checkpoint(spec, files, config)
+    pickles = pickle_files(path)
+    if pickles:
+        return open_pickles(spec, pickles, config, options)
+    raise SourceError(
+        f"no safetensors weights in {spec} "
+        "(looked for model.safetensors.index.json, model.safetensors, *.safetensors)"
+    )
+
+
+def _checkpoint(spec: str, files: list[Path], config: dict[str, Any]) -> Checkpoint:
+    headers = {file.name: read_header(file)[0] for file in files}
+    return Checkpoint(spec, merge_shards(spec, headers), files, TensorReader(), config)
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """``config.json`` as a dict; {} when absent or unreadable (it is optional)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _from_index(index: Path) -> tuple[dict[str, TensorInfo], list[Path]]:
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SourceError(f"cannot read {index}: {exc.strerror or exc}") from None
+    except ValueError:
+        raise SourceError(f"{index}: not valid JSON") from None
+    weight_map = check_weight_map(str(index), data)
+    headers: dict[str, dict[str, TensorInfo]] = {}
+    files: list[Path] = []
+    for shard in sorted(set(weight_map.values())):
+        file = (index.parent / shard).resolve()
+        if index.parent.resolve() not in file.parents:
+            raise SourceError(f"{index}: shard {shard!r} points outside the checkpoint directory")
+        if not file.is_file():
+            raise SourceError(f"{index}: shard {shard} is missing")
+        headers[shard], _ = read_header(file)
+        files.append(file)
+    return merge_shards(str(index), headers, weight_map), files
