@@ -41,7 +41,9 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -52,8 +54,7 @@ from opdgeo.config import Settings
 from opdgeo.errors import OpdgeoError, OpdgeoWarning, SourceError
 from opdgeo.io import Checkpoint
 from opdgeo.io.safetensors import read_header
-from opdgeo.linalg import project_left
-from opdgeo.pair import StoredBase
+from opdgeo.linalg import Spectrum, project_left, spectrum_from_vectors
 
 CACHE_VERSION = 2
 """Bump when the stored layout or the numerics of a stored value change (2: checksums)."""
@@ -68,6 +69,90 @@ _ENTRY_RE = re.compile(r"^([0-9a-f]{64})\.safetensors$")
 _TMP_RE = re.compile(r"^\.tmp-[A-Za-z0-9_]+\.safetensors$")
 _TENSORS = frozenset({"s", "small", "other"})
 _REL_TOL = 1e-6
+
+
+METHODS = {"gram": "gram-eigh-f64", "svd": "svd-f64"}
+"""The decomposition method label each ``Settings.spectral_method`` produces."""
+
+
+@dataclass
+class StoredBase:
+    """What the base cache keeps for one matrix: all singular values (float64), the top-k
+    singular vectors of W0's smaller side (float64; both sides for ``svd-f64``), the method
+    that produced them, and the mask thresholds."""
+
+    s: torch.Tensor
+    small: torch.Tensor
+    other: torch.Tensor | None
+    method: str
+    thresholds: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return int(self.small.shape[1])
+
+    def serves(self, k: int, spectral_method: str) -> bool:
+        """True when this entry holds at least ``k`` vectors made by ``spectral_method``."""
+        return self.k >= k and self.method == METHODS.get(spectral_method)
+
+    def spectrum(self, w0: torch.Tensor, k: int) -> Spectrum:
+        """W0's :class:`~opdgeo.linalg.Spectrum` with ``k`` vectors, rebuilt from this entry
+        exactly as a cold run computes it (so warm results are bit-identical)."""
+        device = w0.device
+        if self.other is not None:  # svd: both sides were stored
+            m, n = w0.shape
+            small, other = self.small.to(device), self.other.to(device)
+            u, v = (small, other) if m <= n else (other, small)
+            return Spectrum(self.s.to(device), u, v, self.method)
+        return spectrum_from_vectors(w0, self.s, self.small, k, self.method)
+
+
+@dataclass
+class BaseShared:
+    """W0-only results shared by every run compared against one base tensor.
+
+    ``spectra`` holds W0's decompositions by k; ``thresholds`` the exact mask thresholds
+    (``(threshold, ties to take)``, see :func:`opdgeo.linalg.fraction_threshold`) by mask.
+    ``stored`` is what the on-disk cache held (loaded lazily by ``load`` the first time W0's
+    spectrum is needed); ``dirty`` says that something new was computed and should be saved.
+    """
+
+    spectra: dict[int, Spectrum] = field(default_factory=dict)
+    thresholds: dict[str, tuple[float, int]] = field(default_factory=dict)
+    load: Callable[[torch.Tensor], StoredBase | None] | None = None
+    """Reads the cached entry of this tensor, checked against W0 (passed in)."""
+    key: str = ""
+    """The base-cache key of this tensor ("" when it is not cached)."""
+    stored: StoredBase | None = None
+    loaded: bool = False
+    dirty: bool = False
+
+    def from_store(self, w0: torch.Tensor) -> StoredBase | None:
+        """The cached entry for this base tensor ``w0``, loading (and checking it against
+        ``w0``) on first use."""
+        if not self.loaded:
+            self.loaded = True
+            self.stored = self.load(w0) if self.load is not None else None
+            if self.stored is not None:
+                self.thresholds = {**self.stored.thresholds, **self.thresholds}
+        return self.stored
+
+    def entry(self, shape: tuple[int, ...]) -> StoredBase | None:
+        """What to write to the base cache for this W0 (None when it was never decomposed)."""
+        if not self.spectra:
+            return None
+        sp = self.spectra[max(self.spectra)]
+        kept = self.stored
+        if kept is not None and kept.k >= sp.u.shape[1] and kept.method == sp.method:
+            # a new threshold only: keep the stored (possibly larger-k) vectors
+            return StoredBase(kept.s, kept.small, kept.other, kept.method, dict(self.thresholds))
+        m, n = shape
+        small, other = (sp.u, sp.v) if m <= n else (sp.v, sp.u)
+        keep_other = sp.method == "svd-f64"
+        return StoredBase(
+            sp.s.cpu(), small.cpu(), other.cpu() if keep_other else None, sp.method,
+            dict(self.thresholds),
+        )  # fmt: skip
 
 
 def default_dir() -> Path:
@@ -230,6 +315,23 @@ class BaseCache:
                 continue
             return f"it holds {name!r}, which opdgeo did not write"
         return None
+
+    def shared(self, base: Checkpoint, name: str, settings: Settings) -> BaseShared:
+        """A fresh :class:`BaseShared` for base matrix ``name``, backed by its cache entry."""
+        if len(base.tensors[name].shape) != 2:
+            return BaseShared()
+        identity = tensor_identity(base, name)
+        if identity is None:
+            return BaseShared()
+        key = self.key(identity, settings)
+        return BaseShared(load=partial(self.load, key), key=key)
+
+    def keep(self, shared: BaseShared, shape: tuple[int, ...]) -> None:
+        """Write what was newly computed for one base matrix (nothing when nothing was)."""
+        if shared.dirty and shared.key:
+            entry = shared.entry(shape)
+            if entry is not None:
+                self.save(shared.key, entry)
 
     def key(self, identity: str, settings: Settings) -> str:
         device = torch.device(settings.device).type

@@ -10,17 +10,16 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from functools import partial
 from typing import Any
 
 import torch
 
-from opdgeo.cache import BaseCache, tensor_identity
+from opdgeo.cache import BaseCache, BaseShared
 from opdgeo.config import Settings
 from opdgeo.errors import ConfigError
 from opdgeo.io import Checkpoint
 from opdgeo.metrics import METRICS, all_columns
-from opdgeo.pair import BaseShared, BufferPool, TensorPair, stored_base
+from opdgeo.pair import BufferPool, TensorPair
 from opdgeo.pairing import Pair, Plan
 
 RECORD_COLUMNS = (
@@ -201,7 +200,7 @@ def compare_many(
         run.prepare([p.tuned_name for name in order for j, p in todo[name] if j == i])
     pin = torch.device(settings.device).type == "cuda"
     for name, w0_full, tuned in _reads(base, runs, order, todo, settings.read_ahead, pin):
-        shared = _shared(cache, base, name, settings, len(w0_full.shape))
+        shared = cache.shared(base, name, settings) if cache is not None else BaseShared()
         for (i, pair), w1 in zip(todo[name], tuned, strict=True):
             w0 = w0_full if pair.rows is None else w0_full[: pair.rows]
             record = _identity(base, runs[i], pair.name)
@@ -221,10 +220,8 @@ def compare_many(
             record.update(analyze_pair(pair, w0, w1, settings, pool, spectra, observer, i))
             del w0, w1
             yield i, record
-        if cache is not None and shared.dirty and shared.key:
-            entry = stored_base(shared, tuple(w0_full.shape))
-            if entry is not None:
-                cache.save(shared.key, entry)
+        if cache is not None:
+            cache.keep(shared, tuple(w0_full.shape))
         del w0_full, tuned  # release before the next read is taken (bounded memory)
     for i, plan in enumerate(plans):
         for skip in plan.skipped:
@@ -234,19 +231,6 @@ def compare_many(
             shape = skip.base_shape or skip.tuned_shape or ()
             record.update(shape="x".join(map(str, shape)), skipped=skip.reason, numel=0)
             yield i, record
-
-
-def _shared(
-    cache: BaseCache | None, base: Checkpoint, name: str, settings: Settings, dims: int
-) -> BaseShared:
-    """A fresh :class:`BaseShared` for base tensor ``name``, backed by the cache if any."""
-    if cache is None or dims != 2:
-        return BaseShared()
-    identity = tensor_identity(base, name)
-    if identity is None:
-        return BaseShared()
-    key = cache.key(identity, settings)
-    return BaseShared(load=partial(cache.load, key), key=key)
 
 
 Reads = Iterator[tuple[str, torch.Tensor, list[torch.Tensor]]]

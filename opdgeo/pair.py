@@ -3,26 +3,25 @@
 Every expensive intermediate (upcasts, the update, bf16 bit patterns, decompositions) is a
 ``cached_property``, so several metrics share one decomposition and nothing is computed for
 metrics that do not run. Float32 upcasts go into buffers reused from pair to pair.
-Quantities of W0 alone live in a :class:`BaseShared`, shared by every run compared against
-the same base tensor and stored in the on-disk base cache (:mod:`opdgeo.cache`).
+Quantities of W0 alone live in a :class:`opdgeo.cache.BaseShared`, shared by every run
+compared against the same base tensor and stored in the on-disk base cache.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 
+from opdgeo.cache import BaseShared
 from opdgeo.config import Settings
 from opdgeo.linalg import (
     Spectrum,
     count,
     fraction_threshold,
     spectrum,
-    spectrum_from_vectors,
     top_singular_value_power,
 )
 
@@ -44,54 +43,6 @@ class ElementStats:
     delta_sq: float = 0.0
     base_sq: float = 0.0
     max_abs_delta: float = 0.0
-
-
-@dataclass
-class BaseShared:
-    """W0-only results shared by every run compared against one base tensor.
-
-    ``spectra`` holds W0's decompositions by k; ``thresholds`` the exact mask thresholds
-    (``(threshold, ties to take)``, see :func:`opdgeo.linalg.fraction_threshold`) by mask.
-    ``stored`` is what the on-disk cache held (loaded lazily by ``load`` the first time W0's
-    spectrum is needed); ``dirty`` says that something new was computed and should be saved.
-    """
-
-    spectra: dict[int, Spectrum] = field(default_factory=dict)
-    thresholds: dict[str, tuple[float, int]] = field(default_factory=dict)
-    load: Callable[[torch.Tensor], StoredBase | None] | None = None
-    """Reads the cached entry of this tensor, checked against W0 (passed in)."""
-    key: str = ""
-    """The base-cache key of this tensor ("" when it is not cached)."""
-    stored: StoredBase | None = None
-    loaded: bool = False
-    dirty: bool = False
-
-    def from_store(self, w0: torch.Tensor) -> StoredBase | None:
-        """The cached entry for this base tensor ``w0``, loading (and checking it against
-        ``w0``) on first use."""
-        if not self.loaded:
-            self.loaded = True
-            self.stored = self.load(w0) if self.load is not None else None
-            if self.stored is not None:
-                self.thresholds = {**self.stored.thresholds, **self.thresholds}
-        return self.stored
-
-
-@dataclass
-class StoredBase:
-    """What the base cache keeps for one matrix: all singular values (float64), the top-k
-    singular vectors of W0's smaller side (float64; both sides for ``svd-f64``), the method
-    that produced them, and the mask thresholds."""
-
-    s: torch.Tensor
-    small: torch.Tensor
-    other: torch.Tensor | None
-    method: str
-    thresholds: dict[str, tuple[float, int]] = field(default_factory=dict)
-
-    @property
-    def k(self) -> int:
-        return int(self.small.shape[1])
 
 
 class BufferPool:
@@ -384,27 +335,14 @@ class TensorPair:
             if have >= k:
                 return sp
         stored = shared.from_store(self.w0)
-        if stored is not None and stored.k >= k and self._matches(stored.method):
-            sp = self._rebuild(stored)
+        method = self.settings.spectral_method
+        if stored is not None and stored.serves(k, method):
+            sp = stored.spectrum(self.w0, k)
         else:
-            sp = spectrum(self.w0, k, self.settings.spectral_method)
+            sp = spectrum(self.w0, k, method)
             shared.dirty = True
         shared.spectra[k] = sp
         return sp
-
-    def _matches(self, method: str) -> bool:
-        return method == ("svd-f64" if self.settings.spectral_method == "svd" else "gram-eigh-f64")
-
-    def _rebuild(self, stored: StoredBase) -> Spectrum:
-        """W0's spectrum from the base cache (see :class:`StoredBase`)."""
-        device = self.w0.device
-        if stored.other is not None:  # svd: both sides were stored
-            m, n = self.base.shape
-            small, other = stored.small.to(device), stored.other.to(device)
-            u, v = (small, other) if m <= n else (other, small)
-            return Spectrum(stored.s.to(device), u, v, stored.method)
-        # rebuild exactly the k a cold run computes, so warm results are bit-identical
-        return spectrum_from_vectors(self.w0, stored.s, stored.small, self.spec0_k, stored.method)
 
     def threshold(self, key: str, x: torch.Tensor, frac: float, largest: bool) -> tuple[float, int]:
         """The exact ``frac`` mask threshold of ``x`` (a function of W0 only) for mask ``key``:
@@ -456,21 +394,3 @@ class TensorPair:
         suffix = "f64" if self.delta.dtype == torch.float64 else "f32"
         tol = 1e-4 if tier == "fast" else 1e-6
         return top_singular_value_power(self.delta, tol=tol)[0], f"krylov-{suffix}"
-
-
-def stored_base(shared: BaseShared, shape: tuple[int, ...]) -> StoredBase | None:
-    """What to write to the base cache for one W0 (None when it was never decomposed)."""
-    if not shared.spectra:
-        return None
-    sp = shared.spectra[max(shared.spectra)]
-    kept = shared.stored
-    if kept is not None and kept.k >= sp.u.shape[1] and kept.method == sp.method:
-        # a new threshold only: keep the stored (possibly larger-k) vectors
-        return StoredBase(kept.s, kept.small, kept.other, kept.method, dict(shared.thresholds))
-    m, n = shape
-    small, other = (sp.u, sp.v) if m <= n else (sp.v, sp.u)
-    keep_other = sp.method == "svd-f64"
-    return StoredBase(
-        sp.s.cpu(), small.cpu(), other.cpu() if keep_other else None, sp.method,
-        dict(shared.thresholds),
-    )  # fmt: skip

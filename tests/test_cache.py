@@ -231,7 +231,7 @@ def test_corrupt_entries_are_ignored_and_rewritten(
 
 
 def test_entry_with_wrong_dtype_or_shape_is_ignored(tmp_path: Path) -> None:
-    from opdgeo.pair import StoredBase
+    from opdgeo.cache import StoredBase
 
     cache = BaseCache(tmp_path)
     s = torch.linspace(3, 1, 8, dtype=torch.float64)
@@ -420,7 +420,7 @@ def test_save_failure_warns_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from opdgeo import cache as cache_module
-    from opdgeo.pair import StoredBase
+    from opdgeo.cache import StoredBase
 
     def full_disk(*_: object, **__: object) -> None:
         raise OSError(28, "No space left on device")

@@ -19,10 +19,9 @@ import torch
 from typer.testing import CliRunner
 
 from opdgeo import outputs
-from opdgeo.cache import TAG_NAME, BaseCache
+from opdgeo.cache import TAG_NAME, BaseCache, StoredBase
 from opdgeo.cli import app
 from opdgeo.errors import OutputError
-from opdgeo.pair import StoredBase
 from tests.conftest import perturb, tiny_model, write_checkpoint
 
 runner = CliRunner()
