@@ -6,9 +6,6 @@ that the caller can stream them into progress bars, aggregations and CSV writers
 
 from __future__ import annotations
 
-import os
-import queue
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -21,6 +18,8 @@ from opdgeo.io import Checkpoint
 from opdgeo.metrics import METRICS, all_columns
 from opdgeo.pair import BufferPool, TensorPair
 from opdgeo.pairing import Pair, Plan
+from opdgeo.readahead import read_ahead
+from opdgeo.threads import apply_threads
 
 RECORD_COLUMNS = (
     "run",
@@ -72,43 +71,6 @@ def check_device(settings: Settings) -> None:
     """Fail early with a clear message when CUDA is asked for but absent."""
     if settings.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was given but no CUDA device is available")
-
-
-def physical_cores() -> int:
-    """Physical cores this process may run on (hyper-threads share a core's FPUs)."""
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        allowed = os.cpu_count() or 1
-    cores: set[tuple[str, str]] = set()
-    try:
-        physical = core = ""
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "physical id":
-                    physical = value.strip()
-                elif key == "core id":
-                    core = value.strip()
-                    cores.add((physical, core))
-    except OSError:
-        pass
-    return max(1, min(allowed, len(cores) or allowed))
-
-
-def apply_threads(settings: Settings) -> int:
-    """Set torch's CPU threads from ``settings.threads``; return the count in use.
-
-    0 means the physical cores, unless ``OMP_NUM_THREADS`` is set: then torch's own
-    setting (which follows it) is kept, so schedulers and shared machines stay in control.
-    """
-    if not settings.threads and os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
-    threads = settings.threads or physical_cores()
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-    return threads
 
 
 def method_text(methods: dict[str, set[str]]) -> str:
@@ -199,7 +161,16 @@ def compare_many(
     for i, run in enumerate(runs):
         run.prepare([p.tuned_name for name in order for j, p in todo[name] if j == i])
     pin = torch.device(settings.device).type == "cuda"
-    for name, w0_full, tuned in _reads(base, runs, order, todo, settings.read_ahead, pin):
+
+    def size(name: str) -> int:
+        infos = [base.tensors[name]] + [runs[i].tensors[p.tuned_name] for i, p in todo[name]]
+        return sum(t.nbytes for t in infos)
+
+    def read(name: str) -> tuple[str, torch.Tensor, list[torch.Tensor]]:
+        w0 = base.read(name, pin=pin)
+        return name, w0, [runs[i].read(p.tuned_name, p.rows, pin=pin) for i, p in todo[name]]
+
+    for name, w0_full, tuned in read_ahead(order, read, size, settings.read_ahead):
         shared = cache.shared(base, name, settings) if cache is not None else BaseShared()
         for (i, pair), w1 in zip(todo[name], tuned, strict=True):
             w0 = w0_full if pair.rows is None else w0_full[: pair.rows]
@@ -231,95 +202,6 @@ def compare_many(
             shape = skip.base_shape or skip.tuned_shape or ()
             record.update(shape="x".join(map(str, shape)), skipped=skip.reason, numel=0)
             yield i, record
-
-
-Reads = Iterator[tuple[str, torch.Tensor, list[torch.Tensor]]]
-
-
-READ_AHEAD_MIN_BYTES = 256 << 20
-"""Bytes that may be read ahead whatever the tensor sizes (see :func:`_reads`)."""
-
-
-def _reads(
-    base: Checkpoint,
-    runs: Sequence[Checkpoint],
-    order: list[str],
-    todo: dict[str, list[tuple[int, Pair]]],
-    ahead: int,
-    pin: bool,
-) -> Reads:
-    """``(name, W0, [W1 of each run])`` in ``order``, read up to ``ahead`` items in advance.
-
-    With ``ahead > 0`` one background thread does every read, in order (so each checkpoint
-    still has one open shard and reads in file order), while the caller analyses the item
-    before (file reads release the GIL, so the two overlap). Memory stays bounded: besides
-    the queue's ``ahead`` items, the bytes read but not yet released by the caller may not
-    exceed max(256 MiB, the largest item) unless nothing else is in flight, so at most two
-    copies of the largest tensor set are held, whatever the model size. ``pin`` reads into
-    pinned host memory for asynchronous GPU copies.
-    """
-
-    def size(name: str) -> int:
-        tensors = [base.tensors[name]] + [runs[i].tensors[p.tuned_name] for i, p in todo[name]]
-        return sum(t.nbytes for t in tensors)
-
-    def read_one(name: str) -> tuple[str, torch.Tensor, list[torch.Tensor]]:
-        w0 = base.read(name, pin=pin)
-        return name, w0, [runs[i].read(p.tuned_name, p.rows, pin=pin) for i, p in todo[name]]
-
-    if ahead <= 0:
-        for name in order:
-            yield read_one(name)
-        return
-    sizes = {name: size(name) for name in order}
-    budget = max([READ_AHEAD_MIN_BYTES, *sizes.values()])
-    items: queue.Queue[Any] = queue.Queue(maxsize=ahead)
-    stop = threading.Event()
-    room = threading.Condition()
-    in_flight = [0]  # bytes read and not yet released by the consumer
-    end = object()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for name in order:
-                with room:
-                    while in_flight[0] and in_flight[0] + sizes[name] > budget:
-                        if stop.is_set():
-                            return
-                        room.wait(timeout=0.1)
-                    in_flight[0] += sizes[name]
-                if not put(read_one(name)):
-                    return
-            put(end)
-        except BaseException as exc:  # handed to the consumer, raised there
-            put(exc)
-
-    thread = threading.Thread(target=work, name="opdgeo-read-ahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = items.get()
-            if item is end:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            with room:
-                in_flight[0] -= sizes[item[0]]
-                room.notify()
-            del item
-    finally:
-        stop.set()
-        thread.join(timeout=5)
 
 
 def _identity(base: Checkpoint, tuned: Checkpoint, name: str) -> dict[str, Any]:

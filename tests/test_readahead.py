@@ -17,7 +17,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from opdgeo import engine
+from opdgeo import engine, readahead, threads
 from opdgeo.cli import app
 from opdgeo.config import Config, Settings
 from opdgeo.errors import FormatError
@@ -42,7 +42,7 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def readers() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == THREAD and t.is_alive()]
+    return [t for t in threading.enumerate() if t.name.startswith(THREAD) and t.is_alive()]
 
 
 def assert_no_reader() -> None:
@@ -154,7 +154,7 @@ def test_reads_in_flight_are_bounded(
     assert max(leads) <= (ahead + 1 if ahead else 0)
     if ahead:
         assert max(leads) >= ahead  # and it does read ahead
-        assert log.threads == {THREAD}
+        assert {t.rsplit("_", 1)[0] for t in log.threads} == {THREAD}
     else:
         assert log.threads == {threading.current_thread().name}
     # base + tuned tensor of the current set and of every set read ahead
@@ -177,7 +177,7 @@ def test_bytes_in_flight_are_bounded(
     ckpts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With a tiny byte budget, at most two copies of the largest tensor set are held."""
-    monkeypatch.setattr(engine, "READ_AHEAD_MIN_BYTES", 1)
+    monkeypatch.setattr(readahead, "READ_AHEAD_MIN_BYTES", 1)
     base, tuned = open_checkpoint(str(ckpts["base"])), open_checkpoint(str(ckpts["a"]))
     sizes = {n: base.tensors[n].nbytes + tuned.tensors[n].nbytes for n in base.tensors}
     log = ReadLog(monkeypatch, str(ckpts["base"]))
@@ -365,7 +365,7 @@ def test_zero_threads_is_a_usage_error(ckpts: dict[str, Path]) -> None:
 
 
 def test_physical_cores() -> None:
-    cores = engine.physical_cores()
+    cores = threads.physical_cores()
     assert 1 <= cores <= (os.cpu_count() or 1)
     if hasattr(os, "sched_getaffinity"):
         assert cores <= len(os.sched_getaffinity(0))
@@ -374,10 +374,10 @@ def test_physical_cores() -> None:
 def test_omp_num_threads_is_respected(monkeypatch: pytest.MonkeyPatch, torch_threads: int) -> None:
     torch.set_num_threads(2)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert engine.apply_threads(Settings()) == 2
+    assert threads.apply_threads(Settings()) == 2
     assert torch.get_num_threads() == 2
-    assert engine.apply_threads(Settings(threads=1)) == 1  # an explicit count still wins
+    assert threads.apply_threads(Settings(threads=1)) == 1  # an explicit count still wins
     assert torch.get_num_threads() == 1
     monkeypatch.delenv("OMP_NUM_THREADS")
-    assert engine.apply_threads(Settings()) == engine.physical_cores()
-    assert torch.get_num_threads() == engine.physical_cores()
+    assert threads.apply_threads(Settings()) == threads.physical_cores()
+    assert torch.get_num_threads() == threads.physical_cores()
