@@ -1,23 +1,25 @@
 """opdgeo: compare language-model checkpoints in parameter space.
 
-Library entry point::
+Library entry points (see :mod:`opdgeo.api`)::
 
-    from opdgeo import compare_checkpoints
-    runs = compare_checkpoints("base/", ["sft/", "rlvr/"])
+    import opdgeo
+    runs = opdgeo.compare("base/", ["sft/", "rlvr/"], tier="standard")
     runs[0].summary["regime"], runs[0].verdict.reasons
+    opdgeo.batch("base/", "runs/"); opdgeo.trajectory("base/", "run/"); opdgeo.inspect("x/")
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "compare_checkpoints"]
+__all__ = ["__version__", "batch", "compare", "compare_checkpoints", "inspect", "trajectory"]
+_API = frozenset(__all__) - {"__version__"}
 
 
 def __getattr__(name: str) -> object:
     # Lazy: importing the package (e.g. for --version) does not import torch.
-    if name == "compare_checkpoints":
-        from opdgeo.report import compare_checkpoints
+    if name in _API:
+        from opdgeo import api
 
-        return compare_checkpoints
+        return getattr(api, name)
     raise AttributeError(name)

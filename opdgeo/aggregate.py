@@ -1,12 +1,10 @@
 """Pool per-tensor records into whole-model, per-module-type and per-layer summaries.
 
-Pooling rules (output contract; OPDG App. C.3):
-
-* sparsity columns are parameter-weighted: Σ unchanged / Σ numel;
-* ``rel_norm = sqrt(Σ ‖ΔW‖_F²) / sqrt(Σ ‖W0‖_F²)``;
-* spectral columns are unweighted over the 2-D matrices that ran the spectral metrics:
-  median for ``principal_angle_deg`` and ``principal_energy``, mean for ``nss``,
-  ``principal_overlap``, ``lowmag_overlap`` and ``stable_rank``.
+Every pooled column comes from the metric registry (:mod:`opdgeo.metrics`): each
+:class:`~opdgeo.metrics.Summary` names a per-tensor column, a :class:`~opdgeo.metrics.Pool`
+and the tensors it pools over, and each :class:`~opdgeo.metrics.Derived` value is computed
+from pooled ones. This module only adds what belongs to a set of tensors rather than to a
+metric: counts, dtypes, the merged ``method`` text and non-finite entries.
 
 Tied rows (an lm_head paired with an embedding) and skipped tensors never enter the totals.
 """
@@ -14,41 +12,37 @@ Tied rows (an lm_head paired with an embedding) and skipped tensors never enter 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
-from opdgeo.engine import method_text
+from opdgeo.metrics import Over, Pool, derived, summaries
+from opdgeo.records import ELEMENTWISE, IDENTITY_COLUMNS, TensorRecord, merge_methods, method_text
 
 SCHEMA_VERSION = 1
 
-GROUP_COLUMNS = (
-    "n_tensors",
-    "n_params",
-    "sparsity_bf16",
-    "sparsity_atol",
-    "rel_norm",
-    "energy_share",
-    "principal_angle_deg",
-    "nss",
-    "principal_energy",
-    "principal_overlap",
-    "lowmag_overlap",
-    "stable_rank",
-)
+
+def group_columns() -> list[str]:
+    """Columns of the per-module / per-layer rows, in order."""
+    pooled = [s.name for s in summaries() if s.group] + [d.name for d in derived() if d.group]
+    return ["n_tensors", "n_params", *pooled]
 
 
-def _wmean(values: pd.Series, weights: pd.Series) -> float:
-    total = float(weights.sum())
-    return float((values * weights).sum()) / total if total > 0 else math.nan
+def tensor_columns() -> list[str]:
+    """All columns of the per-tensor CSV, in order."""
+    from opdgeo.metrics import all_columns
+
+    return [*IDENTITY_COLUMNS, *all_columns()]
 
 
-def _nan_stat(values: pd.Series, how: str) -> float:
-    clean = values.astype(float).dropna()
-    if clean.empty:
-        return math.nan
-    return float(clean.median() if how == "median" else clean.mean())
+def frame_of(records: Sequence[TensorRecord]) -> pd.DataFrame:
+    """The per-tensor table of ``records`` (one row each, :func:`tensor_columns` in order)."""
+    frame = pd.DataFrame([r.row() for r in records], columns=tensor_columns())
+    frame["skipped"] = frame["skipped"].fillna("")
+    frame["tied"] = frame["tied"].fillna(False).astype(bool)
+    return frame
 
 
 def compared(frame: pd.DataFrame) -> pd.DataFrame:
@@ -58,50 +52,55 @@ def compared(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[(frame["skipped"] == "") & (~frame["tied"].astype(bool))]
 
 
-def pool(rows: pd.DataFrame, total_delta2: float | None = None) -> dict[str, Any]:
-    """Pooled metrics over ``rows`` (already restricted to compared, untied tensors)."""
+def _over(rows: pd.DataFrame, over: Over) -> pd.DataFrame:
+    if over is Over.MATRICES:
+        return rows[rows["spectral_skipped"].isna()]
+    if over is Over.TWO_D:
+        return rows[rows["shape"].astype(str).str.count("x") == 1]
+    return rows
+
+
+def _pool(values: pd.Series, numel: pd.Series, how: Pool, run_total_sq: float) -> float:
+    x = values.astype(float)
+    n = float(numel.astype(float).sum())
+    defined = x.dropna()
+    if how is Pool.SUM:
+        return float(defined.sum())
+    if how is Pool.MAX:
+        return float(defined.max()) if len(defined) else math.nan
+    if how is Pool.MEAN:
+        return float(defined.mean()) if len(defined) else math.nan
+    if how is Pool.MEDIAN:
+        return float(defined.median()) if len(defined) else math.nan
+    if how is Pool.PER_PARAM:
+        return float(defined.sum()) / n if n > 0 else math.nan
+    if how is Pool.WEIGHTED:
+        return float((x * numel.astype(float)).sum()) / n if n > 0 else math.nan
+    if how is Pool.RSS:
+        return math.sqrt(float((defined**2).sum()))
+    if how is Pool.SHARE_OF_SQUARES:
+        part = float((defined**2).sum())
+        return part / run_total_sq if run_total_sq > 0 else math.nan
+    raise ValueError(f"unknown pooling {how!r}")
+
+
+def pool(rows: pd.DataFrame, run_rows: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Pooled metrics over ``rows`` (already restricted to compared, untied tensors);
+    ``run_rows`` are the whole run's, for shares of the run (per-group rows)."""
     numel = rows["numel"].astype(float)
-    delta2 = float((rows["delta_fro"].astype(float) ** 2).sum())
-    base2 = float((rows["base_fro"].astype(float) ** 2).sum())
-    mats = rows[rows["spectral_skipped"].isna()]
+    everything = rows if run_rows is None else run_rows
     out: dict[str, Any] = {
         "n_tensors": len(rows),
         "n_params": int(numel.sum()),
-        "n_matrices": len(mats),
-        "sparsity_bf16": float(rows["unchanged_bf16"].sum()) / numel.sum()
-        if len(rows)
-        else math.nan,
-        "sparsity_atol": float(rows["unchanged_atol"].sum()) / numel.sum()
-        if len(rows)
-        else math.nan,
-        "sparsity_atol_strict": _wmean(rows["sparsity_atol_strict"], numel),
-        "sparsity_exact": _wmean(rows["sparsity_exact"], numel),
-        "rel_norm": math.sqrt(delta2 / base2) if base2 > 0 else math.nan,
-        "rel_norm_median": _nan_stat(
-            rows.loc[rows["shape"].str.count("x") == 1, "rel_norm"], "median"
-        ),
-        "delta_fro": math.sqrt(delta2),
-        "max_abs_delta": float(rows["max_abs_delta"].max()) if len(rows) else math.nan,
-        "principal_angle_deg": _nan_stat(mats["angle_left_mean_deg"], "median"),
-        "principal_angle_right_deg": _nan_stat(mats["angle_right_mean_deg"], "median"),
-        "principal_angle_max_deg": _nan_stat(mats["angle_left_max_deg"], "median"),
-        "nss": _nan_stat(mats["nss"], "mean"),
-        "nss_median": _nan_stat(mats["nss"], "median"),
-        "principal_energy": _nan_stat(mats["principal_energy"], "median"),
-        "principal_energy_baseline": _nan_stat(mats["principal_energy_baseline"], "median"),
-        "principal_overlap": _nan_stat(mats["principal_overlap"], "mean"),
-        "lowmag_overlap": _nan_stat(mats["lowmag_overlap"], "mean"),
-        "principal_notlow_overlap": _nan_stat(mats["principal_notlow_overlap"], "mean"),
-        "overlap_baseline": _nan_stat(mats["overlap_baseline"], "mean"),
-        "stable_rank": _nan_stat(mats["stable_rank"], "mean"),
-        "n_nonfinite": int(rows["n_nonfinite"].sum()),
+        "n_matrices": len(_over(rows, Over.MATRICES)),
     }
-    baseline = out["overlap_baseline"]
-    out["lowmag_enrichment"] = (
-        out["lowmag_overlap"] / baseline if baseline and not math.isnan(baseline) else math.nan
-    )
-    if total_delta2 is not None:
-        out["energy_share"] = delta2 / total_delta2 if total_delta2 > 0 else math.nan
+    for s in summaries():
+        part = _over(rows, s.over)
+        total_sq = float((everything[s.column].astype(float).dropna() ** 2).sum())
+        out[s.name] = _pool(part[s.column], part["numel"], s.pool, total_sq)
+    for d in derived():
+        out[d.name] = d.fn(out)
+    out["n_nonfinite"] = int(rows["n_nonfinite"].fillna(0).sum())
     return out
 
 
@@ -112,27 +111,23 @@ def _dominant(rows: pd.DataFrame, column: str) -> str:
     return "+".join(str(d) for d in weights.index)
 
 
-def summarize(frame: pd.DataFrame) -> dict[str, Any]:
-    """The whole-model summary row of one run (``frame`` = that run's per-tensor records)."""
+def summarize(records: Sequence[TensorRecord], frame: pd.DataFrame) -> dict[str, Any]:
+    """The whole-model summary row of one run (``frame`` = :func:`frame_of` its records)."""
     rows = compared(frame)
     summary: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "run": str(frame["run"].iloc[0]),
         "base": str(frame["base"].iloc[0]),
     }
-    summary.update(pool(rows))
-    methods: dict[str, set[str]] = {}
-    for text in rows["method"].dropna().unique():
-        for part in str(text).split(";"):
-            metric, sep, used = part.partition("=")
-            if sep:
-                methods.setdefault(metric, set()).update(used.split("+"))
+    group_only = {s.name for s in summaries() if not s.summary}
+    summary.update({k: v for k, v in pool(rows).items() if k not in group_only})
+    counted = [r for r in records if not r.skipped and not r.tied]
     summary.update(
         n_skipped=int((frame["skipped"] != "").sum()),
         n_tied=int((frame["skipped"] == "").sum() - len(rows)),
         dtype_base=_dominant(rows, "dtype_base"),
         dtype_tuned=_dominant(rows, "dtype_tuned"),
-        method=method_text(methods) or "elementwise",
+        method=method_text(merge_methods(r.methods for r in counted)) or ELEMENTWISE,
     )
     return summary
 
@@ -140,13 +135,13 @@ def summarize(frame: pd.DataFrame) -> dict[str, Any]:
 def groups(frame: pd.DataFrame, by: str) -> list[dict[str, Any]]:
     """Pooled metrics per module type (``by="module"``) or per layer (``by="layer"``)."""
     rows = compared(frame)
-    total2 = float((rows["delta_fro"].astype(float) ** 2).sum())
     keyed = rows[rows[by].notna()] if by == "layer" else rows
+    columns = group_columns()
     out = []
     for key, part in keyed.groupby(by, sort=True):
-        pooled = pool(part, total2)
+        pooled = pool(part, rows)
         key_value: Any = int(cast(float, key)) if by == "layer" else str(key)
-        out.append({"group_by": by, "group": key_value, **{c: pooled[c] for c in GROUP_COLUMNS}})
+        out.append({"group_by": by, "group": key_value, **{c: pooled[c] for c in columns}})
     return out
 
 

@@ -51,10 +51,6 @@ class Settings:
       full singular values), sigma_1 of the update from a float32 Gram;
     * ``exact`` - every metric from float64 full SVD (papers' reference numbers).
     """
-    spectral_method: str = "gram"
-    """``gram``: float64 Gram matrix + eigh; ``svd``: float64 full SVD. Derived from ``tier``
-    (``svd`` exactly for ``exact``); in a config file without a ``tier`` key, the legacy
-    ``spectral_method = "svd"`` selects the exact tier."""
     spectral_embeddings: bool = False
     """Run spectral metrics on embedding / lm_head matrices too (V x h Grams are costly)."""
     max_spectral_dim: int = 16384
@@ -73,16 +69,29 @@ class Settings:
     """Tensor pairs read ahead on a background thread while the current one is analysed
     (0 reads in the main thread)."""
 
+    metric_params: tuple[tuple[str, float | int], ...] = ()
+    """Settings owned by registered metrics (:class:`opdgeo.metrics.Param`), as set in a
+    config's ``[settings]`` table; :meth:`param` reads them with their defaults."""
+
+    @property
+    def spectral_method(self) -> str:
+        """``gram`` (float64 Gram matrix + eigh) or ``svd`` (float64 full SVD), decided by the
+        tier: ``svd`` exactly for ``exact``. In a config file without a ``tier`` key, the
+        legacy ``spectral_method = "svd"`` selects the exact tier (see :func:`load_config`)."""
+        return "svd" if self.tier == "exact" else "gram"
+
+    def param(self, name: str) -> float | int:
+        """The value of metric setting ``name`` (its registered default when not set)."""
+        from opdgeo.metrics import params
+
+        for key, value in self.metric_params:
+            if key == name:
+                return value
+        return params()[name].default
+
     def __post_init__(self) -> None:
         if self.tier not in TIERS:
             raise ConfigError(f"tier must be one of {', '.join(TIERS)}, got {self.tier!r}")
-        if self.spectral_method not in SPECTRAL_METHODS:
-            raise ConfigError(
-                f"spectral_method must be one of {', '.join(SPECTRAL_METHODS)}, "
-                f"got {self.spectral_method!r}"
-            )
-        # the tier decides the method (the legacy key is mapped in load_config)
-        object.__setattr__(self, "spectral_method", "svd" if self.tier == "exact" else "gram")
         if self.threads < 0 or self.read_ahead < 0:
             raise ConfigError("threads and read_ahead must be >= 0")
         if self.scope not in SCOPES:
@@ -162,6 +171,23 @@ def _build(cls: type[Any], table: dict[str, Any], where: str) -> Any:
     return cls(**values)
 
 
+def _metric_params(table: dict[str, Any], where: str) -> tuple[tuple[str, float | int], ...]:
+    """Pop the keys of ``table`` that are registered metric settings, validated."""
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    if not set(table) - fields:
+        return ()
+    from opdgeo.metrics import params  # the registry (and torch) only when a key needs it
+
+    known = params()
+    out = []
+    for key in sorted(set(table) & set(known)):
+        try:
+            out.append((key, known[key].check(table.pop(key))))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return tuple(out)
+
+
 def load_config(path: Path | None = None, **overrides: Any) -> Config:
     """Read a TOML config (or the defaults) and apply non-None keyword overrides to settings."""
     data: dict[str, Any] = {}
@@ -178,9 +204,16 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)}")
     settings_table = dict(data.get("settings", {}))
-    if settings_table.get("spectral_method") == "svd" and "tier" not in settings_table:
+    legacy = settings_table.pop("spectral_method", None)
+    if legacy is not None and legacy not in SPECTRAL_METHODS:
+        raise ConfigError(
+            f"{path} [settings]: spectral_method must be one of {', '.join(SPECTRAL_METHODS)}, "
+            f"got {legacy!r}"
+        )
+    if legacy == "svd" and "tier" not in settings_table:
         settings_table["tier"] = "exact"  # legacy spelling of the exact tier
     settings_table.update({k: v for k, v in overrides.items() if v is not None})
+    settings_table["metric_params"] = _metric_params(settings_table, f"{path} [settings]")
     settings = _build(Settings, settings_table, f"{path or 'options'} [settings]")
     thresholds = _build(Thresholds, dict(data.get("thresholds", {})), f"{path} [thresholds]")
     return Config(settings=settings, thresholds=thresholds)

@@ -1,13 +1,14 @@
 """The streaming engine: read one tensor pair at a time, run the metrics, yield a record.
 
-Nothing here prints. Records are plain dicts (one per tensor, skipped tensors included) so
-that the caller can stream them into progress bars, aggregations and CSV writers.
+Nothing here prints. Each (run, tensor) becomes one :class:`opdgeo.records.TensorRecord`
+(skipped tensors included), streamed to the caller for progress bars, state files and
+aggregation.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 import torch
 
@@ -15,39 +16,16 @@ from opdgeo.cache import BaseCache, BaseShared
 from opdgeo.config import Settings
 from opdgeo.errors import ConfigError
 from opdgeo.io import Checkpoint
-from opdgeo.metrics import METRICS, all_columns
+from opdgeo.metrics import METRICS, applies
+from opdgeo.naming import layer_index, module_type
 from opdgeo.pair import BufferPool, TensorPair
 from opdgeo.pairing import Pair, Plan
 from opdgeo.readahead import read_ahead
+from opdgeo.records import TensorRecord
 from opdgeo.threads import apply_threads
-
-RECORD_COLUMNS = (
-    "run",
-    "base",
-    "tensor",
-    "tuned_name",
-    "module",
-    "layer",
-    "shape",
-    "numel",
-    "dtype_base",
-    "dtype_tuned",
-    "tied",
-    "added_rows",
-    "skipped",
-    "spectral_skipped",
-    "method",
-    "n_nonfinite",
-)
-"""Identity columns of a per-tensor record; metric columns follow (see :func:`tensor_columns`)."""
 
 Observer = Callable[[int, Pair, TensorPair], None]
 """Called as ``observer(run index, pair, tensor_pair)`` while the pair's tensors are live."""
-
-
-def tensor_columns() -> list[str]:
-    """All columns of the per-tensor CSV, in order."""
-    return [*RECORD_COLUMNS, *all_columns()]
 
 
 def spectral_skip_reason(pair: Pair, tensor_pair: TensorPair, settings: Settings) -> str | None:
@@ -73,12 +51,6 @@ def check_device(settings: Settings) -> None:
         raise ConfigError("--device cuda was given but no CUDA device is available")
 
 
-def method_text(methods: dict[str, set[str]]) -> str:
-    """The ``method`` column: ``metric=method[+method];...`` for every metric that ran
-    linear algebra (element-wise metrics are exact counts and sums)."""
-    return ";".join(f"{m}={'+'.join(sorted(v))}" for m, v in sorted(methods.items()))
-
-
 def analyze_pair(
     pair: Pair,
     base: torch.Tensor,
@@ -88,35 +60,39 @@ def analyze_pair(
     shared: BaseShared | None = None,
     observer: Observer | None = None,
     run: int = 0,
-) -> dict[str, Any]:
-    """Every metric column for one pair, plus ``method``, ``n_nonfinite``, ``spectral_skipped``.
+) -> tuple[TensorPair, dict[str, float], str | None]:
+    """Run every registered metric the tier and the tensor allow on one pair.
 
-    ``shared`` shares W0's decompositions and mask thresholds between runs with the same base
-    tensor (and with the base cache); ``observer(run, pair, tensor_pair)`` sees the live pair
-    after the metrics ran. Metrics that the tier does not run report NaN.
+    Returns the live :class:`TensorPair` (its ``metric_methods`` say which numerical method
+    produced what), every metric column (NaN for metrics that did not run) and why the
+    matrix-only metrics did not run (None when they did). ``shared`` shares W0's
+    decompositions and mask thresholds between runs with the same base tensor (and with the
+    base cache); ``observer(run, pair, tensor_pair)`` sees the live pair after the metrics.
     """
     tp = TensorPair(base, tuned, settings, pool, module=pair.module, shared=shared)
     reason = spectral_skip_reason(pair, tp, settings)
-    record: dict[str, Any] = {"n_nonfinite": tp.n_nonfinite, "spectral_skipped": reason}
+    running = [spec for spec in METRICS.values() if applies(spec, settings.tier, reason is None)]
+    tp.w0_k = max((spec.w0_k(tp) for spec in running if spec.w0_k), default=0)
+    tp.w1_k = max((spec.w1_k(tp) for spec in running if spec.w1_k), default=0)
+    values: dict[str, float] = {}
     for spec in METRICS.values():
-        if (spec.matrix_only and reason is not None) or settings.tier not in spec.tiers:
-            record.update(dict.fromkeys(spec.columns, float("nan")))
+        if spec not in running:
+            values.update(dict.fromkeys(spec.columns, math.nan))
             continue
         tp.active = spec.name
-        values = spec.fn(tp)
-        if set(values) != set(spec.columns):
-            raise RuntimeError(f"metric {spec.name} returned {sorted(values)}, not {spec.columns}")
-        record.update(values)
+        got = spec.fn(tp)
+        if set(got) != set(spec.columns):
+            raise RuntimeError(f"metric {spec.name} returned {sorted(got)}, not {spec.columns}")
+        values.update(got)
     tp.active = ""
-    record["method"] = method_text(tp.metric_methods) or "elementwise"
     if observer is not None:
         observer(run, pair, tp)
-    return record
+    return tp, values, reason
 
 
 def compare(
     base: Checkpoint, tuned: Checkpoint, plan: Plan, settings: Settings
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[TensorRecord]:
     """Records of one comparison (see :func:`compare_many`)."""
     for _, record in compare_many(base, [tuned], [plan], settings):
         yield record
@@ -129,7 +105,7 @@ def compare_many(
     settings: Settings,
     observer: Observer | None = None,
     done: set[tuple[int, str]] | None = None,
-) -> Iterator[tuple[int, dict[str, Any]]]:
+) -> Iterator[tuple[int, TensorRecord]]:
     """Compare several runs against one base, reading each base tensor once.
 
     Base tensors are visited in the first run's file order (so its shards stream in
@@ -174,22 +150,27 @@ def compare_many(
         shared = cache.shared(base, name, settings) if cache is not None else BaseShared()
         for (i, pair), w1 in zip(todo[name], tuned, strict=True):
             w0 = w0_full if pair.rows is None else w0_full[: pair.rows]
-            record = _identity(base, runs[i], pair.name)
-            record.update(
-                tuned_name=pair.tuned_name if pair.tuned_name != pair.name else "",
+            spectra = shared if pair.rows is None else BaseShared()
+            tp, values, reason = analyze_pair(pair, w0, w1, settings, pool, spectra, observer, i)
+            record = TensorRecord(
+                run=runs[i].label,
+                base=base.label,
+                tensor=pair.name,
                 module=pair.module,
                 layer=pair.layer,
-                shape="x".join(map(str, pair.shape)),
+                shape=pair.shape,
                 numel=pair.numel,
+                tuned_name=pair.tuned_name if pair.tuned_name != pair.name else "",
                 dtype_base=base.tensors[pair.base_name].dtype,
                 dtype_tuned=runs[i].tensors[pair.tuned_name].dtype,
                 tied=pair.tied,
                 added_rows=pair.added_rows,
-                skipped="",
+                spectral_skipped=reason,
+                n_nonfinite=tp.n_nonfinite,
+                values=values,
+                methods=tp.metric_methods,
             )
-            spectra = shared if pair.rows is None else BaseShared()
-            record.update(analyze_pair(pair, w0, w1, settings, pool, spectra, observer, i))
-            del w0, w1
+            del w0, w1, tp
             yield i, record
         if cache is not None:
             cache.keep(shared, tuple(w0_full.shape))
@@ -198,19 +179,16 @@ def compare_many(
         for skip in plan.skipped:
             if (i, skip.name) in done:
                 continue
-            record = _identity(base, runs[i], skip.name)
-            shape = skip.base_shape or skip.tuned_shape or ()
-            record.update(shape="x".join(map(str, shape)), skipped=skip.reason, numel=0)
-            yield i, record
-
-
-def _identity(base: Checkpoint, tuned: Checkpoint, name: str) -> dict[str, Any]:
-    from opdgeo.naming import layer_index, module_type
-
-    return {
-        "run": tuned.label,
-        "base": base.label,
-        "tensor": name,
-        "module": module_type(name),
-        "layer": layer_index(name),
-    }
+            yield (
+                i,
+                TensorRecord(
+                    run=runs[i].label,
+                    base=base.label,
+                    tensor=skip.name,
+                    module=module_type(skip.name),
+                    layer=layer_index(skip.name),
+                    shape=skip.base_shape or skip.tuned_shape or (),
+                    numel=0,
+                    skipped=skip.reason,
+                ),
+            )

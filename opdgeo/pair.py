@@ -179,6 +179,11 @@ class TensorPair:
         """Methods by metric (the metric named in ``active`` when each was used)."""
         self.active = ""
         """The metric now running (set by the engine), for ``metric_methods``."""
+        self.w0_k = 0
+        """Vectors of W0 to decompose at once: the largest k any running metric needs."""
+        self.w1_k = 0
+        """Vectors of W1 to decompose at once (likewise)."""
+        self._s1: tuple[int, Spectrum] | None = None
 
     def use(self, method: str) -> None:
         """Record that ``method`` produced (part of) the running metric's values."""
@@ -296,40 +301,17 @@ class TensorPair:
     def is_matrix(self) -> bool:
         return self.base.dim() == 2
 
-    @cached_property
-    def angle_k(self) -> int:
-        """k for principal angles: the setting, or clamp(min(m, n) // 8, 1, 512)."""
-        m, n = self.base.shape
-        k = self.settings.angle_k or min(512, max(1, min(m, n) // 8))
-        return min(k, m, n)
+    def spec0(self, k: int) -> Spectrum:
+        """W0's spectrum with at least ``k`` top vectors.
 
-    @cached_property
-    def energy_k(self) -> int:
-        """k for principal energy: max(1, floor(energy_rank_frac · min(m, n)))."""
-        m, n = self.base.shape
-        return max(1, int(self.settings.energy_rank_frac * min(m, n)))
-
-    @cached_property
-    def mask_rank(self) -> int:
-        """Rank of the principal-mask reconstruction: min(mask_rank, ceil(min(m, n) / 16))."""
-        m, n = self.base.shape
-        return max(1, min(self.settings.mask_rank, math.ceil(min(m, n) / 16)))
-
-    @property
-    def spec0_k(self) -> int:
-        """The largest k any metric needs from W0's decomposition."""
-        return max(self.angle_k, self.energy_k, self.mask_rank)
-
-    @property
-    def spec0(self) -> Spectrum:
-        """Spectrum of W0 with vectors for the largest k any metric needs."""
-        sp = self._spec0
+        Decomposed once per base tensor with max(k, :attr:`w0_k`) vectors (the engine sets
+        ``w0_k`` to the largest k any running metric needs), shared by every run against the
+        same base tensor and with the base cache."""
+        sp = self._spec0(max(k, self.w0_k))
         self.use(sp.method)
         return sp
 
-    @cached_property
-    def _spec0(self) -> Spectrum:
-        k = self.spec0_k
+    def _spec0(self, k: int) -> Spectrum:
         shared = self.shared
         for have, sp in shared.spectra.items():
             if have >= k:
@@ -357,16 +339,14 @@ class TensorPair:
             self.shared.dirty = True
         return hit
 
-    @property
-    def spec1(self) -> Spectrum:
-        """Spectrum of W1 with its top angle_k vectors."""
-        sp = self._spec1
-        self.use(sp.method)
-        return sp
-
-    @cached_property
-    def _spec1(self) -> Spectrum:
-        return spectrum(self.w1, self.angle_k, self.settings.spectral_method)
+    def spec1(self, k: int) -> Spectrum:
+        """W1's spectrum with at least ``k`` top vectors (computed once, with
+        max(k, :attr:`w1_k`) vectors)."""
+        want = max(k, self.w1_k)
+        if self._s1 is None or self._s1[0] < want:
+            self._s1 = (want, spectrum(self.w1, want, self.settings.spectral_method))
+        self.use(self._s1[1].method)
+        return self._s1[1]
 
     @property
     def delta_fro2(self) -> float:

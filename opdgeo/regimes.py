@@ -28,12 +28,34 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from opdgeo.config import Thresholds
 
-SFT, OPD, RLVR, UNCHANGED, UNRELATED = "sft-like", "opd-like", "rlvr-like", "unchanged", "unrelated"
-REGIMES = (SFT, OPD, RLVR, UNCHANGED, UNRELATED)
+
+class Regime(StrEnum):
+    """The label of a comparison (output contract: the ``regime`` column)."""
+
+    SFT = "sft-like"
+    OPD = "opd-like"
+    RLVR = "rlvr-like"
+    UNCHANGED = "unchanged"
+    UNRELATED = "unrelated"
+
+
+class Locking(StrEnum):
+    """The trajectory verdict (output contract: the ``locking`` column)."""
+
+    LOCKED = "locked"
+    EXPANDING = "expanding"
+    CONTRACTING = "contracting"
+    DRIFTING = "drifting"
+
+
+SFT, OPD, RLVR = Regime.SFT, Regime.OPD, Regime.RLVR
+UNCHANGED, UNRELATED = Regime.UNCHANGED, Regime.UNRELATED
+REGIMES = tuple(Regime)
 _POSITION = {SFT: 0, OPD: 1, RLVR: 2}
 N_FEATURES = 4
 
@@ -50,11 +72,11 @@ FEATURES: tuple[tuple[str, int], ...] = (
 class Verdict:
     """A label with its confidence, the reasons behind it and caveats that apply."""
 
-    regime: str
+    regime: Regime
     confidence: float
     reasons: tuple[str, ...]
     caveats: tuple[str, ...] = ()
-    votes: Mapping[str, str] = field(default_factory=dict)
+    votes: Mapping[str, Regime] = field(default_factory=dict)
 
 
 def _num(row: Mapping[str, Any], key: str) -> float:
@@ -70,7 +92,7 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e3 else f"{value:.3f}"
 
 
-def _vote(name: str, value: float, t: Thresholds) -> tuple[str, str]:
+def _vote(name: str, value: float, t: Thresholds) -> tuple[Regime, str]:
     cuts = {
         "sparsity_bf16": (t.sparsity_sft_below, t.sparsity_rlvr_above, +1),
         "lowmag_enrichment": (t.lowmag_sft_below, t.lowmag_rlvr_above, +1),
@@ -126,7 +148,7 @@ def classify(row: Mapping[str, Any], t: Thresholds | None = None) -> Verdict:
 
     caveats: list[str] = []
     fp32 = _stored_fp32(row)
-    votes: dict[str, str] = {}
+    votes: dict[str, Regime] = {}
     reasons: list[str] = []
     for name, _ in FEATURES:
         value = _num(row, name)
@@ -200,3 +222,30 @@ def _kendall_w(rankings: list[list[float]], n: int) -> float | None:
     mean = sum(totals) / n
     s = sum((x - mean) ** 2 for x in totals)
     return 12 * s / (m * m * (n**3 - n))
+
+
+def locking_verdict(
+    rows: Sequence[Mapping[str, Any]], t: Thresholds | None = None
+) -> tuple[Locking, list[str]]:
+    """``locked``, ``expanding``, ``contracting`` or ``drifting``, with the deciding numbers
+    (cut points from :class:`opdgeo.config.Thresholds`, as papers.md §7.3 proposes)."""
+    t = t or Thresholds()
+    srank = [float(r["stable_rank"]) for r in rows if not math.isnan(float(r["stable_rank"]))]
+    if len(rows) < 2 or len(srank) < 2:
+        return Locking.DRIFTING, ["fewer than two checkpoints with an update: no trend"]
+    sim_first = float(rows[0]["sim_final"])
+    mean = sum(srank) / len(srank)
+    band = (max(srank) - min(srank)) / mean if mean > 0 else math.inf
+    change = srank[-1] / srank[0] - 1 if srank[0] > 0 else math.inf
+    facts = [
+        f"sim_final at the first checkpoint {sim_first:.3f} (locked needs >= {t.locked_sim_first})",
+        f"stable-rank band (max-min)/mean {band:.3f} (locked needs < {t.locked_band})",
+        f"stable rank first -> last {srank[0]:.3g} -> {srank[-1]:.3g} ({100 * change:+.1f} %)",
+    ]
+    if sim_first >= t.locked_sim_first and band < t.locked_band:
+        return Locking.LOCKED, facts
+    if change > t.expanding_rise:
+        return Locking.EXPANDING, facts
+    if change < -t.contracting_fall:
+        return Locking.CONTRACTING, facts
+    return Locking.DRIFTING, facts

@@ -6,15 +6,18 @@ import io
 import json
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from opdgeo.io import Checkpoint
 from opdgeo.report import RunResult
+from opdgeo.text import printable
+
+if TYPE_CHECKING:
+    from opdgeo.api import Inspection
 
 REGIME_STYLE = {
     "sft-like": "bold red",
@@ -44,19 +47,41 @@ def _missing(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
-SUMMARY_FIELDS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
-    ("conf", "confidence", lambda x: f"{float(x):.2f}"),
-    ("params", "n_params", lambda x: _params(x)),
-    ("sparsity\nbf16", "sparsity_bf16", _pct),
-    ("sparsity\natol", "sparsity_atol", _pct),
-    ("rel\nnorm", "rel_norm", _num),
-    ("angle\n(deg)", "principal_angle_deg", _num),
-    ("NSS", "nss", _num),
-    ("princ.\nenergy", "principal_energy", _pct),
-    ("princ.\noverlap", "principal_overlap", _pct),
-    ("low-mag\noverlap", "lowmag_overlap", _pct),
-    ("stable\nrank", "stable_rank", _num),
-)
+Field = tuple[str, str, Callable[[Any], str]]
+"""(header, summary key, formatter) of one table column."""
+
+
+def summary_fields() -> list[Field]:
+    """Columns of the terminal summary table: confidence and size, then every registered
+    summary value that declares a ``label`` (in registry order)."""
+    from opdgeo.metrics import derived, summaries
+
+    fields: list[Field] = [
+        ("conf", "confidence", lambda x: f"{float(x):.2f}"),
+        ("params", "n_params", lambda x: _params(x)),
+    ]
+    for item in _registry_order():
+        if item.label:
+            fields.append((item.label, item.name, _pct if item.percent else _num))
+    del derived, summaries
+    return fields
+
+
+def module_fields() -> list[Field]:
+    """Columns of the per-module table: every registered group value with a ``group_label``."""
+    return [
+        (item.group_label, item.name, _pct if item.percent else _num)
+        for item in _registry_order()
+        if item.group_label
+    ]
+
+
+def _registry_order() -> list[Any]:
+    from opdgeo.metrics import METRICS
+
+    return [x for spec in METRICS.values() for x in (*spec.summaries, *spec.derived)]
+
+
 WIDE_LAYOUT_COLUMNS = 140
 """Below this terminal width the summary is transposed: one column per run."""
 
@@ -68,23 +93,24 @@ def _regime(s: dict[str, Any]) -> Text:
 def render_table(console: Console, runs: Sequence[RunResult], settings_line: str) -> None:
     """Print the human report: summary table, reasons, top modules, relative order, skipped."""
     base = runs[0].summary["base"]
-    table = Table(title=f"opdgeo compare  base: {base}", caption=settings_line)
+    fields = summary_fields()
+    table = Table(title=Text(f"opdgeo compare  base: {printable(base)}"), caption=settings_line)
     if console.width >= WIDE_LAYOUT_COLUMNS:
         table.add_column("run")
         table.add_column("regime")
-        for header, _, _ in SUMMARY_FIELDS:
+        for header, _, _ in fields:
             table.add_column(header, justify="right")
         for run in runs:
             s = run.summary
             table.add_row(
-                str(s["run"]), _regime(s), *(fmt(s[key]) for _, key, fmt in SUMMARY_FIELDS)
+                Text(printable(s["run"])), _regime(s), *(fmt(s[key]) for _, key, fmt in fields)
             )
     else:
         table.add_column("")
         for run in runs:
-            table.add_column(str(run.summary["run"]), justify="right")
+            table.add_column(Text(printable(run.summary["run"])), justify="right")
         table.add_row("regime", *(_regime(r.summary) for r in runs))
-        for header, key, fmt in SUMMARY_FIELDS:
+        for header, key, fmt in fields:
             table.add_row(header.replace("\n", " "), *(fmt(r.summary[key]) for r in runs))
     console.print(table)
     for run in runs:
@@ -108,11 +134,13 @@ def _render_reasons(console: Console, run: RunResult) -> None:
     console.print()
     console.print(
         Text.assemble(
-            f"{s['run']}: ", (s["regime"], style), f"  (confidence {s['confidence']:.2f})"
+            f"{printable(s['run'])}: ",
+            (s["regime"], style),
+            f"  (confidence {s['confidence']:.2f})",
         )
     )
     for reason in run.verdict.reasons:
-        console.print(f"  - {reason}", soft_wrap=True)
+        console.print(Text(f"  - {reason}"), soft_wrap=True)
     for caveat in run.verdict.caveats:
         console.print(Text(f"  ! {caveat}", style="yellow"), soft_wrap=True)
     mods = sorted(
@@ -123,27 +151,16 @@ def _render_reasons(console: Console, run: RunResult) -> None:
     table = Table(
         title="top-changed module types (by share of update energy)", title_justify="left"
     )
-    for header in (
-        "module",
-        "params",
-        "energy share",
-        "sparsity bf16",
-        "rel norm",
-        "angle (deg)",
-        "low-mag overlap",
-        "stable rank",
-    ):
-        table.add_column(header, justify="left" if header == "module" else "right")
+    columns = module_fields()
+    table.add_column("module", justify="left")
+    table.add_column("params", justify="right")
+    for header, _, _ in columns:
+        table.add_column(header, justify="right")
     for g in mods[:TOP_MODULES]:
         table.add_row(
-            str(g["group"]),
+            Text(printable(g["group"])),
             _params(g["n_params"]),
-            _pct(g["energy_share"]),
-            _pct(g["sparsity_bf16"]),
-            _num(g["rel_norm"]),
-            _num(g["principal_angle_deg"]),
-            _pct(g["lowmag_overlap"]),
-            _num(g["stable_rank"]),
+            *(fmt(g[key]) for _, key, fmt in columns),
         )
     console.print(table)
 
@@ -166,7 +183,8 @@ def _render_order(console: Console, runs: Sequence[RunResult]) -> None:
     for run in runs:
         s = run.summary
         table.add_row(
-            str(s["run"]), *("-" if _missing(s.get(c)) else _num(s.get(c)) for c in columns)
+            Text(printable(s["run"])),
+            *("-" if _missing(s.get(c)) else _num(s.get(c)) for c in columns),
         )
     console.print()
     console.print(table)
@@ -181,9 +199,11 @@ def _render_skipped(console: Console, runs: Sequence[RunResult]) -> None:
         if not skipped:
             continue
         console.print()
-        console.print(f"[yellow]{run.summary['run']}: {len(skipped)} tensor(s) not compared[/]")
+        label = printable(run.summary["run"])
+        console.print(Text(f"{label}: {len(skipped)} tensor(s) not compared", style="yellow"))
         for item in skipped[:MAX_SKIPPED_SHOWN]:
-            console.print(f"  {item['tensor']}: {item['reason']}", soft_wrap=True, highlight=False)
+            line = f"  {printable(item['tensor'])}: {printable(item['reason'])}"
+            console.print(Text(line), soft_wrap=True, highlight=False)
         if len(skipped) > MAX_SKIPPED_SHOWN:
             console.print(f"  ... and {len(skipped) - MAX_SKIPPED_SHOWN} more (see --per-tensor)")
 
@@ -199,22 +219,26 @@ def json_text(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, allow_nan=False, default=str) + "\n"
 
 
-def render_inspect(console: Console, ckpt: Checkpoint, frame: pd.DataFrame) -> None:
+def render_inspect(console: Console, info: Inspection) -> None:
     """Header-only listing of one checkpoint."""
+    doc = info.document
     title = (
-        f"{ckpt.label}: {len(frame)} tensors, {ckpt.n_params:,} params, "
-        f"{ckpt.nbytes / 1e6:.1f} MB, {', '.join(ckpt.dtypes)}"
+        f"{printable(info.label)}: {doc['n_tensors']} tensors, {doc['n_params']:,} params, "
+        f"{doc['nbytes'] / 1e6:.1f} MB, {', '.join(doc['dtypes'])}"
     )
-    total, cached = ckpt.download_bytes()
-    if total:
-        title += f"; {total / 1e9:.2f} GB on the Hub, {cached / 1e9:.2f} GB cached"
-    table = Table(title=title)
+    if doc["remote_bytes"]:
+        title += (
+            f"; {doc['remote_bytes'] / 1e9:.2f} GB on the Hub, "
+            f"{doc['cached_bytes'] / 1e9:.2f} GB cached"
+        )
+    table = Table(title=Text(title))
     for col in ("tensor", "dtype", "shape", "numel", "file"):
         table.add_column(col, justify="right" if col == "numel" else "left")
-    for row in frame.itertuples():
+    for row in info.frame.itertuples():
         table.add_row(
-            str(row.tensor), str(row.dtype), str(row.shape), f"{row.numel:,}", str(row.file)
-        )
+            Text(printable(row.tensor)), str(row.dtype), str(row.shape), f"{row.numel:,}",
+            Text(printable(row.file)),
+        )  # fmt: skip
     console.print(table)
 
 
@@ -228,7 +252,8 @@ def render_trajectory(console: Console, runs: Sequence[RunResult]) -> None:
         table.add_column(c.replace("_", " "), justify="right")
     for run in runs:
         s = run.summary
-        table.add_row(str(s.get("label", s["run"])), *(_num(s.get(c)) for c in columns))
+        label = Text(printable(s.get("label", s["run"])))
+        table.add_row(label, *(_num(s.get(c)) for c in columns))
     console.print()
     console.print(table)
     last = runs[-1].summary

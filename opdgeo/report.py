@@ -1,24 +1,26 @@
-"""Assemble per-tensor records into run results: summary row, verdict, groups, skipped list.
+"""Results: per-run records become a summary row, a verdict, groups and tables, and the JSON
+documents of ``compare`` / ``batch`` / ``trajectory`` and ``inspect``.
 
-This is also the library entry point: :func:`compare_checkpoints` runs a whole comparison
-without any terminal output.
+Everything here is pure data assembly (no terminal output, no file writes), so the library
+API (:mod:`opdgeo.api`) and the CLI share it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from opdgeo import engine
-from opdgeo.aggregate import clean, groups, summarize
+from opdgeo import __version__
+from opdgeo.aggregate import SCHEMA_VERSION, clean, frame_of, groups, summarize
 from opdgeo.config import Config
-from opdgeo.io import Checkpoint, SourceOptions, open_checkpoint
-from opdgeo.pairing import Plan, plan_pairs
-from opdgeo.regimes import Verdict, classify, relative_order
+from opdgeo.io import Checkpoint
+from opdgeo.naming import layer_index, module_type
+from opdgeo.records import TensorRecord
+from opdgeo.regimes import Locking, Regime, Verdict, classify, relative_order
 
 CONTRACT_COLUMNS = (
     "run",
@@ -56,12 +58,19 @@ class RunResult:
         return [{"tensor": str(r.tensor), "reason": str(r.skipped)} for r in rows.itertuples()]
 
 
-def build_run(records: Iterable[dict[str, Any]], config: Config) -> RunResult:
+@dataclass
+class TrajectoryResult:
+    """One run's checkpoints from one origin, in step order, and the locking verdict."""
+
+    runs: list[RunResult]
+    locking: Locking
+    facts: list[str]
+
+
+def build_run(records: Sequence[TensorRecord], config: Config) -> RunResult:
     """Summarise and classify one run from its per-tensor records."""
-    frame = pd.DataFrame.from_records(list(records), columns=engine.tensor_columns())
-    frame["skipped"] = frame["skipped"].fillna("")
-    frame["tied"] = frame["tied"].fillna(False).astype(bool)
-    summary = summarize(frame)
+    frame = frame_of(records)
+    summary = summarize(records, frame)
     verdict = classify(summary, config.thresholds)
     summary.update(
         regime=verdict.regime,
@@ -74,7 +83,7 @@ def build_run(records: Iterable[dict[str, Any]], config: Config) -> RunResult:
 
 def add_relative_order(runs: Sequence[RunResult]) -> None:
     """Relative mode: with two or more classified runs sharing a base, rank them per feature."""
-    ranked = [r for r in runs if r.verdict.regime not in ("unchanged", "unrelated")]
+    ranked = [r for r in runs if r.verdict.regime not in (Regime.UNCHANGED, Regime.UNRELATED)]
     if len(ranked) < 2 or len({r.summary["base"] for r in ranked}) != 1:
         return
     for run, order in zip(ranked, relative_order([r.summary for r in ranked]), strict=True):
@@ -103,12 +112,29 @@ def groups_frame(runs: Sequence[RunResult]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def to_json(runs: Sequence[RunResult], meta: dict[str, Any]) -> dict[str, Any]:
+def settings_dict(config: Config) -> dict[str, Any]:
+    """The settings as reported (JSON ``settings``), derived ``spectral_method`` included."""
+    out = {f.name: getattr(config.settings, f.name) for f in dataclasses.fields(config.settings)}
+    out["spectral_method"] = config.settings.spectral_method
+    return out
+
+
+def document(
+    runs: Sequence[RunResult], config: Config, command: str | None = None
+) -> dict[str, Any]:
     """The JSON document: metadata plus, per run, summary, verdict, groups and skipped tensors."""
 
     def cleaned(d: dict[str, Any]) -> dict[str, Any]:
         return {k: clean(v) for k, v in d.items()}
 
+    meta: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "opdgeo_version": __version__}
+    if command is not None:
+        meta["command"] = command
+    meta.update(
+        settings=settings_dict(config),
+        thresholds={f.name: getattr(config.thresholds, f.name)
+                    for f in dataclasses.fields(config.thresholds)},
+    )  # fmt: skip
     return {
         **meta,
         "runs": [
@@ -130,57 +156,41 @@ def to_json(runs: Sequence[RunResult], meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-PlanHook = Callable[[Checkpoint, list[Checkpoint], list[Plan]], None]
-Tracker = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
+INSPECT_COLUMNS = ("tensor", "dtype", "shape", "numel", "nbytes", "module", "layer", "file")
 
 
-@contextmanager
-def _untracked(label: str, total: int) -> Iterator[Callable[[int], None]]:
-    yield lambda n: None
+def inspect_frame(ckpt: Checkpoint) -> pd.DataFrame:
+    """One row per tensor of a checkpoint, in file order, from its headers."""
+    names = sorted(ckpt.tensors, key=ckpt.file_position)
+    return pd.DataFrame(
+        [
+            {
+                "tensor": n,
+                "dtype": ckpt.tensors[n].dtype,
+                "shape": "x".join(map(str, ckpt.tensors[n].shape)),
+                "numel": ckpt.tensors[n].numel,
+                "nbytes": ckpt.tensors[n].nbytes,
+                "module": module_type(n),
+                "layer": layer_index(n),
+                "file": ckpt.tensors[n].file.name,
+            }
+            for n in names
+        ],
+        columns=list(INSPECT_COLUMNS),
+    )
 
 
-def compare_checkpoints(
-    base: str,
-    tuned: Sequence[str],
-    config: Config | None = None,
-    sources: SourceOptions | None = None,
-    on_plan: PlanHook | None = None,
-    track: Tracker = _untracked,
-) -> list[RunResult]:
-    """Compare each of ``tuned`` against ``base``: the library API and the CLI's engine.
-
-    Every checkpoint is opened (headers only) and planned before any tensor is read, and
-    ``on_plan`` sees the plans then. Local runs share one pass (each base tensor read and
-    decomposed once); Hub runs stream one at a time, so each keeps its shard order and its
-    two-shard disk bound. ``track(label, parameters)`` wraps each pass and is given the
-    parameters of every compared tensor (progress bars).
-    """
-    config = config or Config()
-    opened: list[Checkpoint] = []
-    try:
-        for spec in (base, *tuned):
-            opened.append(open_checkpoint(spec, sources))
-        base_ckpt, runs = opened[0], opened[1:]
-        plans = [plan_pairs(base_ckpt, t, config.settings) for t in runs]
-        if on_plan is not None:
-            on_plan(base_ckpt, runs, plans)
-        local = all(c.fetcher is None for c in opened)
-        groups = [list(range(len(runs)))] if local else [[i] for i in range(len(runs))]
-        records: list[list[dict[str, Any]]] = [[] for _ in runs]
-        for group in groups:
-            total = sum(p.numel for i in group for p in plans[i].pairs)
-            label = runs[group[0]].label if len(group) == 1 else "compare"
-            with track(label, total) as advance:
-                stream = engine.compare_many(
-                    base_ckpt, [runs[i] for i in group], [plans[i] for i in group],
-                    config.settings,
-                )  # fmt: skip
-                for j, record in stream:
-                    advance(0 if record.get("tied") else int(record.get("numel") or 0))
-                    records[group[j]].append(record)
-    finally:
-        for ckpt in opened:
-            ckpt.close()
-    results = [build_run(r, config) for r in records]
-    add_relative_order(results)
-    return results
+def inspect_document(ckpt: Checkpoint, frame: pd.DataFrame) -> dict[str, Any]:
+    """The JSON document of ``inspect``."""
+    total, cached = ckpt.download_bytes()
+    return {
+        "source": ckpt.label,
+        "n_tensors": len(frame),
+        "n_params": ckpt.n_params,
+        "nbytes": ckpt.nbytes,
+        "dtypes": ckpt.dtypes,
+        "files": [str(f) for f in ckpt.files],
+        "remote_bytes": total,
+        "cached_bytes": cached,
+        "tensors": [{k: clean(v) for k, v in r.items()} for r in frame.to_dict(orient="records")],
+    }

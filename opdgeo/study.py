@@ -1,27 +1,21 @@
 """Many runs at once: discovery of checkpoints, study files, resumable batch comparisons.
 
-A batch compares every run against its origin with :func:`opdgeo.engine.compare_many`, so
-each base tensor is read once and decomposed once however many runs share it. Per-tensor
-records are appended to a JSON-lines state file as they are produced; ``resume=True`` reads
-it back and skips every (run, tensor) already done.
+The batch itself runs in :mod:`opdgeo.api` (each base tensor read and decomposed once
+however many runs share it). Per-tensor records are appended to a JSON-lines state file as
+they are produced; ``resume=True`` reads it back, and the batch skips every (run, tensor)
+already done.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 import tomllib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from opdgeo import engine, report
-from opdgeo.config import Config
 from opdgeo.errors import ConfigError, SourceError
-from opdgeo.io import Checkpoint, SourceOptions, open_checkpoint
-from opdgeo.pairing import plan_pairs
+from opdgeo.records import TensorRecord
 
 _STEP_RE = re.compile(r"(?:checkpoint|global_step|iter|step)[-_]?(\d+)", re.IGNORECASE)
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
@@ -104,7 +98,7 @@ class StateFile:
 
     def __init__(self, path: Path, resume: bool) -> None:
         self.path = path
-        self.done: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.done: dict[tuple[str, str], list[TensorRecord]] = {}
         if resume:
             if not path.is_file():
                 raise ConfigError(f"--resume: no state file at {path}")
@@ -113,7 +107,7 @@ class StateFile:
                 try:
                     entry = json.loads(line)
                     key = (str(entry["base"]), str(entry["label"]))
-                    self.done.setdefault(key, []).append(dict(entry["record"]))
+                    self.done.setdefault(key, []).append(TensorRecord.from_json(entry["record"]))
                 except (ValueError, KeyError, TypeError):
                     if n == len(lines):
                         break  # the last line, cut by the interruption
@@ -122,80 +116,16 @@ class StateFile:
             path.write_text("", encoding="utf-8")
         self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
-    def append(self, base: str, label: str, record: dict[str, Any]) -> None:
-        clean = {
-            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()
-        }
-        self._fh.write(json.dumps({"base": base, "label": label, "record": clean}) + "\n")
+    def records(self, base: str, label: str) -> list[TensorRecord]:
+        """The records a resumed batch already has for run ``label`` against ``base``."""
+        return list(self.done.get((base, label), []))
+
+    def append(self, base: str, label: str, record: TensorRecord) -> None:
+        entry = {"base": base, "label": label, "record": record.to_json()}
+        self._fh.write(json.dumps(entry) + "\n")
         self._fh.flush()
 
     def close(self, finished: bool) -> None:
         self._fh.close()
         if finished:
             self.path.unlink(missing_ok=True)
-
-
-def run_batch(
-    base: str,
-    runs: list[RunSpec],
-    config: Config,
-    sources: SourceOptions,
-    state: StateFile | None = None,
-    progress: Any = None,
-    observer: engine.Observer | None = None,
-) -> list[report.RunResult]:
-    """Compare every run against its origin (default ``base``); one RunResult per run, in order.
-
-    Runs that share an origin are compared in one pass (:func:`engine.compare_many`).
-    """
-    groups: dict[str, list[RunSpec]] = {}
-    for run in runs:
-        groups.setdefault(run.origin or base, []).append(run)
-    results: dict[str, report.RunResult] = {}
-    for origin, members in groups.items():
-        results.update(_run_group(origin, members, config, sources, state, progress, observer))
-    for members in groups.values():
-        report.add_relative_order([results[r.label] for r in members])
-    return [results[r.label] for r in runs]
-
-
-def _run_group(
-    origin: str,
-    members: list[RunSpec],
-    config: Config,
-    sources: SourceOptions,
-    state: StateFile | None,
-    progress: Any,
-    observer: engine.Observer | None = None,
-) -> Iterator[tuple[str, report.RunResult]]:
-    opened: list[Checkpoint] = []
-    try:
-        base = open_checkpoint(origin, sources)
-        opened.append(base)
-        ckpts = []
-        for spec in members:
-            ckpts.append(open_checkpoint(spec.path, sources))
-            opened.append(ckpts[-1])
-        plans = [plan_pairs(base, c, config.settings) for c in ckpts]
-        records: list[list[dict[str, Any]]] = [[] for _ in members]
-        done: set[tuple[int, str]] = set()
-        if state is not None:
-            for i, spec in enumerate(members):
-                old = state.done.get((base.label, spec.label), [])
-                records[i].extend(old)
-                done.update((i, str(r["tensor"])) for r in old)
-        stream = engine.compare_many(base, ckpts, plans, config.settings, observer, done)
-        for i, record in stream:
-            record["label"], record["step"] = members[i].label, members[i].step
-            records[i].append(record)
-            if state is not None:
-                state.append(base.label, members[i].label, record)
-            if progress is not None:
-                progress(int(record.get("numel") or 0))
-        for spec, recs in zip(members, records, strict=True):
-            result = report.build_run(recs, config)
-            result.summary.update(label=spec.label, step=spec.step)
-            yield spec.label, result
-    finally:
-        for ckpt in opened:
-            ckpt.close()

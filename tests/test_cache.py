@@ -15,12 +15,12 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import opdgeo.pair
+from opdgeo.api import compare_checkpoints
 from opdgeo.cache import CACHE_VERSION, BaseCache, default_dir, tensor_identity
 from opdgeo.cli import app
 from opdgeo.config import Config, Settings
 from opdgeo.errors import OpdgeoWarning
 from opdgeo.io import open_checkpoint
-from opdgeo.report import compare_checkpoints
 from tests.conftest import perturb, tiny_model, write_checkpoint
 
 runner = CliRunner()

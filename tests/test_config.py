@@ -15,9 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_default_toml_matches_dataclass_defaults() -> None:
+    from opdgeo.metrics import params
+
     data = tomllib.loads((ROOT / "configs" / "default.toml").read_text())
     settings = {k: v for k, v in dataclasses.asdict(Settings()).items() if v is not None}
-    assert data["settings"] == settings
+    del settings["metric_params"]
+    shipped = dict(data["settings"])
+    metric = {k: shipped.pop(k) for k in list(shipped) if k in params()}
+    assert shipped == settings
+    assert metric == {k: p.default for k, p in params().items() if k in metric}
     assert data["thresholds"] == dataclasses.asdict(Thresholds())
 
 

@@ -149,8 +149,8 @@ def test_everything_after_the_read_runs_on_the_gpu(ckpts: dict[str, Path]) -> No
 
     def observe(run: int, pair: Any, tp: Any) -> None:
         assert tp.base.device.type == tp.tuned.device.type == "cuda"
-        if "_spec0" in tp.__dict__:  # a matrix whose spectra ran
-            sp0, sp1 = tp.__dict__["_spec0"], tp.__dict__["_spec1"]
+        if tp.shared.spectra and tp._s1 is not None:  # a matrix whose spectra ran
+            sp0, sp1 = next(iter(tp.shared.spectra.values())), tp._s1[1]
             for t in (tp.w0, tp.w1, tp.delta, sp0.s, sp0.u, sp0.v, sp1.s, sp1.u, sp1.v):
                 assert t.device.type == "cuda"
             checked.append(pair.name)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from opdgeo.report import compare_checkpoints
+from opdgeo.api import compare_checkpoints
 from tests.conftest import perturb, tiny_model, write_checkpoint
 
 Q = "model.layers.0.self_attn.q_proj.weight"

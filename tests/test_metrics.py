@@ -10,6 +10,7 @@ import torch
 
 from opdgeo.config import Settings
 from opdgeo.metrics import METRICS
+from opdgeo.metrics.masks import mask_rank
 from opdgeo.pair import TensorPair
 
 F64 = torch.float64
@@ -502,7 +503,7 @@ def test_mask_overlap_principal_known() -> None:
     m, n, alpha = 32, 48, 0.3
     w0 = _distinct_bf16(m, n, 35)
     pair = TensorPair(w0.to(BF16), w0.to(BF16), Settings(alpha=alpha))
-    r = pair.mask_rank
+    r = mask_rank(pair)
     assert r == 2  # ceil(32 / 16)
     u, s, vh = torch.linalg.svd(w0.to(F64))
     recon = ((u[:, :r] * s[:r]) @ vh[:r]).abs().reshape(-1)

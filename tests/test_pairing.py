@@ -164,7 +164,7 @@ def test_tied_pair_runs_through_engine(open_pair: OpenPair) -> None:
     tuned_t = {k: v for k, v in base_t.items() if k != "lm_head.weight"}
     base, tuned = open_pair(base_t, tuned_t)
     plan = _plan(base, tuned, scope="all", include="embed|lm_head")
-    records = {r["tensor"]: r for r in compare(base, tuned, plan, Settings())}
+    records = {r.tensor: r.row() for r in compare(base, tuned, plan, Settings())}
     assert records["lm_head.weight"]["tied"] is True
     assert records["lm_head.weight"]["tuned_name"] == "model.embed_tokens.weight"
     assert records["model.embed_tokens.weight"]["sparsity_bf16"] == 1.0
@@ -210,7 +210,7 @@ def test_vocab_resize_compares_only_shared_rows(open_pair: OpenPair) -> None:
     base_t = tiny_model(vocab=64, hidden=32)
     base, tuned = open_pair(base_t, _resized(base_t, 8))
     plan = _plan(base, tuned)
-    records = {r["tensor"]: r for r in compare(base, tuned, plan, Settings())}
+    records = {r.tensor: r.row() for r in compare(base, tuned, plan, Settings())}
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         r = records[name]
         assert r["skipped"] == ""
@@ -226,7 +226,7 @@ def test_vocab_shrink(open_pair: OpenPair) -> None:
     plan = _plan(base, tuned)
     p = next(p for p in plan.pairs if p.name == "model.embed_tokens.weight")
     assert (p.rows, p.added_rows, p.shape) == (60, -4, (60, 32))
-    records = {r["tensor"]: r for r in compare(base, tuned, plan, Settings())}
+    records = {r.tensor: r.row() for r in compare(base, tuned, plan, Settings())}
     assert records["model.embed_tokens.weight"]["sparsity_bf16"] == 1.0
 
 
@@ -419,7 +419,7 @@ def test_pairs_follow_tuned_file_order(open_pair: OpenPair) -> None:
 
 def _records(base: Checkpoint, tuned: Checkpoint) -> dict[str, dict[str, Any]]:
     plan = _plan(base, tuned)
-    return {r["tensor"]: r for r in compare(base, tuned, plan, Settings())}
+    return {r.tensor: r.row() for r in compare(base, tuned, plan, Settings())}
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -18,12 +18,12 @@ import torch
 from typer.testing import CliRunner
 
 from opdgeo import engine, readahead, threads
+from opdgeo.api import compare_checkpoints
 from opdgeo.cli import app
 from opdgeo.config import Config, Settings
 from opdgeo.errors import FormatError
 from opdgeo.io import Checkpoint, open_checkpoint
 from opdgeo.pairing import plan_pairs
-from opdgeo.report import compare_checkpoints
 from tests.conftest import perturb, tiny_model, write_checkpoint
 
 runner = CliRunner()
@@ -332,7 +332,7 @@ def test_abandoned_stream_stops_the_reader(ckpts: dict[str, Path]) -> None:
     settings = Settings(read_ahead=1, cache=False)
     stream = engine.compare(base, tuned, plan_pairs(base, tuned, settings), settings)
     first = next(stream)
-    assert first["tensor"]
+    assert first.tensor
     assert readers()
     stream.close()
     assert_no_reader()

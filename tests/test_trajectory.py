@@ -13,7 +13,8 @@ import torch
 from typer.testing import CliRunner
 
 from opdgeo.cli import app
-from opdgeo.trajectory import hill_alpha, jaccard, locking_verdict
+from opdgeo.locking import hill_alpha, jaccard
+from opdgeo.regimes import locking_verdict
 from tests.conftest import tiny_model, write_checkpoint
 
 runner = CliRunner()

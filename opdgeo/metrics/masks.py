@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 import torch
 
 from opdgeo.linalg import count, threshold_mask
-from opdgeo.metrics import metric
+from opdgeo.metrics import Derived, Over, Pool, Summary, metric
 from opdgeo.pair import TensorPair
 
 NAN = float("nan")
+M = Over.MATRICES
+
+
+def mask_rank(pair: TensorPair) -> int:
+    """Rank of the principal-mask reconstruction: min(mask_rank, ceil(min(m, n) / 16))."""
+    m, n = pair.base.shape
+    return max(1, min(pair.settings.mask_rank, math.ceil(min(m, n) / 16)))
+
+
+def _enrichment(pooled: Mapping[str, float]) -> float:
+    """lowmag_overlap / overlap_baseline: 1 = random, > 1 = visible updates favour small |W0|."""
+    baseline = pooled["overlap_baseline"]
+    return pooled["lowmag_overlap"] / baseline if baseline and not math.isnan(baseline) else NAN
 
 
 @metric(
@@ -23,7 +39,17 @@ NAN = float("nan")
     ),
     matrix_only=True,
     tiers=("standard", "exact"),
-)
+    summaries=(
+        Summary("principal_overlap", "principal_overlap", Pool.MEAN, M, group=True,
+                label="princ.\noverlap", percent=True),
+        Summary("lowmag_overlap", "lowmag_overlap", Pool.MEAN, M, group=True,
+                label="low-mag\noverlap", group_label="low-mag overlap", percent=True),
+        Summary("principal_notlow_overlap", "principal_notlow_overlap", Pool.MEAN, M),
+        Summary("overlap_baseline", "overlap_baseline", Pool.MEAN, M),
+    ),
+    derived=(Derived("lowmag_enrichment", _enrichment),),
+    w0_k=mask_rank,
+)  # fmt: skip
 def mask_overlap(pair: TensorPair) -> dict[str, float]:
     """Share of visibly updated entries that fall in W0's principal / low-magnitude masks.
 
@@ -37,12 +63,12 @@ def mask_overlap(pair: TensorPair) -> dict[str, float]:
     depend on W0 alone and are kept with its spectrum (shared across runs, base cache).
     """
     alpha = pair.settings.alpha
-    r = pair.mask_rank
+    r = mask_rank(pair)
     w0_abs = pair.w0.abs()
     thr, need = pair.threshold(f"low:{alpha!r}", w0_abs, alpha, largest=False)
     low = threshold_mask(w0_abs, thr, need, largest=False)
     del w0_abs
-    sp = pair.spec0
+    sp = pair.spec0(r)
     recon = (sp.u[:, :r] * sp.s[:r]).to(torch.float32) @ sp.v[:, :r].to(torch.float32).T
     recon.abs_()
     thr, need = pair.threshold(f"principal:{alpha!r}:{r}", recon, alpha, largest=True)

@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
-from opdgeo.metrics import metric
+from opdgeo.metrics import Derived, Over, Pool, Summary, metric
 from opdgeo.pair import TensorPair
 
 
-@metric("update_norms", columns=("delta_fro", "base_fro", "rel_norm", "max_abs_delta"))
+def _rel_norm(pooled: Mapping[str, float]) -> float:
+    """sqrt(Σ ‖ΔW‖_F²) / sqrt(Σ ‖W0‖_F²) over the pooled tensors (NaN when the base is 0)."""
+    base = pooled["base_fro"]
+    return pooled["delta_fro"] / base if base > 0 else math.nan
+
+
+@metric(
+    "update_norms",
+    columns=("delta_fro", "base_fro", "rel_norm", "max_abs_delta"),
+    summaries=(
+        Summary("delta_fro", "delta_fro", Pool.RSS),
+        Summary("base_fro", "base_fro", Pool.RSS),
+        Summary("energy_share", "delta_fro", Pool.SHARE_OF_SQUARES, group=True, summary=False,
+                group_label="energy share", percent=True),
+        Summary("rel_norm_median", "rel_norm", Pool.MEDIAN, Over.TWO_D),
+        Summary("max_abs_delta", "max_abs_delta", Pool.MAX),
+    ),
+    derived=(
+        Derived("rel_norm", _rel_norm, group=True, label="rel\nnorm", group_label="rel norm"),
+    ),
+)  # fmt: skip
 def update_norms(pair: TensorPair) -> dict[str, float]:
     """Frobenius norms of the update and the base, their ratio, and the largest change.
 

@@ -6,13 +6,20 @@ over the pair.
 
 from __future__ import annotations
 
-from opdgeo.metrics import metric
+from opdgeo.metrics import Pool, Summary, metric
 from opdgeo.pair import TensorPair
 
 NAN = float("nan")
 
 
-@metric("sparsity_bf16", columns=("sparsity_bf16", "unchanged_bf16"))
+@metric(
+    "sparsity_bf16",
+    columns=("sparsity_bf16", "unchanged_bf16"),
+    summaries=(
+        Summary("sparsity_bf16", "unchanged_bf16", Pool.PER_PARAM, group=True,
+                label="sparsity\nbf16", group_label="sparsity bf16", percent=True),
+    ),
+)  # fmt: skip
 def sparsity_bf16(pair: TensorPair) -> dict[str, float]:
     """Fraction of entries whose bf16 representations are bit-identical (PNT Def. 2.2, OPDG §3.1).
 
@@ -27,7 +34,15 @@ def sparsity_bf16(pair: TensorPair) -> dict[str, float]:
     return {"sparsity_bf16": unchanged / n if n else NAN, "unchanged_bf16": unchanged}
 
 
-@metric("sparsity_atol", columns=("sparsity_atol", "unchanged_atol", "sparsity_atol_strict"))
+@metric(
+    "sparsity_atol",
+    columns=("sparsity_atol", "unchanged_atol", "sparsity_atol_strict"),
+    summaries=(
+        Summary("sparsity_atol", "unchanged_atol", Pool.PER_PARAM, group=True,
+                label="sparsity\natol", percent=True),
+        Summary("sparsity_atol_strict", "sparsity_atol_strict", Pool.WEIGHTED),
+    ),
+)  # fmt: skip
 def sparsity_atol(pair: TensorPair) -> dict[str, float]:
     """Fraction of entries with ``|bf16(W1) − bf16(W0)| ≤ atol`` (MUK 2505.11711 §2.2, atol 1e-5).
 
@@ -45,7 +60,11 @@ def sparsity_atol(pair: TensorPair) -> dict[str, float]:
     }
 
 
-@metric("sparsity_exact", columns=("sparsity_exact",))
+@metric(
+    "sparsity_exact",
+    columns=("sparsity_exact",),
+    summaries=(Summary("sparsity_exact", "sparsity_exact", Pool.WEIGHTED),),
+)
 def sparsity_exact(pair: TensorPair) -> dict[str, float]:
     """Fraction of entries exactly equal in the stored precision: ``#{W1_i == W0_i} / n``.
 

@@ -12,12 +12,26 @@ import torch
 
 from opdgeo.linalg import principal_angles as _angles
 from opdgeo.linalg import project_left, project_right
-from opdgeo.metrics import metric
+from opdgeo.metrics import Over, Pool, Summary, metric
 from opdgeo.pair import TensorPair
 
 NAN = float("nan")
 FULL_TIERS = ("standard", "exact")
 """Tiers that decompose W0 and W1 (the fast tier skips these metrics)."""
+M = Over.MATRICES
+
+
+def angle_k(pair: TensorPair) -> int:
+    """k for principal angles: the ``angle_k`` setting, or clamp(min(m, n) // 8, 1, 512)."""
+    m, n = pair.base.shape
+    k = pair.settings.angle_k or min(512, max(1, min(m, n) // 8))
+    return min(k, m, n)
+
+
+def energy_k(pair: TensorPair) -> int:
+    """k for principal energy: max(1, floor(energy_rank_frac · min(m, n)))."""
+    m, n = pair.base.shape
+    return max(1, int(pair.settings.energy_rank_frac * min(m, n)))
 
 
 @metric(
@@ -31,7 +45,15 @@ FULL_TIERS = ("standard", "exact")
     ),
     matrix_only=True,
     tiers=FULL_TIERS,
-)
+    summaries=(
+        Summary("principal_angle_deg", "angle_left_mean_deg", Pool.MEDIAN, M, group=True,
+                label="angle\n(deg)", group_label="angle (deg)"),
+        Summary("principal_angle_right_deg", "angle_right_mean_deg", Pool.MEDIAN, M),
+        Summary("principal_angle_max_deg", "angle_left_max_deg", Pool.MEDIAN, M),
+    ),
+    w0_k=angle_k,
+    w1_k=angle_k,
+)  # fmt: skip
 def principal_angles(pair: TensorPair) -> dict[str, float]:
     """Rotation of the top-k singular subspaces (PNT §4.1, OPDG Eq. 2).
 
@@ -41,7 +63,7 @@ def principal_angles(pair: TensorPair) -> dict[str, float]:
     1e-6 degree rotation is resolved (see :func:`opdgeo.linalg.principal_angles`). Angles for
     indices with tiny spectral gaps σ_k − σ_{k+1} are ill-conditioned (Wedin bound).
     """
-    k = pair.angle_k
+    k = angle_k(pair)
     if pair.identical:
         return {
             "angle_left_mean_deg": 0.0,
@@ -50,8 +72,9 @@ def principal_angles(pair: TensorPair) -> dict[str, float]:
             "angle_right_max_deg": 0.0,
             "angle_k": k,
         }
-    left = torch.rad2deg(_angles(pair.spec0.u[:, :k], pair.spec1.u[:, :k]))
-    right = torch.rad2deg(_angles(pair.spec0.v[:, :k], pair.spec1.v[:, :k]))
+    sp0, sp1 = pair.spec0(k), pair.spec1(k)
+    left = torch.rad2deg(_angles(sp0.u[:, :k], sp1.u[:, :k]))
+    right = torch.rad2deg(_angles(sp0.v[:, :k], sp1.v[:, :k]))
     return {
         "angle_left_mean_deg": float(left.mean()),
         "angle_left_max_deg": float(left.max()),
@@ -61,7 +84,18 @@ def principal_angles(pair: TensorPair) -> dict[str, float]:
     }
 
 
-@metric("nss", columns=("nss", "spectral_drift_ratio"), matrix_only=True, tiers=FULL_TIERS)
+@metric(
+    "nss",
+    columns=("nss", "spectral_drift_ratio"),
+    matrix_only=True,
+    tiers=FULL_TIERS,
+    summaries=(
+        Summary("nss", "nss", Pool.MEAN, M, group=True, label="NSS", group_label=""),
+        Summary("nss_median", "nss", Pool.MEDIAN, M),
+    ),
+    w0_k=lambda pair: 1,
+    w1_k=lambda pair: 1,
+)
 def nss(pair: TensorPair) -> dict[str, float]:
     """Normalized spectral shift ``NSS = ‖σ(W1) − σ(W0)‖₂ / ‖σ(W0)‖₂`` (PNT §4.1, OPDG Eq. 3).
 
@@ -72,7 +106,7 @@ def nss(pair: TensorPair) -> dict[str, float]:
     """
     if pair.identical:
         return {"nss": 0.0, "spectral_drift_ratio": NAN}
-    s0, s1 = pair.spec0.s, pair.spec1.s
+    s0, s1 = pair.spec0(1).s, pair.spec1(1).s
     shift = float(torch.linalg.vector_norm(s1 - s0))
     norm0 = float(torch.linalg.vector_norm(s0))
     dfro = math.sqrt(pair.delta_fro2)
@@ -93,7 +127,13 @@ def nss(pair: TensorPair) -> dict[str, float]:
     ),
     matrix_only=True,
     tiers=FULL_TIERS,
-)
+    summaries=(
+        Summary("principal_energy", "principal_energy", Pool.MEDIAN, M, group=True,
+                label="princ.\nenergy", percent=True),
+        Summary("principal_energy_baseline", "principal_energy_baseline", Pool.MEDIAN, M),
+    ),
+    w0_k=energy_k,
+)  # fmt: skip
 def principal_energy(pair: TensorPair) -> dict[str, float]:
     """Share of the update's energy inside W0's top-k singular subspaces (DSSU, papers.md D7).
 
@@ -102,7 +142,7 @@ def principal_energy(pair: TensorPair) -> dict[str, float]:
     k = max(1, ⌊energy_rank_frac · min(m, n)⌋) (DSSU ρ = 10 %). A random update gives about
     ``k² / (m n)`` two-sided (``principal_energy_baseline``). Projections in float64.
     """
-    k = pair.energy_k
+    k = energy_k(pair)
     m, n = pair.base.shape
     baseline = k * k / (m * n)
     if pair.identical or pair.delta_fro2 == 0:
@@ -113,7 +153,8 @@ def principal_energy(pair: TensorPair) -> dict[str, float]:
             "principal_energy_baseline": baseline,
             "energy_k": k,
         }
-    u, v = pair.spec0.u[:, :k], pair.spec0.v[:, :k]
+    sp0 = pair.spec0(k)
+    u, v = sp0.u[:, :k], sp0.v[:, :k]
     left = project_left(pair.delta, u)  # k x n
     right = project_right(pair.delta, v)  # m x k
     total = pair.delta_fro2
@@ -127,7 +168,15 @@ def principal_energy(pair: TensorPair) -> dict[str, float]:
     }
 
 
-@metric("stable_rank", columns=("stable_rank", "delta_sigma1"), matrix_only=True)
+@metric(
+    "stable_rank",
+    columns=("stable_rank", "delta_sigma1"),
+    matrix_only=True,
+    summaries=(
+        Summary("stable_rank", "stable_rank", Pool.MEAN, M, group=True,
+                label="stable\nrank", group_label="stable rank"),
+    ),
+)  # fmt: skip
 def stable_rank(pair: TensorPair) -> dict[str, float]:
     """Stable rank of the update ``srank(ΔW) = ‖ΔW‖_F² / ‖ΔW‖₂²`` (OPDG Eq. 8).
 

@@ -21,12 +21,10 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
-from opdgeo.config import Thresholds
 from opdgeo.linalg import spectrum
 from opdgeo.pair import TensorPair
 from opdgeo.pairing import Pair
@@ -126,30 +124,3 @@ class TrajectoryObserver:
             row["n_trajectory_matrices"] = len(values["update_norm"])
             out.append(row)
         return out
-
-
-def locking_verdict(
-    rows: list[dict[str, Any]], t: Thresholds | None = None
-) -> tuple[str, list[str]]:
-    """``locked``, ``expanding``, ``contracting`` or ``drifting``, with the deciding numbers
-    (cut points from :class:`opdgeo.config.Thresholds`, as papers.md §7.3 proposes)."""
-    t = t or Thresholds()
-    srank = [float(r["stable_rank"]) for r in rows if not math.isnan(float(r["stable_rank"]))]
-    if len(rows) < 2 or len(srank) < 2:
-        return "drifting", ["fewer than two checkpoints with an update: no trend"]
-    sim_first = float(rows[0]["sim_final"])
-    mean = sum(srank) / len(srank)
-    band = (max(srank) - min(srank)) / mean if mean > 0 else math.inf
-    change = srank[-1] / srank[0] - 1 if srank[0] > 0 else math.inf
-    facts = [
-        f"sim_final at the first checkpoint {sim_first:.3f} (locked needs >= {t.locked_sim_first})",
-        f"stable-rank band (max-min)/mean {band:.3f} (locked needs < {t.locked_band})",
-        f"stable rank first -> last {srank[0]:.3g} -> {srank[-1]:.3g} ({100 * change:+.1f} %)",
-    ]
-    if sim_first >= t.locked_sim_first and band < t.locked_band:
-        return "locked", facts
-    if change > t.expanding_rise:
-        return "expanding", facts
-    if change < -t.contracting_fall:
-        return "contracting", facts
-    return "drifting", facts
