@@ -38,35 +38,26 @@ import hashlib
 import json
 import math
 import os
-import re
 import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
+from opdgeo import cache_folder as folder
 from opdgeo.config import Settings
-from opdgeo.errors import OpdgeoError, OpdgeoWarning, SourceError
+from opdgeo.errors import OpdgeoError, OpdgeoWarning
 from opdgeo.io import Checkpoint
-from opdgeo.io.safetensors import read_header
 from opdgeo.linalg import Spectrum, project_left, spectrum_from_vectors
 
 CACHE_VERSION = 2
 """Bump when the stored layout or the numerics of a stored value change (2: checksums)."""
-TAG_NAME = "CACHEDIR.TAG"
-TAG_TEXT = (
-    "Signature: 8a477f597d28d172789f06886806bc55\n"
-    "# This file is a cache directory tag created by opdgeo (base-matrix cache).\n"
-    "# For information about cache directory tags see https://bford.info/cachedir/\n"
-)
-_SUBDIR_RE = re.compile(r"^[0-9a-f]{2}$")
-_ENTRY_RE = re.compile(r"^([0-9a-f]{64})\.safetensors$")
-_TMP_RE = re.compile(r"^\.tmp-[A-Za-z0-9_]+\.safetensors$")
 _TENSORS = frozenset({"s", "small", "other"})
 _REL_TOL = 1e-6
 
@@ -126,6 +117,9 @@ class BaseShared:
     stored: StoredBase | None = None
     loaded: bool = False
     dirty: bool = False
+    memo: dict[str, Any] = field(default_factory=dict)
+    """Other W0-only results a metric computes once per base tensor and shares across runs
+    (kept in memory only, never written to the cache)."""
 
     def from_store(self, w0: torch.Tensor) -> StoredBase | None:
         """The cached entry for this base tensor ``w0``, loading (and checking it against
@@ -235,38 +229,6 @@ def check_entry(entry: StoredBase, w0: torch.Tensor) -> bool:
     return abs(top - float(s[0])) <= _REL_TOL * float(s[0])
 
 
-@dataclass
-class Scan:
-    """What a cache folder holds: entries opdgeo wrote, its leftovers, and anything else."""
-
-    entries: list[Path] = field(default_factory=list)
-    leftovers: list[Path] = field(default_factory=list)
-    """Temporary files of interrupted writes (ours by name, inside our subfolders)."""
-    subdirs: list[Path] = field(default_factory=list)
-    foreign: list[Path] = field(default_factory=list)
-    """Files, folders and symlinks that opdgeo did not write (never touched)."""
-
-    @property
-    def nbytes(self) -> int:
-        total = 0
-        for p in self.entries:
-            with contextlib.suppress(OSError):
-                total += p.lstat().st_size
-        return total
-
-
-def _is_entry(path: Path, subdir: str) -> bool:
-    """An entry by name (``<key>.safetensors`` in the ``key[:2]`` subfolder) and by header."""
-    match = _ENTRY_RE.match(path.name)
-    if not match or match.group(1)[:2] != subdir:
-        return False
-    try:
-        infos, meta = read_header(path)
-    except (OpdgeoError, OSError):
-        return False
-    return meta.get("key") == match.group(1) and set(infos) <= _TENSORS and "s" in infos
-
-
 class BaseCache:
     """A directory of cached base decompositions (see the module docstring)."""
 
@@ -296,25 +258,6 @@ class BaseCache:
             )
             return None
         return cache
-
-    def foreign_top_level(self) -> str | None:
-        """Why the cache folder cannot be ours, judged from its top level (cheap), or None."""
-        try:
-            if not self.root.exists() and not self.root.is_symlink():
-                return None
-            if not self.root.is_dir():
-                return "it is not a folder"
-            names = os.listdir(self.root)
-        except OSError as exc:
-            return f"it cannot be read ({exc.strerror or exc})"
-        for name in sorted(names):
-            path = self.root / name
-            if name == TAG_NAME and path.is_file() and not path.is_symlink():
-                continue
-            if _SUBDIR_RE.match(name) and path.is_dir() and not path.is_symlink():
-                continue
-            return f"it holds {name!r}, which opdgeo did not write"
-        return None
 
     def shared(self, base: Checkpoint, name: str, settings: Settings) -> BaseShared:
         """A fresh :class:`BaseShared` for base matrix ``name``, backed by its cache entry."""
@@ -392,7 +335,7 @@ class BaseCache:
         }
         tmp = None
         try:
-            self._make_folders(path.parent)
+            folder.make_folders(self.root, path.parent)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
             os.close(fd)
             save_file(tensors, tmp, metadata=meta)
@@ -412,49 +355,13 @@ class BaseCache:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
 
-    def _make_folders(self, subdir: Path) -> None:
-        """Create the cache folder (tagged) and ``subdir``; refuse symlinked subfolders."""
-        if not self.root.is_dir():
-            self.root.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(OSError):
-                (self.root / TAG_NAME).write_text(TAG_TEXT, encoding="utf-8")
-        if subdir.is_symlink():
-            raise OpdgeoError(f"{subdir} is a symlink")
-        subdir.mkdir(exist_ok=True)
+    def foreign_top_level(self) -> str | None:
+        """Why the cache folder cannot be ours, judged from its top level (cheap), or None."""
+        return folder.foreign_top_level(self.root)
 
-    def scan(self) -> Scan:
+    def scan(self) -> folder.Scan:
         """Classify everything under the cache folder, following no symlink."""
-        found = Scan()
-        if not self.root.is_dir():
-            return found
-        try:
-            top = sorted(os.scandir(self.root), key=lambda e: e.name)
-        except OSError as exc:
-            raise SourceError(f"cannot read {self.root}: {exc.strerror or exc}") from None
-        for entry in top:
-            path = Path(entry.path)
-            if entry.name == TAG_NAME and entry.is_file(follow_symlinks=False):
-                continue
-            if not (_SUBDIR_RE.match(entry.name) and entry.is_dir(follow_symlinks=False)):
-                found.foreign.append(path)
-                continue
-            found.subdirs.append(path)
-            try:
-                inner = sorted(os.scandir(path), key=lambda e: e.name)
-            except OSError:
-                found.foreign.append(path)
-                continue
-            for item in inner:
-                file = Path(item.path)
-                if not item.is_file(follow_symlinks=False):
-                    found.foreign.append(file)
-                elif _is_entry(file, entry.name):
-                    found.entries.append(file)
-                elif _TMP_RE.match(item.name):
-                    found.leftovers.append(file)
-                else:
-                    found.foreign.append(file)
-        return found
+        return folder.scan(self.root)
 
     def size(self) -> tuple[int, int]:
         """(entries, bytes) currently in the cache."""
@@ -463,35 +370,5 @@ class BaseCache:
 
     def clear(self, dry_run: bool = False) -> list[Path]:
         """Delete every entry (and leftover temporary file) opdgeo wrote; return them.
-
-        Refuses (:class:`OpdgeoError`, nothing deleted) when the folder holds anything else,
-        so a cache folder pointed at a checkpoint never loses a file. ``dry_run`` only lists.
-        """
-        if self.root.is_symlink():
-            raise OpdgeoError(
-                f"refusing to clear {self.root}: it is a symlink (pass the folder it points to)"
-            )
-        found = self.scan()
-        if found.foreign:
-            first = found.foreign[0]
-            raise OpdgeoError(
-                f"refusing to clear {self.root}: {first} was not written by opdgeo "
-                f"({len(found.foreign)} such item(s)); remove the cache entries by hand "
-                "or point --cache-dir at the cache folder itself"
-            )
-        doomed = [*found.entries, *found.leftovers]
-        if dry_run:
-            return doomed
-        removed = []
-        for path in doomed:
-            try:
-                path.unlink()
-                removed.append(path)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise OpdgeoError(f"cannot remove {path}: {exc.strerror or exc}") from None
-        for subdir in found.subdirs:
-            with contextlib.suppress(OSError):
-                subdir.rmdir()  # only when empty
-        return removed
+        Refuses when the folder holds anything else (see :func:`opdgeo.cache_folder.clear`)."""
+        return folder.clear(self.root, dry_run)

@@ -3,37 +3,27 @@
 stdout carries data only (table, CSV or JSON); progress, plans, notes and errors go to
 stderr (:mod:`opdgeo.console`). Options shared by several commands are declared once, in
 option groups (:class:`Analysis`, :class:`Outputs`, :class:`Sources`) that :func:`grouped`
-spreads into each command's signature. Errors map to exit codes in one place
+spreads into each command's signature (:mod:`opdgeo.options`). Errors map to exit codes in one place
 (:func:`user_errors`; codes in :mod:`opdgeo.errors`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
-import inspect as pyinspect
 import os
-import re
 import sys
-import typing
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
 from opdgeo import __version__
 from opdgeo.console import MODE, err, show_warning
 from opdgeo.errors import EXIT_ERROR, EXIT_INTERRUPTED, ConfigError, OpdgeoError
+from opdgeo.options import SOURCE_HELP, Analysis, Format, Outputs, Sources, grouped, regex
 from opdgeo.text import markup_safe, printable
-
-if TYPE_CHECKING:
-    from opdgeo.config import Config
-    from opdgeo.io import SourceOptions
 
 app = typer.Typer(
     name="opdgeo",
@@ -44,217 +34,6 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 MODE.debug = os.environ.get("OPDGEO_DEBUG", "") not in ("", "0")
-SOURCE_HELP = ".safetensors file, checkpoint directory, or Hub id org/name[@revision]."
-
-
-class Format(StrEnum):
-    table = "table"
-    csv = "csv"
-    json = "json"
-
-
-class Tier(StrEnum):
-    fast = "fast"
-    standard = "standard"
-    exact = "exact"
-
-
-class Scope(StrEnum):
-    all = "all"
-    linear = "linear"
-    attention = "attention"
-
-
-# -- option groups (declared once, spread into each command by @grouped) --------------------
-
-
-@dataclass
-class Analysis:
-    """What is compared and how (settings; see configs/default.toml)."""
-
-    scope: Annotated[
-        Scope | None,
-        typer.Option(help="all tensors, linear (2-D weights in blocks) or attention (q/k/v/o)."),
-    ] = None
-    include: Annotated[str | None, typer.Option(help="Regex: compare only these names.")] = None
-    exclude: Annotated[str | None, typer.Option(help="Regex: leave these names out.")] = None
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="TOML config (see configs/).")
-    ] = None
-    exact: Annotated[
-        bool, typer.Option("--exact", help="Same as --tier exact (float64 full SVD).")
-    ] = False
-    tier: Annotated[
-        Tier | None,
-        typer.Option(
-            help="fast: sparsity, norms, stable rank only (I/O speed); standard: every metric "
-            "(float64 Gram + eigh); exact: float64 full SVD."
-        ),
-    ] = None
-    cache: Annotated[
-        bool | None,
-        typer.Option(
-            "--cache/--no-cache", help="Reuse / skip the on-disk cache of base decompositions."
-        ),
-    ] = None
-    cache_dir: Annotated[
-        Path | None,
-        typer.Option(file_okay=False, help="Base cache directory (default ~/.cache/opdgeo)."),
-    ] = None
-    threads: Annotated[
-        int | None, typer.Option(min=1, help="CPU threads for the linear algebra (default: cores).")
-    ] = None
-    k: Annotated[
-        int | None, typer.Option("--k", min=1, help="Principal-angle k (default min(m,n)//8).")
-    ] = None
-    alpha: Annotated[
-        float | None, typer.Option(help="Mask fraction of the overlap metrics (default 0.3).")
-    ] = None
-    device: Annotated[str | None, typer.Option(help="cpu or cuda for the linear algebra.")] = None
-
-    def load(self) -> Config:
-        """The configuration: the --config file, then these options over it."""
-        from opdgeo import engine
-        from opdgeo.config import load_config
-
-        cfg = load_config(
-            self.config,
-            scope=self.scope.value if self.scope else None,
-            include=_regex(self.include, "--include"),
-            exclude=_regex(self.exclude, "--exclude"),
-            angle_k=self.k,
-            alpha=self.alpha,
-            device=self.device,
-            tier="exact" if self.exact else (self.tier.value if self.tier else None),
-            cache=self.cache,
-            cache_dir=str(self.cache_dir) if self.cache_dir else None,
-            threads=self.threads,
-        )
-        engine.check_device(cfg.settings)
-        return cfg
-
-
-@dataclass
-class Outputs:
-    """Where the report goes, in which format, and what else is written."""
-
-    fmt: Annotated[
-        Format | None,
-        typer.Option(
-            "--format", "-f", help="table (default on a terminal), csv (when piped) or json."
-        ),
-    ] = None
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", dir_okay=False, help="Write the report here (atomic)."),
-    ] = None
-    per_tensor: Annotated[
-        Path | None,
-        typer.Option("--per-tensor", dir_okay=False, help="Also write per-tensor rows (CSV)."),
-    ] = None
-    per_group: Annotated[
-        Path | None,
-        typer.Option("--per-group", dir_okay=False, help="Also write per-module/layer rows (CSV)."),
-    ] = None
-    plot: Annotated[
-        Path | None,
-        typer.Option(
-            "--plot", file_okay=False, help="Write figures (PNG + SVG) here; needs matplotlib."
-        ),
-    ] = None
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress, notes or warnings on stderr.")
-    ] = False
-
-    def files(self) -> list[Path]:
-        """The files this command will write (checked before any comparison runs)."""
-        paths = [self.output, self.per_tensor, self.per_group]
-        if self.plot is not None:
-            paths.append(self.plot / "regime_map.png")
-        return [p for p in paths if p is not None]
-
-
-@dataclass
-class Sources:
-    """How checkpoints are reached (Hub access, pickle opt-in)."""
-
-    token: Annotated[
-        str | None,
-        typer.Option(
-            help="Hub token (default: HF_TOKEN or the stored `hf auth login`); never printed."
-        ),
-    ] = None
-    offline: Annotated[
-        bool, typer.Option("--offline", help="Use the local Hub cache only (as HF_HUB_OFFLINE=1).")
-    ] = False
-    keep: Annotated[
-        bool,
-        typer.Option(
-            "--keep/--no-keep",
-            help="Keep downloaded shards in the Hub cache, or delete each once read (~2 on disk).",
-        ),
-    ] = True
-    allow_pickle: Annotated[
-        bool,
-        typer.Option(
-            "--allow-pickle",
-            help="Read pickle weights (.bin/.pt) with torch.load(weights_only=True, mmap=True). "
-            "Refused by default: loading a pickle can run code.",
-        ),
-    ] = False
-
-    def options(self, quiet: bool) -> SourceOptions:
-        from opdgeo.io import SourceOptions
-
-        show = not quiet and err().is_terminal
-        if not show:
-            from huggingface_hub.utils.tqdm import disable_progress_bars
-
-            disable_progress_bars()
-        return SourceOptions(
-            token=self.token, offline=self.offline, keep=self.keep, progress=show,
-            allow_pickle=self.allow_pickle,
-        )  # fmt: skip
-
-
-GROUPS = (Analysis, Outputs, Sources)
-F = TypeVar("F", bound=Callable[..., None])
-
-
-def grouped(fn: F) -> F:
-    """Spread each option-group parameter of ``fn`` into its fields (one option each) for
-    typer, and gather them back into the group's dataclass when the command runs."""
-    hints = typing.get_type_hints(fn, include_extras=True)
-    params: list[pyinspect.Parameter] = []
-    spread: list[pyinspect.Parameter] = []
-    groups: dict[str, tuple[type[Any], list[str]]] = {}
-    for name, param in pyinspect.signature(fn).parameters.items():
-        annotation = hints[name]
-        if annotation in GROUPS:
-            field_hints = typing.get_type_hints(annotation, include_extras=True)
-            fields = dataclasses.fields(annotation)
-            groups[name] = (annotation, [f.name for f in fields])
-            spread += [
-                pyinspect.Parameter(
-                    f.name,
-                    pyinspect.Parameter.KEYWORD_ONLY,
-                    default=f.default,
-                    annotation=field_hints[f.name],
-                )  # fmt: skip
-                for f in fields
-            ]
-        else:
-            params.append(param.replace(annotation=annotation))
-    params += spread  # the command's own parameters first, then the groups' options
-
-    @functools.wraps(fn)
-    def command(**kwargs: Any) -> None:
-        for name, (cls, names) in groups.items():
-            kwargs[name] = cls(**{n: kwargs.pop(n) for n in names})
-        fn(**kwargs)
-
-    command.__signature__ = pyinspect.Signature(params)  # type: ignore[attr-defined]
-    return typing.cast(F, command)
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -274,15 +53,6 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         err().print("interrupted: no report was written")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-
-
-def _regex(pattern: str | None, option: str) -> str | None:
-    if pattern is not None:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ConfigError(f"{option}: invalid regular expression {pattern!r}: {exc}") from None
-    return pattern
 
 
 def _version(value: bool) -> None:
@@ -421,7 +191,7 @@ def trajectory(
 
     with user_errors():
         cfg = analysis.load()
-        _regex(matrices, "--matrices")
+        regex(matrices, "--matrices")
         _start(out, [base, *checkpoints])
         result = api.trajectory(
             base, checkpoints, matrices=matrices, sim_k=sim_k, hill_k=hill_k, config=cfg,

@@ -78,6 +78,8 @@ def analyze_pair(
     for spec in METRICS.values():
         if spec not in running:
             values.update(dict.fromkeys(spec.columns, math.nan))
+            if spec.unavailable and reason is None and settings.tier not in spec.tiers:
+                tp.metric_methods[spec.name] = {spec.unavailable}
             continue
         tp.active = spec.name
         got = spec.fn(tp)

@@ -55,3 +55,21 @@ def test_every_command_has_help_and_a_readme_mention() -> None:
 def test_exit_codes_are_documented() -> None:
     for code in ("| 0 |", "| 1 |", "| 2 |", "| 3 |", "| 4 |", "| 5 |", "| 130 |"):
         assert code in README
+
+
+def test_the_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    section = README[README.index("### From Python") :]
+    code = section[section.index("```python") + len("```python") : section.index("```\n", 10)]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - our own documentation
+
+
+def test_a_single_tuned_string_is_one_checkpoint(tmp_path: Path) -> None:
+    import opdgeo
+    from opdgeo.synthetic import write_family
+
+    paths = write_family(tmp_path, seed=2)
+    runs = opdgeo.compare_checkpoints(str(paths["base"]), str(paths["rlvr"]))
+    assert [r.summary["run"] for r in runs] == [str(paths["rlvr"])]
+    with pytest.raises(opdgeo.errors.ConfigError, match="strings"):
+        opdgeo.compare(str(paths["base"]), [paths["rlvr"]])  # type: ignore[list-item]

@@ -19,7 +19,8 @@ import torch
 from typer.testing import CliRunner
 
 from opdgeo import outputs
-from opdgeo.cache import TAG_NAME, BaseCache, StoredBase
+from opdgeo.cache import BaseCache, StoredBase
+from opdgeo.cache_folder import TAG_NAME
 from opdgeo.cli import app
 from opdgeo.errors import OutputError
 from tests.conftest import perturb, tiny_model, write_checkpoint

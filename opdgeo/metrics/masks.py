@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 
 from opdgeo.linalg import count, threshold_mask
-from opdgeo.metrics import Derived, Over, Pool, Summary, metric
+from opdgeo.metrics.registry import Derived, Over, Pool, Summary, metric
 from opdgeo.pair import TensorPair
 
 NAN = float("nan")

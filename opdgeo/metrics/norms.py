@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from opdgeo.metrics import Derived, Over, Pool, Summary, metric
+from opdgeo.metrics.registry import Derived, Over, Pool, Summary, metric
 from opdgeo.pair import TensorPair
 
 

@@ -6,7 +6,7 @@ over the pair.
 
 from __future__ import annotations
 
-from opdgeo.metrics import Pool, Summary, metric
+from opdgeo.metrics.registry import Pool, Summary, metric
 from opdgeo.pair import TensorPair
 
 NAN = float("nan")

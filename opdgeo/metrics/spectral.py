@@ -12,7 +12,7 @@ import torch
 
 from opdgeo.linalg import principal_angles as _angles
 from opdgeo.linalg import project_left, project_right
-from opdgeo.metrics import Over, Pool, Summary, metric
+from opdgeo.metrics.registry import Over, Pool, Summary, metric
 from opdgeo.pair import TensorPair
 
 NAN = float("nan")

@@ -1,0 +1,90 @@
+"""The package's shape (issue: one orchestrator, an io/ package): no import cycle between
+opdgeo's modules at import time, small modules, and a CLI of commands only."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "opdgeo"
+MAX_LINES = 400
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """opdgeo modules imported when ``path`` is imported (module level, not TYPE_CHECKING,
+    not inside functions)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        for sub in ast.walk(node) if isinstance(node, ast.Import | ast.ImportFrom) else []:
+            if isinstance(sub, ast.Import):
+                found |= {a.name for a in sub.names if a.name.startswith("opdgeo")}
+            elif isinstance(sub, ast.ImportFrom) and (sub.module or "").startswith("opdgeo"):
+                mod = str(sub.module)
+                for alias in sub.names:  # ``from opdgeo import x`` may name a submodule
+                    candidate = f"{mod}.{alias.name}"
+                    path_mod = PACKAGE.parent / candidate.replace(".", "/")
+                    sub_exists = path_mod.with_suffix(".py").exists() or path_mod.is_dir()
+                    found.add(candidate if sub_exists else mod)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    edges = {name: {m for m in top_level_imports(p) if m in modules and m != name}
+             for name, p in modules.items()}  # fmt: skip
+    return edges
+
+
+def test_no_import_cycle() -> None:
+    edges = graph()
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt) :] + [nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node)
+
+
+def test_io_locations_do_not_import_each_other() -> None:
+    edges = graph()
+    sources = {"opdgeo.io.local", "opdgeo.io.hub", "opdgeo.io.pickle"}
+    for name in sources:
+        assert not (edges[name] & (sources - {name, "opdgeo.io.pickle"})), name
+    assert "opdgeo.engine" not in edges["opdgeo.aggregate"]
+    assert not edges["opdgeo.io.checkpoint"] - {"opdgeo.errors", "opdgeo.io"}
+
+
+def test_no_module_is_over_400_lines() -> None:
+    big = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+           if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}  # fmt: skip
+    assert not big, big
+
+
+def test_cli_holds_commands_only() -> None:
+    tree = ast.parse((PACKAGE / "cli.py").read_text(encoding="utf-8"))
+    functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    helpers = {"user_errors", "_version", "_root", "_start", "main"}
+    for fn in functions:
+        decorated = any("app." in ast.unparse(d) for d in fn.decorator_list)
+        assert decorated or fn.name in helpers, f"cli.{fn.name} is not a command"
+    assert not [n for n in tree.body if isinstance(n, ast.ClassDef)], "classes belong elsewhere"
