@@ -36,7 +36,6 @@ from opdgeo.plots import COLORS, Plot, module_order, run_label, svg_plots
 from opdgeo.report import RunResult
 
 SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("n_tensors", "tensors"),
     ("n_params", "params"),
     ("sparsity_bf16", "sparsity bf16"),
     ("sparsity_atol", "sparsity atol"),
@@ -45,7 +44,7 @@ SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("nss", "NSS"),
     ("principal_energy", "princ. energy"),
     ("principal_overlap", "princ. overlap"),
-    ("lowmag_overlap", "low-mag overlap"),
+    ("lowmag_overlap", "low\u2011mag overlap"),  # non-breaking hyphen
     ("stable_rank", "stable rank"),
 )
 """Headline columns of the summary table (the rest are in the appendix)."""
@@ -77,6 +76,11 @@ def _plain(value: Any) -> Any:
     """numpy scalars as the Python numbers they hold (so ``repr`` is the plain float)."""
     item = getattr(value, "item", None)
     return item() if callable(item) and getattr(value, "shape", None) == () else value
+
+
+def _breakable(value: Any) -> str:
+    """Escaped text with a line-break opportunity after each ``/`` (paths wrap at folders)."""
+    return escape(value).replace("/", "/<wbr>")
 
 
 def _missing(value: Any) -> bool:
@@ -132,12 +136,12 @@ def _cell(value: Any, column: str = "", text: bool = False) -> str:
 
 
 def _table(
-    headers: Sequence[str], rows: Iterable[Sequence[str]], caption: str = "", left: bool = False
+    headers: Sequence[str], rows: Iterable[Sequence[str]], caption: str = "", left: int = 1
 ) -> str:
     """A table wrapped so that a wide one scrolls instead of being cut; ``rows`` are cells.
-    Headers are right-aligned over numbers, except the first (and all with ``left``)."""
+    The first ``left`` headers are left-aligned (over text), the rest right-aligned."""
     head = "".join(
-        f'<th class="text">{escape(h)}</th>' if i == 0 or left else f"<th>{escape(h)}</th>"
+        f'<th class="text">{escape(h)}</th>' if i < left else f"<th>{escape(h)}</th>"
         for i, h in enumerate(headers)
     )
     body = "\n".join(f"<tr>{''.join(r)}</tr>" for r in rows)
@@ -176,24 +180,26 @@ def _summary_section(runs: Sequence[RunResult]) -> str:
     columns = [(k, h) for k, h in SUMMARY_COLUMNS if any(k in r.summary for r in runs)]
     bases = {str(r.summary.get("base")) for r in runs}
     with_step = any(not _missing(r.summary.get("step")) for r in runs)
-    headers = ["run", *(["step"] if with_step else []), *(["base"] if len(bases) > 1 else []),
-               "regime", "confidence", *(h for _, h in columns)]  # fmt: skip
+    text_headers = ["run", *(["base"] if len(bases) > 1 else []), "regime"]
+    headers = [*text_headers, *(["step"] if with_step else []), "confidence",
+               *(h for _, h in columns)]  # fmt: skip
     rows = []
     for i, run in enumerate(runs):
         s = run.summary
-        cells = [f'<td class="text name"><a href="#{_anchor(i)}">{escape(run_label(run))}</a></td>']
+        link = f'<a href="#{_anchor(i)}">{_breakable(run_label(run))}</a>'
+        cells = [f'<td class="text name">{link}</td>']
+        if len(bases) > 1:
+            cells.append(f'<td class="text name">{_breakable(s.get("base"))}</td>')
+        cells.append(f'<td class="text">{_badge(s.get("regime"))}</td>')
         if with_step:
             cells.append(_cell(s.get("step"), "step"))
-        if len(bases) > 1:
-            cells.append(f'<td class="text name">{escape(s.get("base"))}</td>')
-        cells.append(f'<td class="text">{_badge(s.get("regime"))}</td>')
         cells.append(_cell(s.get("confidence"), "confidence"))
         cells += [_cell(s.get(k), k) for k, _ in columns]
         rows.append(cells)
     base_line = f"<p>Base: <code>{escape(next(iter(bases)))}</code></p>" if len(bases) == 1 else ""
     return (
         f'<section id="summary"><h2>Summary</h2>{base_line}'
-        f"{_table(headers, rows)}"
+        f"{_table(headers, rows, left=len(text_headers))}"
         '<p class="note">confidence = share of the four classifier features that vote for '
         "the label. Cells show 4 significant digits; hover a cell for its full value; the "
         "appendix lists every summary column at full precision.</p>"
@@ -233,7 +239,7 @@ def _order_section(runs: Sequence[RunResult]) -> str:
         return ""
     rows = [
         [
-            f'<td class="text name">{escape(run_label(r))}</td>',
+            f'<td class="text name">{_breakable(run_label(r))}</td>',
             *(_cell(r.summary.get(k), k) for k in columns),
         ]
         for r in runs
@@ -259,7 +265,7 @@ def _trajectory_section(runs: Sequence[RunResult]) -> str:
         return ""
     rows = [
         [
-            f'<td class="text name">{escape(run_label(r))}</td>',
+            f'<td class="text name">{_breakable(run_label(r))}</td>',
             *(_cell(r.summary.get(c), c) for c in TRAJECTORY_COLUMNS),
         ]
         for r in runs
@@ -339,7 +345,7 @@ def _mapping_table(values: Mapping[str, Any], caption: str) -> str:
     rows = [[f'<td class="text"><code>{escape(k)}</code></td>',
              f'<td class="text"><code>{escape(_value_text(v))}</code></td>']
             for k, v in values.items()]  # fmt: skip
-    return _table(["key", "value"], rows, caption, left=True)
+    return _table(["key", "value"], rows, caption, left=2)
 
 
 def _settings_section(settings: Mapping[str, Any], thresholds: Mapping[str, Any]) -> str:
@@ -368,7 +374,7 @@ def _appendix_section(runs: Sequence[RunResult]) -> str:
     return (
         '<section id="appendix"><h2>Appendix: every summary column</h2>'
         "<p>Each run's summary row as in the CSV/JSON report, at full precision.</p>"
-        f"{_table(['column', *(run_label(r) for r in runs)], rows, left=True)}</section>"
+        f"{_table(['column', *(run_label(r) for r in runs)], rows, left=len(runs) + 1)}</section>"
     )
 
 
@@ -397,7 +403,7 @@ th, td { border-bottom: 1px solid #e4e4e4; padding: .22rem .5rem; text-align: ri
 th { background: #f3f3f3; font-weight: 600; white-space: normal; vertical-align: bottom; }
 td.text, th.text { text-align: left; white-space: normal; overflow-wrap: break-word;
   max-width: 38rem; }
-td.name { min-width: 9rem; max-width: 24rem; overflow-wrap: anywhere; }
+td.name { min-width: 6rem; max-width: 22rem; overflow-wrap: anywhere; }
 .regime { display: inline-block; padding: 0 .45em; border-radius: 3px; font-weight: 600;
   white-space: nowrap;
   font-size: .9em; }
