@@ -183,6 +183,37 @@ def test_without_matplotlib_the_report_says_so(
     assert "Figures were not requested" in report(runs, figures=False)
 
 
+def test_trajectory_report_has_its_table_verdict_and_figure(runs: list[RunResult]) -> None:
+    pytest.importorskip("matplotlib")
+    steps = [200, 100]  # given out of step order
+    trajectory = [
+        RunResult(
+            {
+                **run.summary,
+                "step": step,
+                "sim_final": 0.25 * (i + 3),
+                "update_norm": 0.1 / step,
+                "hill_alpha": float("nan"),
+                "jaccard_prev": 0.5,
+                "jaccard_final": 0.75,
+                "locking": "drifting" if i == 0 else "",
+                "locking_reasons": "a <reason>",
+            },
+            run.verdict,
+            run.tensors,
+            run.modules,
+            run.layers,
+        )
+        for i, (run, step) in enumerate(zip(runs, steps, strict=True))
+    ]
+    page = report(trajectory)
+    assert '<section id="trajectory">' in page and 'href="#trajectory"' in page
+    assert "Locking: <strong>drifting</strong> (a &lt;reason&gt;)" in page
+    assert 'id="fig-trajectory"' in page and "<th>sim final</th>" in page
+    summary = page[page.index('<section id="summary">') : page.index('<section id="verdicts">')]
+    assert "<th>step</th>" in summary and 'title="200">200</td>' in summary
+
+
 # ---- a real browser -------------------------------------------------------------------------
 
 needs_chromium = pytest.mark.skipif(
