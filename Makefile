@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch is pinned here (not in pyproject) so the set-up uses the local CPU wheel; users keep a range.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install demo demo-zoo zoo zoo-sweep figures test lint typecheck check bench clean
+.PHONY: install demo demo-zoo zoo zoo-sweep figures html-screenshot test lint typecheck check bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ figures: install
 	mkdir -p demo/trajectory-steps && mv demo/trajectory/checkpoint-* demo/trajectory-steps/ 2>/dev/null || true
 	$(VENV)/bin/opdgeo trajectory demo/trajectory/base demo/trajectory-steps -q --format csv --plot demo/figures-trajectory > /dev/null
 	mkdir -p docs && cp demo/figures/regime_map.png demo/figures-trajectory/trajectory.png docs/
+
+# docs/html-report.png: the demo family's HTML report (demo/report.html) in headless chromium
+# (apt-get install chromium).
+html-screenshot: install
+	$(PY) docs/html_report_screenshot.py
 
 test: install
 	$(PY) -m pytest -q
