@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from opdgeo import __version__  # noqa: E402
+from opdgeo.api import compare_checkpoints  # noqa: E402
 from opdgeo.config import load_config  # noqa: E402
 from opdgeo.html import html_report  # noqa: E402
-from opdgeo.report import compare_checkpoints  # noqa: E402
 from opdgeo.synthetic import write_family  # noqa: E402
 from tests.browser import find_chromium, screenshot  # noqa: E402
 

@@ -14,9 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from opdgeo.api import compare_checkpoints
 from opdgeo.config import Config
 from opdgeo.html import escape, html_report, number
-from opdgeo.report import RunResult, compare_checkpoints
+from opdgeo.report import RunResult
 from opdgeo.synthetic import write_family
 from tests.browser import dump_dom, find_chromium, run_chromium, screenshot
 
