@@ -2,8 +2,9 @@
 
 Verdicts (cut points in :class:`LineageSettings`):
 
-- ``same-weights``: every tensor of A pairs with one of B (names and shapes) and all are
-  equal on the rows read (at the coarser dtype, so a bf16 -> fp32 cast is the same weights);
+- ``same-weights``: every tensor of A pairs with the same-named tensor of B (blocks in
+  place) and all are equal on the rows read (at the coarser dtype, so a bf16 -> fp32 cast is
+  the same weights);
 - ``derived``: combined p <= ``alpha_derived`` (1e-4);
 - ``independent``: combined p > ``alpha_independent`` (0.01) and the tests had the power to
   reach ``alpha_derived`` / 100 had every unit agreed;
@@ -146,7 +147,8 @@ def decide(
             tests, identity, info, level
         )
     all_paired = n_tensors[0] > 0 and len(identity) == n_tensors[0] == n_tensors[1]
-    if all_paired and all(i.identical for i in identity):
+    in_place = all(e.layer_a == e.layer_b for e in layers)
+    if all_paired and in_place and all(i.identical for i in identity):
         verdict = "same-weights"
     elif log10_p <= math.log10(settings.alpha_derived):
         verdict = "derived"
