@@ -34,6 +34,7 @@ from opdgeo.lineage.naming_pairs import pair_by_structure, rename_block, suffix_
 from opdgeo.lineage.plan import LineageSettings, Read, checkpoint_bytes, plan_reads, token_rows
 from opdgeo.lineage.records import PairResult, TensorIdentity, TestRecord
 from opdgeo.lineage.verdict import decide
+from opdgeo.naming import canonical
 
 Progress = Callable[[str], None]
 MIN_TOKENS_PER_HALF = 64
@@ -126,7 +127,7 @@ def analyse_pair(
         _LlmRun(a, b, settings, say) if lay_a.family == "llm" else _GenericRun(a, b, settings, say)
     )
     run.execute()
-    identity = _identities(a, b, run.name_pairs())
+    identity = run.finish_identity()
     result = decide(
         src_a.label, src_b.label, lay_a.family, run.tests, run.evidence(identity), identity,
         settings, run.notes + lay_a.notes + [f"B: {n}" for n in lay_b.notes],
@@ -145,6 +146,20 @@ class _Run:
         self.tests: list[TestRecord] = []
         self.notes: list[str] = []
         self.aligner = Aligner()
+        self.identity: list[TensorIdentity] = []
+        self.settled: set[str] = set()
+
+    def _settle(self, pairs: list[tuple[str, str]]) -> None:
+        """Identity of ``pairs`` now, then forget their rows (memory stays one block)."""
+        self.identity += _identities(self.a, self.b, pairs)
+        self.settled |= {na for na, _ in pairs}
+        self.a.drop({na for na, _ in pairs})
+        self.b.drop({nb for _, nb in pairs})
+
+    def finish_identity(self) -> list[TensorIdentity]:
+        """Identities of every name-paired tensor (those not settled block by block)."""
+        rest = [p for p in self.name_pairs() if p[0] not in self.settled]
+        return self.identity + _identities(self.a, self.b, rest)
 
     def execute(self) -> None:
         raise NotImplementedError
@@ -178,11 +193,13 @@ class _LlmRun(_Run):
         sig_a = {i: a.rows(r[role]) for i, r in a.layout.layers.items() if role in r}
         sig_b = {j: self.aligner(b.rows(r[role])) for j, r in b.layout.layers.items() if role in r}
         self.map = match_layers(sig_a, sig_b, s.screen_units)
+        pairs = self.name_pairs()
         for i in sorted(a.layout.layers):
             j = self.map.pairs.get(i)
             if j is not None:
                 self.say(f"block {i} <-> {j}")
                 self._block(i, j, combined=True)
+                self._settle([p for p in pairs if _block_of(p[0]) == i])
         self.extra: dict[int, int] = {}
         for j in sorted(set(self.map.b_layers) - set(self.map.pairs.values())):
             i = self.map.best_a_for(j)
@@ -229,10 +246,12 @@ class _LlmRun(_Run):
         models with a shared token geometry also agree on the embedding test but match
         columns weakly (docs/lineage.md, "Residual alignment").
         """
+        if out.tail.log10_p_ge > -3:
+            return
         perm, sign, corr = signed_alignment(xa, xb)
         kept = float(np.mean((perm == np.arange(len(perm))) & (sign > 0)))
         strong = float(np.median(corr)) >= ALIGN_MIN_CORR
-        if out.tail.log10_p_ge <= -3 and kept < 0.5 and strong:
+        if kept < 0.5 and strong:
             self.aligner.perm = perm
             self.aligner.sign = torch.from_numpy(sign.astype(np.float32))
             self.aligner.description = (
@@ -337,6 +356,11 @@ class _GenericRun(_Run):
 
     def evidence(self, identity: list[TensorIdentity]) -> dict[str, object]:
         return {"kind": "generic"}
+
+
+def _block_of(name: str) -> int | None:
+    split = suffix_after_layer(canonical(name))
+    return None if split is None else split[0]
 
 
 def _n_tensors(layout: Layout) -> int:

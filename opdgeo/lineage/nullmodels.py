@@ -11,6 +11,7 @@ Initialisation: every matrix i.i.d. N(0, std^2) (std 0.02, the Llama / Qwen / zo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -177,3 +178,30 @@ class MemorySource:
     def read(self, name: str, rows: int | None = None, pin: bool = False) -> torch.Tensor:
         t = self._state[name]
         return t if rows is None else t[:rows]
+
+
+class RandomSource:
+    """A checkpoint that exists only as a header: rows are drawn on demand, i.i.d.
+    N(0, std^2) from a seed per (checkpoint, tensor), so a 7B-shaped pair can run through the
+    lineage tests (to time them) without 15 GB of weights. 1-D tensors read as ones."""
+
+    def __init__(
+        self,
+        label: str,
+        tensors: dict[str, TensorInfo],
+        config: dict[str, Any],
+        seed: int,
+        std: float = 0.02,
+    ) -> None:
+        self.label, self.tensors, self.config = label, tensors, dict(config)
+        self.seed, self.std = seed, std
+
+    def read(self, name: str, rows: int | None = None, pin: bool = False) -> torch.Tensor:
+        info = self.tensors[name]
+        shape = (info.shape[0] if rows is None else rows, *info.shape[1:])
+        dtype = {"BF16": torch.bfloat16, "F16": torch.float16}.get(info.dtype, torch.float32)
+        if len(shape) == 1:
+            return torch.ones(shape, dtype=dtype)
+        digest = hashlib.blake2b(f"{self.seed}:{name}".encode(), digest_size=8).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+        return (torch.randn(shape, generator=gen) * self.std).to(dtype)
