@@ -14,6 +14,7 @@ from __future__ import annotations
 from opdgeo.lineage.api import lineage, lineage_pair
 from opdgeo.lineage.output import (
     lineage_frame,
+    lineage_identity_frame,
     lineage_json,
     lineage_layers_frame,
     lineage_matrix,
@@ -21,6 +22,7 @@ from opdgeo.lineage.output import (
     render_lineage,
 )
 from opdgeo.lineage.plan import LineageSettings, plan_bytes
+from opdgeo.lineage.plot import lineage_heatmap
 from opdgeo.lineage.records import (
     LayerEvidence,
     LineageResult,
@@ -38,6 +40,8 @@ __all__ = [
     "TestRecord",
     "lineage",
     "lineage_frame",
+    "lineage_heatmap",
+    "lineage_identity_frame",
     "lineage_json",
     "lineage_layers_frame",
     "lineage_matrix",
