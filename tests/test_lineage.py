@@ -367,3 +367,13 @@ def test_outputs(tmp_path: Path, base: dict[str, torch.Tensor]) -> None:
 
     paths = lineage_heatmap(result, tmp_path / "fig")
     assert [p.suffix for p in paths] == [".png", ".svg"] and all(p.stat().st_size for p in paths)
+
+
+def test_usage_errors(base: dict[str, torch.Tensor]) -> None:
+    from opdgeo.errors import EXIT_USAGE, ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        lineage([mem("a", base)])
+    assert info.value.exit_code == EXIT_USAGE
+    with pytest.raises(ConfigError, match="twice"):
+        lineage([mem("a", base), mem("a", base)])
