@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch is pinned here (not in pyproject) so the set-up uses the local CPU wheel; users keep a range.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install demo demo-zoo zoo zoo-sweep figures html-screenshot test lint typecheck check bench clean
+.PHONY: install demo demo-zoo zoo zoo-sweep figures html-screenshot test lint typecheck check bench lineage-null clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,12 @@ check: lint typecheck test
 BENCH_ARGS ?= --sizes tiny,small,medium,large --exact-max-size small --error-size small
 bench: install
 	$(PY) bench/bench_compare.py $(BENCH_ARGS)
+
+# opdgeo lineage calibration: p-values of independently initialised / trained pairs (KS, false
+# positive rate), power on derived pairs, bytes for a Qwen2.5-7B-shaped pair (~10 min on 2 busy
+# cores); writes bench/LINEAGE_NULL.md and bench/lineage_null.json (quoted by docs/lineage.md).
+lineage-null: install
+	$(PY) bench/lineage_null.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,42 @@
+"""opdgeo lineage on Hub ids, against the fake Hub of tests/hubserver.py (no network)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import huggingface_hub.constants as hf_constants
+import pytest
+
+from opdgeo.lineage import lineage
+from opdgeo.lineage.nullmodels import LlamaShape, llama_state, write_model
+from opdgeo.lineage.transforms import permute_mlp, train_noise
+from tests.hubserver import SHA_A, SHA_B, FakeHub, repo_from_dir
+from tests.test_hub import cache  # noqa: F401  (fixture: empty Hub cache, no token, offline)
+
+SHAPE = LlamaShape(layers=2, hidden=32, intermediate=64, heads=4, kv_heads=2, vocab=64)
+
+
+@pytest.fixture
+def hub(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:  # noqa: F811
+    base = llama_state(SHAPE, 0)
+    server = FakeHub()
+    server.repos = {
+        "org/base": repo_from_dir(write_model(tmp_path / "b", base, SHAPE.config()), sha=SHA_A),
+        "org/tuned": repo_from_dir(
+            write_model(tmp_path / "t", permute_mlp(train_noise(base, 0.3)), SHAPE.config()),
+            sha=SHA_B,
+        ),
+    }
+    server.start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    yield server
+    server.stop()
+
+
+def test_lineage_reads_hub_checkpoints(hub: FakeHub) -> None:
+    pair = lineage(["org/base", "org/tuned@main"]).pairs[0]
+    assert (pair.a, pair.b) == (f"org/base@{SHA_A}", f"org/tuned@{SHA_B}")
+    assert pair.verdict == "derived"
+    assert {t.kind for t in pair.tests} >= {"mlp", "attn_kv", "attn_q"}
