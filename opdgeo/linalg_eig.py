@@ -27,7 +27,7 @@ import numpy as np
 import scipy.linalg.lapack as lapack
 import torch
 
-from opdgeo.threads import threads_for
+from opdgeo.threads import EIGH_PARALLEL_FLOPS, threads_for
 
 METHOD = "mrrr"
 """The method label of the selective route (``dsytrd`` + ``dsterf`` + ``dstemr`` + ``ormqr``)."""
@@ -62,7 +62,7 @@ def eigh_top(g: torch.Tensor, k: int, overwrite: bool = False) -> TopEigen:
 
     Only the upper triangle of ``g`` is read. ``overwrite=True`` lets the reduction work in
     ``g``'s memory (it is then destroyed; saves an n x n copy). k is clamped to [0, n]. Runs
-    on one thread for small n (:func:`opdgeo.threads.threads_for`). Non-CPU tensors take
+    on one thread below n ≈ 2800 (:data:`opdgeo.threads.EIGH_PARALLEL_FLOPS`). Non-CPU tensors take
     the full ``torch.linalg.eigh`` (cuSOLVER).
     """
     n = g.shape[0]
@@ -74,7 +74,7 @@ def eigh_top(g: torch.Tensor, k: int, overwrite: bool = False) -> TopEigen:
         return _full(g, k)
     if n <= 1:
         return TopEigen(g.reshape(n).clone(), torch.ones(n, k, dtype=torch.float64), METHOD)
-    with threads_for(eigh_flops(n, k)):
+    with threads_for(eigh_flops(n, k), EIGH_PARALLEL_FLOPS):
         return _eigh_top_cpu(g, k, overwrite)
 
 

@@ -13,7 +13,7 @@ How it is fast (bf16 pairs, the common case):
   thread (blocks are no larger than ATen's parallel grain of 32768), so there is no OpenMP
   team to start or synchronise;
 * the pair is split across ``workers`` Python threads (torch releases the GIL inside its
-  kernels), one per CPU by default;
+  kernels), torch's thread count by default;
 * per block, 9 torch operations: two bf16→float32 conversions, ``Δ = W1 − W0`` (exact in
   float32), one multiply and one row-sum for Σ W0² and Σ Δ² per row of 256 entries, ``|Δ|``,
   its maximum, one broadcast comparison with the three bounds and one sum counting them.
@@ -33,7 +33,6 @@ and every pair that is not bf16/bf16, go through the general path, the same code
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 
@@ -64,11 +63,12 @@ class _Blocks:
 
 
 def default_workers() -> int:
-    """One worker per CPU this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
+    """torch's thread count (the engine sets it from ``--threads``: physical cores by default).
+
+    On this 2-core VM with other jobs running (load 7), two workers were slower than one
+    (bench/KERNELS.md, section "scan"): pass ``--threads 1`` on a busy machine.
+    """
+    return max(1, torch.get_num_threads())
 
 
 def scan_pair(
@@ -76,8 +76,8 @@ def scan_pair(
 ) -> ElementStats:
     """Element-wise statistics of ``tuned`` against ``base`` (same shape, CPU), as
     :attr:`opdgeo.pair.TensorPair.elementwise` defines them (module doc), with ``atol`` the
-    ``sparsity_atol`` tolerance. ``workers``: threads to use (default: one per CPU; fewer
-    when the pair is small)."""
+    ``sparsity_atol`` tolerance. ``workers``: threads to use (default
+    :func:`default_workers`; fewer when the pair is small)."""
     if base.shape != tuned.shape:
         raise ValueError(f"shape mismatch {tuple(base.shape)} vs {tuple(tuned.shape)}")
     b, t = base.reshape(-1), tuned.reshape(-1)

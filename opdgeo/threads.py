@@ -4,8 +4,9 @@ Starting and synchronising an OpenMP team costs tens of microseconds when the co
 and whole scheduler time slices when another process holds a core (a spinning team waits for
 a descheduled member at every barrier): on this 2-core VM a 256 x 256 float64 ``eigh`` took
 45 ms on 2 threads and 14 ms on 1 with another process on the second core. :func:`threads_for`
-runs a block on one thread when its arithmetic is below :data:`SMALL_OP_FLOPS` and leaves the
-process's thread count ("all", set by the engine from ``--threads``) otherwise. It sets both
+runs a block on one thread when its arithmetic is below a cut (:data:`SMALL_OP_FLOPS` for
+GEMM-like work, :data:`EIGH_PARALLEL_FLOPS` for the eigensolver) and on the process's thread
+count ("all", set by the engine from ``--threads``) otherwise. It sets both
 torch's pool (OpenMP + MKL) and the BLAS pools that scipy loads (OpenBLAS, through
 threadpoolctl), and restores them on exit.
 
@@ -23,10 +24,16 @@ from typing import Any
 
 import torch
 
-SMALL_OP_FLOPS = 2.0e9
-"""Below this many floating-point operations a kernel runs on one thread (see the module doc
-and bench/KERNELS.md: on this VM two threads only paid off above ~1-4 GFlop, and never while
-another process held the second core)."""
+SMALL_OP_FLOPS = 4.0e9
+"""Below this many floating-point operations a GEMM-like kernel runs on one thread. On this
+VM with other jobs running (load 8), a float64 GEMM of 1.4 GFlop took 1.08x as long on two
+threads as on one, one of 7.2 GFlop 0.83x (bench/KERNELS.md, section "threads")."""
+
+EIGH_PARALLEL_FLOPS = 3.0e10
+"""The cut for the tridiagonal eigensolver (:func:`opdgeo.linalg_eig.eigh_top`), whose
+reduction is half matrix-vector work with a synchronisation per column: two threads were
+2.3x slower than one at n = 512, 896 and 1536 (≤ 5.7 GFlop) under load, so it goes parallel
+only from n ≈ 2800 (the 3584 Gram of 7B-sized models; bench/KERNELS.md)."""
 
 
 @cache
@@ -42,29 +49,29 @@ def _blas_pools() -> Any:
     return ThreadpoolController().select(user_api="blas")
 
 
-def threads_wanted(flops: float, available: int | None = None) -> int:
-    """Threads for an operation of ``flops`` floating-point operations: 1 below
-    :data:`SMALL_OP_FLOPS`, else ``available`` (default: torch's current thread count)."""
+def threads_wanted(flops: float, available: int | None = None, cut: float = SMALL_OP_FLOPS) -> int:
+    """Threads for an operation of ``flops`` floating-point operations: 1 below ``cut``
+    (default :data:`SMALL_OP_FLOPS`), else ``available`` (default: torch's thread count)."""
     have = torch.get_num_threads() if available is None else available
-    return 1 if flops < SMALL_OP_FLOPS else max(1, have)
+    return 1 if flops < cut else max(1, have)
 
 
 @contextmanager
-def threads_for(flops: float) -> Iterator[int]:
+def threads_for(flops: float, cut: float = SMALL_OP_FLOPS) -> Iterator[int]:
     """Run the block with :func:`threads_wanted` threads (torch and BLAS); yields the count.
 
-    Nothing changes when the count already matches. Setting torch's count costs < 1 µs and
-    the BLAS limit ~40 µs, both negligible next to the operations it is meant for (≥ 1 ms).
+    torch's count is changed only when it differs; scipy's OpenBLAS is limited to the same
+    count whenever its own differs (it starts with one thread per CPU whatever torch uses,
+    so ``--threads 1`` or a small operation must limit it too). Setting torch's count costs
+    < 1 µs and the BLAS limit ~40 µs, negligible next to the operations it is meant for.
     """
     have = torch.get_num_threads()
-    want = threads_wanted(flops, have)
-    if want == have:
-        yield have
-        return
+    want = threads_wanted(flops, have, cut)
     with ExitStack() as stack:
-        torch.set_num_threads(want)
-        stack.callback(torch.set_num_threads, have)
+        if want != have:
+            torch.set_num_threads(want)
+            stack.callback(torch.set_num_threads, have)
         pools = _blas_pools()
-        if pools is not None and len(pools.lib_controllers):
+        if pools is not None and any(c.num_threads != want for c in pools.lib_controllers):
             stack.enter_context(pools.limit(limits=want))
         yield want

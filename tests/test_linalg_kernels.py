@@ -264,7 +264,7 @@ def test_radix_threshold_property(patterns: list[int], frac: float, largest: boo
 
 
 def test_threads_for_small_and_large_operations() -> None:
-    from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -281,5 +281,12 @@ def test_threads_for_small_and_large_operations() -> None:
         with pytest.raises(RuntimeError), threads_for(1e6):  # restored on errors too
             raise RuntimeError("boom")
         assert torch.get_num_threads() == 2
+        assert threads_wanted(10.0, 2, cut=5.0) == 2
+        # torch already on one thread: OpenBLAS (which starts with one per CPU) follows it
+        torch.set_num_threads(1)
+        with threadpool_limits(limits=2, user_api="blas"), threads_for(1e6) as used:
+            assert used == 1 and torch.get_num_threads() == 1
+            blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+            assert all(p["num_threads"] == 1 for p in blas)
     finally:
         torch.set_num_threads(before)
