@@ -74,10 +74,11 @@ def default_workers() -> int:
 def scan_pair(
     base: torch.Tensor, tuned: torch.Tensor, atol: float, workers: int | None = None
 ) -> ElementStats:
-    """Element-wise statistics of ``tuned`` against ``base`` (same shape, CPU), as
+    """Element-wise statistics of ``tuned`` against ``base`` (same shape and device), as
     :attr:`opdgeo.pair.TensorPair.elementwise` defines them (module doc), with ``atol`` the
     ``sparsity_atol`` tolerance. ``workers``: threads to use (default
-    :func:`default_workers`; fewer when the pair is small)."""
+    :func:`default_workers`; fewer when the pair is small). Tensors on a GPU take the
+    general path (today's code, on the device)."""
     if base.shape != tuned.shape:
         raise ValueError(f"shape mismatch {tuple(base.shape)} vs {tuple(tuned.shape)}")
     b, t = base.reshape(-1), tuned.reshape(-1)
@@ -88,7 +89,7 @@ def scan_pair(
             for i in range(0, n, _GENERAL)
         )  # as TensorPair.elementwise's early exit
         return ElementStats(n, n, n if atol > 0 else 0, n, 0, 0.0, base_sq, 0.0)
-    if not (b.dtype == t.dtype == torch.bfloat16):
+    if not (b.dtype == t.dtype == torch.bfloat16) or b.device.type != "cpu":
         stats = ElementStats()
         for i in range(0, n, _GENERAL):
             _general(b[i : i + _GENERAL], t[i : i + _GENERAL], atol, stats)

@@ -26,14 +26,18 @@ import torch
 
 SMALL_OP_FLOPS = 4.0e9
 """Below this many floating-point operations a GEMM-like kernel runs on one thread. On this
-VM with other jobs running (load 8), a float64 GEMM of 1.4 GFlop took 1.08x as long on two
-threads as on one, one of 7.2 GFlop 0.83x (bench/KERNELS.md, section "threads")."""
+VM with other jobs running (load 7-8), float64 GEMMs up to 1.4 GFlop were never faster on
+two threads (0.97-1.08x as long at 0.27-1.4 GFlop, 25x at 0.03), and one of 7.2 GFlop took
+0.83x in one run, 1.24x in another (bench/KERNELS.md, section "threads"): the cut lies
+between. Re-measure on idle cores."""
 
-EIGH_PARALLEL_FLOPS = 3.0e10
+EIGH_PARALLEL_FLOPS = 1.0e12
 """The cut for the tridiagonal eigensolver (:func:`opdgeo.linalg_eig.eigh_top`), whose
-reduction is half matrix-vector work with a synchronisation per column: two threads were
-2.3x slower than one at n = 512, 896 and 1536 (≤ 5.7 GFlop) under load, so it goes parallel
-only from n ≈ 2800 (the 3584 Gram of 7B-sized models; bench/KERNELS.md)."""
+reduction is half matrix-vector work with a synchronisation per column. On this VM with
+other jobs running (load 7-8) two threads never paid off: 2.2-4.4x slower than one at
+n = 128 ... 1536 and 2.7x slower at n = 3584 (61 GFlop; bench/KERNELS.md). So it runs on
+one thread up to n ≈ 9000 (1e12 flops; 70B models have n = 8192). Re-measure on idle
+cores (``bench/kernels.py --sections eig,threads --big``) before lowering it."""
 
 
 @cache
