@@ -131,7 +131,7 @@ def bench_eig(rep: Report, repeats: int, big: bool) -> None:
         "largest k a metric needs). `eigh`: torch.linalg.eigh (all vectors, MKL syevd); "
         "`top-k`: opdgeo.linalg_eig.eigh_top (scipy dsytrd + dsterf + dstemr, torch ormqr); "
         "threads forced to 1 or 2 for both torch and OpenBLAS (eigh_top's own "
-        "`threads_for` bypassed). ms: best / median of "
+        "`threads_for` and its full-eigh switch below n = 224 bypassed). ms: best / median of "
         f"{repeats} (half as many, without warm-up, for n > 1536). Errors of top-k against "
         "eigh: eigenvalues max |Δλ| / λ_max; vectors: the "
         "largest principal-angle sine between the two top-k subspaces, and the "

@@ -25,17 +25,19 @@ from typing import Any
 import torch
 
 SMALL_OP_FLOPS = 4.0e9
-"""Below this many floating-point operations a GEMM-like kernel runs on one thread. On this
-VM with other jobs running (load 7-8), float64 GEMMs up to 1.4 GFlop were never faster on
-two threads (0.97-1.08x as long at 0.27-1.4 GFlop, 25x at 0.03), and one of 7.2 GFlop took
-0.83x in one run, 1.24x in another (bench/KERNELS.md, section "threads"): the cut lies
-between. Re-measure on idle cores."""
+"""Below this many floating-point operations a GEMM-like kernel runs on one thread.
+Provisional: on this VM with other jobs running (load 7-8) the 2-thread / 1-thread time of a
+float64 GEMM scattered between 0.56x and 1.24x from run to run for 0.03-7.2 GFlop (and was
+up to 190x at 0.001-0.004 GFlop; bench/KERNELS.md, section "threads"), so no cut could be
+measured for GEMMs; 4 GFlop keeps every operation of the demo family (≤ 0.02 GFlop) on one
+thread and leaves the Grams of 0.5B-1.5B MLP matrices (7.8-42 GFlop) on all threads.
+Re-measure on idle cores."""
 
 EIGH_PARALLEL_FLOPS = 1.0e12
 """The cut for the tridiagonal eigensolver (:func:`opdgeo.linalg_eig.eigh_top`), whose
 reduction is half matrix-vector work with a synchronisation per column. On this VM with
-other jobs running (load 7-8) two threads never paid off: 2.2-4.4x slower than one at
-n = 128 ... 1536 and 2.7x slower at n = 3584 (61 GFlop; bench/KERNELS.md). So it runs on
+other jobs running (load 7-8) two threads never paid off: 1.3-80x slower than one at
+n = 64 ... 1536 and 2.2x slower at n = 3584 (61 GFlop; bench/KERNELS.md). So it runs on
 one thread up to n ≈ 9000 (1e12 flops; 70B models have n = 8192). Re-measure on idle
 cores (``bench/kernels.py --sections eig,threads --big``) before lowering it."""
 

@@ -9,11 +9,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opdgeo import linalg
+from opdgeo import linalg, linalg_eig
 from opdgeo.linalg import spectrum
 from opdgeo.linalg_eig import FALLBACK, METHOD, TopEigen, eigh_flops, eigh_top
 from opdgeo.linalg_select import fraction_threshold_f32, kth_smallest_nonneg_f32
 from opdgeo.threads import SMALL_OP_FLOPS, threads_for, threads_wanted
+
+
+@pytest.fixture(autouse=True)
+def mrrr_at_every_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small matrices normally take the full eigh (SMALL_N); test the MRRR route at all n."""
+    monkeypatch.setattr(linalg_eig, "SMALL_N", 0)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -44,7 +50,7 @@ def _check_pairs(g: torch.Tensor, top: TopEigen, k: int) -> None:
     torch.testing.assert_close(top.values, ref, rtol=0, atol=1e-13 * scale)
     if k:
         eye = torch.eye(k, dtype=torch.float64)
-        torch.testing.assert_close(top.vectors.T @ top.vectors, eye, rtol=0, atol=1e-11)
+        torch.testing.assert_close(top.vectors.T @ top.vectors, eye, rtol=0, atol=1e-13)
         resid = g @ top.vectors - top.vectors * top.values[:k]
         assert float(resid.abs().max()) <= 1e-13 * scale * max(1, n) ** 0.5
 
@@ -151,8 +157,21 @@ def test_spectrum_gram_mrrr_rank_deficient() -> None:
     assert float(torch.linalg.svdvals(sp.v[:, :3].T @ exact.v).min()) > 1 - 1e-10
 
 
-def test_fallback_label_is_the_full_eigh() -> None:
-    assert FALLBACK == "eigh"  # spectrum then reports gram-eigh-f64, the classic route
+def test_small_matrices_take_the_full_eigh(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(linalg_eig, "SMALL_N", 224)
+    g = _sym(100, seed=31)
+    small = eigh_top(g, 12)
+    assert small.method == FALLBACK == "eigh"  # spectrum then says gram-eigh-f64
+    _check_pairs(g, small, 12)
+    vals, vecs = torch.linalg.eigh(g)  # the same routine (possibly on more threads)
+    torch.testing.assert_close(small.values, vals.flip(0), rtol=1e-13, atol=0)
+    dots = torch.diagonal(small.vectors.T @ vecs.flip(1)[:, :12]).abs()
+    torch.testing.assert_close(dots, torch.ones(12, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert spectrum(torch.randn(30, 50, dtype=torch.float64), 3, "gram-mrrr").method == (
+        "gram-eigh-f64"
+    )
+    big = _sym(230, seed=32)
+    assert eigh_top(big, 20).method == METHOD
 
 
 # -- radix select ---------------------------------------------------------------------------
