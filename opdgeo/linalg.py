@@ -9,7 +9,8 @@
 * :func:`top_singular_value` - sigma_1 from the Gram matrix's top eigenvalue (stable rank).
 * :func:`top_singular_value_power` - sigma_1 from block power iteration (the fast tier).
 * :func:`fraction_threshold` / :func:`threshold_mask` - an exact top/bottom-fraction mask with
-  deterministic tie-breaking (a histogram of bit patterns for bf16 values, else kthvalue).
+  deterministic tie-breaking (histograms of bit patterns for bf16 and float32 values, else
+  kthvalue).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from opdgeo.linalg_eig import eigh_top
+from opdgeo.linalg_select import fraction_threshold_f32
 
 _CHUNK_ELEMS = 1 << 24
 """Entries converted to float64 at a time when forming Grams and projections (128 MB)."""
@@ -95,10 +99,23 @@ def spectrum(w: torch.Tensor, k: int, method: str = "gram") -> Spectrum:
     ``V_k = Wᵀ U_k diag(1/s_k)``; the transposed route when m > n. Cost ≈ 2·min²·max flops
     + O(min³). Relative error of the top-k values ≈ 1e-12; tail values lose accuracy as
     cond(W)² grows, which NSS (dominated by the largest values) tolerates.
+    ``gram-mrrr``: the same Gram matrix, all its eigenvalues but only the top-k eigenvectors
+    (:func:`opdgeo.linalg_eig.eigh_top`: one tridiagonal reduction, ``dsterf``, MRRR for k
+    vectors, back-transformation of k vectors); 2-4x faster than the full ``eigh`` at
+    k = min(m, n)/8 with the same accuracy (bench/KERNELS.md). Method ``gram-mrrr-f64``.
     ``svd``: ``torch.linalg.svd`` of the float64 matrix.
     """
     m, n = w.shape
     k = max(0, min(k, m, n))
+    if method == "gram-mrrr":
+        if m > n:
+            t = spectrum(w.T, k, method)
+            return Spectrum(t.s, t.v, t.u, t.method)
+        top = eigh_top(gram(w), k, overwrite=True)
+        s = top.values.clamp_min(0.0).sqrt()
+        s_max = float(s[0]) if s.numel() else 0.0
+        u = top.vectors
+        return Spectrum(s, u, _right_vectors(w, u, s[:k], s_max), f"gram-{top.method}-f64")
     if method == "svd":
         u, s, vh = torch.linalg.svd(w.to(torch.float64), full_matrices=False)
         return Spectrum(s, u[:, :k].contiguous(), vh[:k].T.contiguous(), "svd-f64")
@@ -221,9 +238,11 @@ def fraction_threshold(x: torch.Tensor, frac: float, largest: bool) -> tuple[flo
     """(threshold, ties to take) of the exact ``frac`` mask of ``x`` (non-negative values).
 
     The mask holds every entry strictly beyond the threshold plus the first ``need`` entries
-    (in index order) equal to it, so it has exactly ``round(frac · numel)`` entries. For
-    values that are exactly bf16 (weights stored in bf16), the threshold comes from a 32768-
-    bin histogram of magnitude bit patterns (one pass, exact); otherwise from ``kthvalue``.
+    (in index order) equal to it, so it has exactly ``round(frac · numel)`` entries. Exact
+    selection without sorting for non-negative values: bf16 tensors by a 32768-bin histogram
+    of magnitude bit patterns (one pass), float32 tensors by a two-level radix select on
+    their bit patterns (:mod:`opdgeo.linalg_select`); anything else (float64, negative values,
+    NaN) by ``kthvalue``. All three give the same (threshold, ties).
     """
     flat = x.reshape(-1)
     n = flat.numel()
@@ -232,8 +251,12 @@ def fraction_threshold(x: torch.Tensor, frac: float, largest: bool) -> tuple[flo
         return math.inf if largest else -math.inf, 0
     if size >= n:
         return -math.inf if largest else math.inf, 0
-    bits = _bf16_magnitude_bits(flat)
-    if bits is not None and bool((flat >= 0).all()):
+    # min() propagates NaN, so this is all(x >= 0) (and False with NaN) in one cheap pass
+    nonneg = flat.dtype in (torch.bfloat16, torch.float32) and bool(flat.min() >= 0)
+    if nonneg and flat.dtype == torch.float32 and flat.device.type == "cpu":
+        return fraction_threshold_f32(flat, size, largest)
+    bits = _bf16_magnitude_bits(flat) if nonneg else None
+    if bits is not None:
         hist = torch.bincount(bits, minlength=1 << 15)
         if largest:
             hist = hist.flip(0)

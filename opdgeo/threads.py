@@ -1,12 +1,90 @@
-"""CPU threads for torch: how many, and who decides."""
+"""CPU threads for torch: how many the process uses (:func:`apply_threads`), and per
+operation size: small operations on one thread, large ones on all (:func:`threads_for`).
+
+Starting and synchronising an OpenMP team costs tens of microseconds when the cores are free
+and whole scheduler time slices when another process holds a core (a spinning team waits for
+a descheduled member at every barrier): on this 2-core VM a 256 x 256 float64 ``eigh`` took
+45 ms on 2 threads and 14 ms on 1 with another process on the second core. :func:`threads_for`
+runs a block on one thread when its arithmetic is below a cut (:data:`SMALL_OP_FLOPS` for
+GEMM-like work, :data:`EIGH_PARALLEL_FLOPS` for the eigensolver) and on the process's thread
+count ("all", set by the engine from ``--threads``) otherwise. It sets both
+torch's pool (OpenMP + MKL) and the BLAS pools that scipy loads (OpenBLAS, through
+threadpoolctl), and restores them on exit.
+
+The cut is measured by ``bench/kernels.py`` (bench/KERNELS.md, section "threads"): the flop
+count where two threads start to beat one for the float64 Gram / eigensolver / GEMM kernels
+this package runs.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from functools import cache
+from typing import Any
 
 import torch
 
 from opdgeo.config import Settings
+
+SMALL_OP_FLOPS = 4.0e9
+"""Below this many floating-point operations a GEMM-like kernel runs on one thread.
+Provisional: on this VM with other jobs running (load 7-8) the 2-thread / 1-thread time of a
+float64 GEMM scattered between 0.56x and 1.24x from run to run for 0.03-7.2 GFlop (and was
+up to 190x at 0.001-0.004 GFlop; bench/KERNELS.md, section "threads"), so no cut could be
+measured for GEMMs; 4 GFlop keeps every operation of the demo family (≤ 0.02 GFlop) on one
+thread and leaves the Grams of 0.5B-1.5B MLP matrices (7.8-42 GFlop) on all threads.
+Re-measure on idle cores."""
+
+EIGH_PARALLEL_FLOPS = 1.0e12
+"""The cut for the tridiagonal eigensolver (:func:`opdgeo.linalg_eig.eigh_top`), whose
+reduction is half matrix-vector work with a synchronisation per column. On this VM with
+other jobs running (load 7-8) two threads never paid off: 1.3-80x slower than one at
+n = 64 ... 1536 and 2.2x slower at n = 3584 (61 GFlop; bench/KERNELS.md). So it runs on
+one thread up to n ≈ 9000 (1e12 flops; 70B models have n = 8192). Re-measure on idle
+cores (``bench/kernels.py --sections eig,threads --big``) before lowering it."""
+
+
+@cache
+def _blas_pools() -> Any:
+    """threadpoolctl's handle on the BLAS libraries of scipy and numpy (OpenBLAS; scipy's
+    LAPACK is imported first so its library is loaded), or None without threadpoolctl.
+    torch's own pool (OpenMP + MKL) is set through torch."""
+    try:
+        import scipy.linalg.lapack  # noqa: F401 - loads scipy's OpenBLAS
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - both are dependencies
+        return None
+    return ThreadpoolController().select(user_api="blas")
+
+
+def threads_wanted(flops: float, available: int | None = None, cut: float = SMALL_OP_FLOPS) -> int:
+    """Threads for an operation of ``flops`` floating-point operations: 1 below ``cut``
+    (default :data:`SMALL_OP_FLOPS`), else ``available`` (default: torch's thread count)."""
+    have = torch.get_num_threads() if available is None else available
+    return 1 if flops < cut else max(1, have)
+
+
+@contextmanager
+def threads_for(flops: float, cut: float = SMALL_OP_FLOPS) -> Iterator[int]:
+    """Run the block with :func:`threads_wanted` threads (torch and BLAS); yields the count.
+
+    torch's count is changed only when it differs; scipy's OpenBLAS is limited to the same
+    count whenever its own differs (it starts with one thread per CPU whatever torch uses,
+    so ``--threads 1`` or a small operation must limit it too). Setting torch's count costs
+    < 1 µs and the BLAS limit ~40 µs, negligible next to the operations it is meant for.
+    """
+    have = torch.get_num_threads()
+    want = threads_wanted(flops, have, cut)
+    with ExitStack() as stack:
+        if want != have:
+            torch.set_num_threads(want)
+            stack.callback(torch.set_num_threads, have)
+        pools = _blas_pools()
+        if pools is not None and any(c.num_threads != want for c in pools.lib_controllers):
+            stack.enter_context(pools.limit(limits=want))
+        yield want
 
 
 def physical_cores() -> int:

@@ -1,0 +1,244 @@
+"""The ``scan`` kernel: every element-wise statistic of a tensor pair in one blocked pass.
+
+:func:`scan_pair` returns the :class:`~opdgeo.pair.ElementStats` that
+:attr:`opdgeo.pair.TensorPair.elementwise` computes (the three sparsities, ‖ΔW‖_F²,
+‖W0‖_F², max |ΔW|, non-finite entries), for the ``scan`` tier: no linear algebra, a first
+look at a large pair at close to the speed the files can be read.
+
+How it is fast (bf16 pairs, the common case):
+
+* blocks of :data:`BLOCK` entries: every temporary (float32 buffers of 128 KB, ~1 MB in all)
+  stays in the core's L2 cache, is allocated once per worker and written with ``out=``
+  (no allocation, no page faults), and every torch operation runs inline on the calling
+  thread (blocks are no larger than ATen's parallel grain of 32768), so there is no OpenMP
+  team to start or synchronise;
+* the pair is split across ``workers`` Python threads (torch releases the GIL inside its
+  kernels), torch's thread count by default;
+* per block, 9 torch operations: two bf16→float32 conversions, ``Δ = W1 − W0`` (exact in
+  float32), one multiply and one row-sum for Σ W0² and Σ Δ² per row of 256 entries, ``|Δ|``,
+  its maximum, one broadcast comparison with the three bounds and one sum counting them.
+  Results go into preallocated per-block slots, turned into Python numbers once at the end.
+
+Counts are exact and equal :class:`ElementStats`'s: ``Δ == 0`` ⟺ the bf16 patterns are equal
+or both ±0 (``unchanged_bf16`` and ``exact_equal``), and ``sparsity_atol``'s bf16 comparison
+is the float32 range test ``|Δ| ≤ le`` / ``|Δ| ≤ lt`` of :func:`opdgeo.pair._atol_bounds`.
+The maximum is exact. Sums of squares: float32 sums of 256 exact squares (a bf16 value's
+square is exact in float32), then float64 across rows; relative error ≤ 256·2⁻²⁴ ≈ 1.5e-5
+in the worst case and ~1e-8 in practice against the float64 sum (bench/KERNELS.md), the
+same scheme as :func:`opdgeo.pair.sumsq` without its square-root round trip. A block holding
+NaN/Inf (or values whose squares overflow float32) gets non-finite row sums; such blocks,
+and every pair that is not bf16/bf16, go through the general path, the same code as
+``TensorPair.elementwise`` (float64 norms, bf16 rounding of the difference as MUK's code).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from opdgeo.pair import ElementStats, _atol_bounds, bf16_bits, bf16_unchanged
+
+BLOCK = 1 << 15
+"""Entries per block (32768: ATen runs element-wise ops of this size inline, and 128 KB of
+float32 per buffer keeps the working set in a 1 MB L2)."""
+_ROW = 256
+"""Entries per float32 row norm (as :func:`opdgeo.pair.sumsq`)."""
+_MIN_PER_WORKER = 1 << 20
+"""Smallest share of a pair worth a second thread (4 MB of bf16 pairs)."""
+
+
+@dataclass
+class _Blocks:
+    """Per-block results of the fast path, reduced once at the end."""
+
+    counts: torch.Tensor
+    """nblocks x 3 float32 (exact integers): Δ == 0, |Δ| ≤ le, |Δ| ≤ lt."""
+    max_abs: torch.Tensor
+    """nblocks float32: max |Δ|."""
+    rows: torch.Tensor
+    """nblocks x 2 x (BLOCK / 256) float32: Σ W0² and Σ Δ² over rows of 256 entries (0 past
+    the end of a short block)."""
+
+
+def default_workers() -> int:
+    """torch's thread count (the engine sets it from ``--threads``: physical cores by default).
+
+    On this 2-core VM with other jobs running (load 7), two workers were slower than one
+    (bench/KERNELS.md, section "scan"): pass ``--threads 1`` on a busy machine.
+    """
+    return max(1, torch.get_num_threads())
+
+
+def scan_pair(
+    base: torch.Tensor, tuned: torch.Tensor, atol: float, workers: int | None = None
+) -> ElementStats:
+    """Element-wise statistics of ``tuned`` against ``base`` (same shape and device), as
+    :attr:`opdgeo.pair.TensorPair.elementwise` defines them (module doc), with ``atol`` the
+    ``sparsity_atol`` tolerance. ``workers``: threads to use (default
+    :func:`default_workers`; fewer when the pair is small). Tensors on a GPU take the
+    general path (today's code, on the device)."""
+    if base.shape != tuned.shape:
+        raise ValueError(f"shape mismatch {tuple(base.shape)} vs {tuple(tuned.shape)}")
+    b, t = base.reshape(-1), tuned.reshape(-1)
+    n = b.numel()
+    if n and b.dtype == t.dtype and _bit_identical(b, t) and bool(torch.isfinite(b).all()):
+        base_sq = sum(
+            float(torch.linalg.vector_norm(b[i : i + _GENERAL], dtype=torch.float64)) ** 2
+            for i in range(0, n, _GENERAL)
+        )  # as TensorPair.elementwise's early exit
+        return ElementStats(n, n, n if atol > 0 else 0, n, 0, 0.0, base_sq, 0.0)
+    if not (b.dtype == t.dtype == torch.bfloat16) or b.device.type != "cpu":
+        stats = ElementStats()
+        for i in range(0, n, _GENERAL):
+            _general(b[i : i + _GENERAL], t[i : i + _GENERAL], atol, stats)
+        return stats
+    le, lt = _atol_bounds(atol)
+    nblocks = (n + BLOCK - 1) // BLOCK
+    out = _Blocks(
+        torch.zeros(nblocks, 3, dtype=torch.float32),
+        torch.zeros(nblocks, dtype=torch.float32),
+        torch.zeros(nblocks, 2, BLOCK // _ROW, dtype=torch.float32),
+    )
+    count = workers or default_workers()
+    count = max(1, min(count, n // _MIN_PER_WORKER))
+    bounds = [nblocks * i // count for i in range(count + 1)]
+    spans = [(bounds[i], bounds[i + 1]) for i in range(count)]
+    if count == 1:
+        _fast_blocks(b, t, le, lt, out, *spans[0])
+    else:
+        errors: list[BaseException] = []
+
+        def work(first: int, last: int) -> None:
+            try:
+                _fast_blocks(b, t, le, lt, out, first, last)
+            except BaseException as exc:  # pragma: no cover - re-raised below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=span) for span in spans]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        if errors:  # pragma: no cover - torch kernels do not fail on valid tensors
+            raise errors[0]
+    return _reduce(b, t, atol, le, lt, out)
+
+
+_GENERAL = 1 << 22
+"""Entries per chunk of the general path (as :data:`opdgeo.pair.CHUNK`)."""
+
+
+def _bit_identical(b: torch.Tensor, t: torch.Tensor) -> bool:
+    return torch.equal(b.view(torch.uint8), t.view(torch.uint8))
+
+
+def _fast_blocks(
+    b: torch.Tensor, t: torch.Tensor, le: float, lt: float, out: _Blocks, first: int, last: int
+) -> None:
+    """The bf16 fast path over blocks ``first .. last - 1`` (module doc).
+
+    Per block: W0 and Δ go into the two rows of one buffer, so one multiply and one row-sum
+    give Σ W0² and Σ Δ² per 256 entries; one broadcast comparison of |Δ| with the three
+    float32 bounds writes 0.0/1.0 into three float32 rows and one sum counts them (exact:
+    a block has at most 2^15 < 2^24 entries). On this VM this is ~2x faster than bool
+    results + count_nonzero and row norms (bench/KERNELS.md). Views of every block are made
+    once, up front.
+    """
+    n = b.numel()
+    pair = torch.empty(2, BLOCK, dtype=torch.float32)  # [W0, Δ]
+    squares = torch.empty(2, BLOCK, dtype=torch.float32)
+    y = torch.empty(BLOCK, dtype=torch.float32)
+    a = torch.empty(BLOCK, dtype=torch.float32)
+    hits = torch.empty(3, BLOCK, dtype=torch.float32)
+    bounds = torch.tensor([[0.0], [le], [lt]], dtype=torch.float32)
+    a3 = a.expand(3, BLOCK)
+    full_last = min(last, n // BLOCK)  # blocks first .. full_last - 1 are whole
+    if full_last > first:
+        span = slice(first * BLOCK, full_last * BLOCK)
+        b_blocks = b[span].view(-1, BLOCK).unbind(0)
+        t_blocks = t[span].view(-1, BLOCK).unbind(0)
+        w0, delta = pair.unbind(0)
+        sums = squares.view(2, BLOCK // _ROW, _ROW)
+        rows = out.rows[first:full_last].unbind(0)
+        counts = out.counts[first:full_last].unbind(0)
+        maxima = out.max_abs[first:full_last].unbind(0)
+        for j in range(full_last - first):
+            w0.copy_(b_blocks[j])
+            y.copy_(t_blocks[j])
+            torch.sub(y, w0, out=delta)
+            torch.mul(pair, pair, out=squares)
+            torch.sum(sums, 2, out=rows[j])
+            torch.abs(delta, out=a)
+            torch.amax(a, 0, out=maxima[j])
+            torch.le(a3, bounds, out=hits)  # the three comparisons in one operation
+            torch.sum(hits, 1, out=counts[j])
+    for j in range(max(first, full_last), last):  # the pair's last, partial block
+        i = j * BLOCK
+        size = n - i
+        xs, ds = pair[0, :size], pair[1, :size]
+        xs.copy_(b[i:])
+        torch.sub(t[i:].float(), xs, out=ds)
+        torch.abs(ds, out=a[:size])
+        torch.amax(a[:size], 0, out=out.max_abs[j])
+        for col, src in enumerate((xs, ds)):
+            part = src.square()
+            whole = size // _ROW * _ROW
+            out.rows[j, col, : size // _ROW] = part[:whole].view(-1, _ROW).sum(1)
+            if whole < size:
+                out.rows[j, col, size // _ROW] = part[whole:].sum()
+        torch.le(a[:size].expand(3, size), bounds, out=hits[:, :size])
+        torch.sum(hits[:, :size], 1, out=out.counts[j])
+
+
+def _reduce(
+    b: torch.Tensor, t: torch.Tensor, atol: float, le: float, lt: float, out: _Blocks
+) -> ElementStats:
+    """Totals of the fast path; blocks with non-finite row norms are redone by the general
+    path (their fast-path numbers are discarded)."""
+    stats = ElementStats()
+    finite = torch.isfinite(out.rows).flatten(1).all(1)
+    good = finite.nonzero().squeeze(1)
+    if good.numel():
+        totals = out.counts.index_select(0, good).to(torch.int64).sum(0).tolist()
+        stats.unchanged_bf16 = stats.exact_equal = int(totals[0])
+        stats.le_atol = int(totals[1]) if le >= 0 else 0
+        stats.lt_atol = int(totals[2]) if lt >= 0 else 0
+        sums = out.rows.index_select(0, good).double().sum((0, 2)).tolist()
+        stats.base_sq, stats.delta_sq = float(sums[0]), float(sums[1])
+        stats.max_abs_delta = float(out.max_abs.index_select(0, good).max())
+    for j in (~finite).nonzero().squeeze(1).tolist():
+        i = j * BLOCK
+        _general(b[i : i + BLOCK], t[i : i + BLOCK], atol, stats)
+    return stats
+
+
+def _general(b: torch.Tensor, t: torch.Tensor, atol: float, stats: ElementStats) -> None:
+    """One chunk of the general path: the loop body of ``TensorPair.elementwise`` for pairs
+    that are not both bf16 (or bf16 chunks holding NaN/Inf/huge values), unchanged."""
+    wide = torch.float64 in (b.dtype, t.dtype)
+    cd = torch.float64 if wide else torch.float32
+    b_bits, t_bits = bf16_bits(b), bf16_bits(t)
+    stats.unchanged_bf16 += int(torch.count_nonzero(bf16_unchanged(b_bits, t_bits)))
+    b_c, t_c = b.to(cd), t.to(cd)
+    bad = ~(torch.isfinite(b_c) & torch.isfinite(t_c))
+    n_bad = int(torch.count_nonzero(bad))
+    stats.nonfinite += n_bad
+    delta = torch.where(bad, 0.0, t_c - b_c) if n_bad else t_c - b_c
+    base = torch.where(bad, 0.0, b_c) if n_bad else b_c
+    # bf16 arithmetic as MUK's code: the exact difference of two bf16 values, rounded
+    d16 = t_bits.view(torch.bfloat16).float() - b_bits.view(torch.bfloat16).float()
+    d16 = d16.to(torch.bfloat16).abs_()
+    stats.le_atol += int(torch.count_nonzero(d16 <= atol))
+    stats.lt_atol += int(torch.count_nonzero(d16 < atol))
+    stats.exact_equal += int(torch.count_nonzero(b_c == t_c))
+    stats.delta_sq += float(torch.linalg.vector_norm(delta, dtype=torch.float64)) ** 2
+    stats.base_sq += float(torch.linalg.vector_norm(base, dtype=torch.float64)) ** 2
+    if delta.numel():
+        stats.max_abs_delta = max(stats.max_abs_delta, float(delta.abs().max()))
+
+
+def gbytes(base: torch.Tensor, tuned: torch.Tensor) -> float:
+    """Checkpoint bytes of a pair in GB (both tensors, stored dtypes), for throughput."""
+    return (base.numel() * base.element_size() + tuned.numel() * tuned.element_size()) / 1e9
