@@ -236,6 +236,65 @@ def inspect(
 
 
 @app.command()
+@grouped
+def lineage(
+    checkpoints: Annotated[
+        list[str],
+        typer.Argument(
+            help="Two or more checkpoints (paths or Hub ids), or one folder of checkpoints: "
+            "every pair is tested."
+        ),
+    ],
+    src: Sources,
+    fmt: Annotated[
+        Format | None,
+        typer.Option(
+            "--format", "-f", help="table (default on a terminal), csv (when piped) or json."
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", dir_okay=False, help="Write the report here (atomic)."),
+    ] = None,
+    matrix: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, help="Also write the all-pairs -log10 p matrix (CSV)."),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(file_okay=False, help="Write a clustered heatmap (PNG + SVG) here."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes.")] = False,
+) -> None:
+    """Is B derived from A? A calibrated answer from the weights alone, for every pair."""
+    from opdgeo import console, outputs
+    from opdgeo import study as studies
+    from opdgeo.lineage import lineage as run_lineage
+
+    MODE.quiet = quiet
+    with user_errors():
+        specs = list(checkpoints)
+        only = Path(specs[0])
+        if len(specs) == 1 and only.is_dir() and not studies.is_checkpoint_dir(only):
+            specs = [r.path for r in studies.discover(only)]
+        for path in (output, matrix, plot and plot / "lineage.png"):
+            if path is not None:
+                outputs.check_output_path(path, specs)
+
+        def say(message: str) -> None:  # one line per pair (the block-by-block steps are noise)
+            if not quiet and " vs " in message:
+                err().print(f"lineage: {markup_safe(message)}")
+
+        result = run_lineage(specs, sources=src.options(quiet), progress=say)
+        for (i, j), why in sorted(result.errors.items()):
+            console.note(
+                f"{markup_safe(result.labels[i])} vs {markup_safe(result.labels[j])}: "
+                f"not compared ({markup_safe(why)})"
+            )
+        console.emit_lineage(result, fmt, output, matrix, plot)
+
+
+@app.command()
 def demo(
     directory: Annotated[Path, typer.Argument(help="Where to write the checkpoints.")] = Path(
         "demo"
@@ -296,11 +355,7 @@ def cache_command(
         Path | None, typer.Option("--config", "-c", help="TOML config (see configs/).")
     ] = None,
 ) -> None:
-    """Show where the base cache is and how big it is (or empty it with --clear).
-
-    --clear removes only files opdgeo wrote (recognised by name and header), follows no
-    symlink, and refuses a folder that holds anything else.
-    """
+    """Show where the base cache is and its size; --clear removes only what opdgeo wrote."""
     from opdgeo.cache import BaseCache, default_dir
     from opdgeo.config import load_config
 

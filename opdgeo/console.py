@@ -21,6 +21,7 @@ from opdgeo.text import markup_safe
 if TYPE_CHECKING:
     from opdgeo.config import Config
     from opdgeo.io import Checkpoint
+    from opdgeo.lineage.records import LineageResult
     from opdgeo.pairing import Plan
     from opdgeo.report import RunResult
 
@@ -229,3 +230,40 @@ def write_plots(
     paths = plots.write_plots(runs, folder, trajectory)
     if not MODE.quiet:
         err().print(f"wrote {len(paths)} figure files to {markup_safe(folder)}/")
+
+
+def emit_lineage(
+    result: LineageResult,
+    fmt: str | None,
+    output: Path | None,
+    matrix: Path | None,
+    plot: Path | None,
+) -> None:
+    """Write a lineage report (stdout or ``-o``), its all-pairs matrix and its heatmap."""
+    from opdgeo import __version__, outputs, render
+    from opdgeo.lineage.output import lineage_frame, lineage_json, lineage_matrix, render_lineage
+
+    chosen = fmt or ("table" if sys.stdout.isatty() and output is None else "csv")
+    text = ""
+    if chosen == "table" and output is None:
+        render_lineage(Console(), result)
+    elif chosen == "table":
+        capture_console = Console(width=160, color_system=None, force_terminal=False)
+        with capture_console.capture() as captured:
+            render_lineage(capture_console, result)
+        text = captured.get()
+    elif chosen == "csv":
+        text = render.csv_text(lineage_frame(result))
+    else:
+        meta = {"opdgeo_version": __version__, "command": command_line()}
+        text = render.json_text(lineage_json(result, meta))
+    if matrix is not None:
+        outputs.write_output(matrix, lineage_matrix(result).to_csv(index_label="checkpoint"))
+    if plot is not None:
+        from opdgeo.lineage.plot import lineage_heatmap
+
+        lineage_heatmap(result, plot)
+    if output is not None:
+        outputs.write_output(output, text)
+    elif text:
+        sys.stdout.write(text)

@@ -9,6 +9,7 @@ I independent, ? inconclusive). PNG and SVG, byte-for-byte deterministic like
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 from opdgeo.errors import ConfigError
 from opdgeo.lineage.output import lineage_matrix
 from opdgeo.lineage.records import LineageResult
+from opdgeo.outputs import make_folder, write_output
 
 CAP = 50.0
 MARK = {"same-weights": "=", "derived": "D", "independent": "I", "inconclusive": "?"}
@@ -72,11 +74,13 @@ def lineage_heatmap(result: LineageResult, folder: Path, stem: str = "lineage") 
     ax.set_yticks(range(len(labels)), short)
     ax.set_title("opdgeo lineage (clustered)")
     fig.colorbar(image, ax=ax, label=f"-log10 p (capped at {CAP:g})")
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     paths = []
-    for ext, meta in (("png", {"Software": None}), ("svg", {"Date": None, "Creator": None})):
-        path = folder / f"{stem}.{ext}"
-        fig.savefig(path, format=ext, dpi=120, metadata=meta, bbox_inches="tight")
-        paths.append(path)
-    plt.close(fig)
+    try:
+        for ext, meta in (("png", {"Software": None}), ("svg", {"Date": None, "Creator": None})):
+            buf = io.BytesIO()
+            fig.savefig(buf, format=ext, dpi=120, metadata=meta, bbox_inches="tight")
+            paths.append(write_output(folder / f"{stem}.{ext}", buf.getvalue()))
+    finally:
+        plt.close(fig)
     return paths
