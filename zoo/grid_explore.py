@@ -62,7 +62,9 @@ from zoo.grid import REPO
 
 MATRIX = re.compile(r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$")
 ALGOS = ("sft", "rlvr", "opd")
-AXIS = "update_size_mean"
+AXES = ("update_size_mean", "update_size", "rel_norm")
+"""Update-size axes the matched comparison is made on (the first is the main one)."""
+AXIS = AXES[0]
 CANDIDATES: dict[str, bool] = {
     # feature -> compared on a log scale
     "sparsity": False,
@@ -264,13 +266,15 @@ def _value(frame: pd.DataFrame, feature: str) -> np.ndarray:
     return v
 
 
-def fit_lines(frame: pd.DataFrame, feature: str) -> dict[str, tuple[float, float, float]]:
+def fit_lines(
+    frame: pd.DataFrame, feature: str, axis: str = AXIS
+) -> dict[str, tuple[float, float, float]]:
     """Per algorithm: intercept, slope (feature against log10 axis) and residual sd."""
     lines = {}
     for algo in ALGOS:
         part = frame[frame["algorithm"] == algo]
         with np.errstate(divide="ignore"):
-            x = np.log10(part[AXIS].to_numpy(dtype=float))
+            x = np.log10(part[axis].to_numpy(dtype=float))
         y = _value(part, feature)
         ok = np.isfinite(x) & np.isfinite(y)
         if ok.sum() < 3:
@@ -287,10 +291,11 @@ def assign(
     feature: str,
     lines: dict[str, tuple[float, float, float]],
     among: tuple[str, ...] = ALGOS,
+    axis: str = AXIS,
 ) -> np.ndarray:
     """The algorithm whose line gives each row the highest Gaussian likelihood."""
     with np.errstate(divide="ignore"):
-        x = np.log10(frame[AXIS].to_numpy(dtype=float))
+        x = np.log10(frame[axis].to_numpy(dtype=float))
     y = _value(frame, feature)
     names = [a for a in among if a in lines]
     out = np.full(len(frame), "none", dtype=object)
@@ -306,25 +311,33 @@ def assign(
     return out
 
 
-def separation(frame: pd.DataFrame, fit_seed: int, test_seed: int) -> pd.DataFrame:
+def separation(
+    frame: pd.DataFrame, fit_seed: int, test_seed: int, axis: str = AXIS
+) -> pd.DataFrame:
     """Per candidate feature: share of checkpoints assigned their true algorithm."""
     fit, test = frame[frame["seed"] == fit_seed], frame[frame["seed"] == test_seed]
     rows = []
     for feature in CANDIDATES:
-        lines = fit_lines(fit, feature)
-        row: dict[str, Any] = {"feature": feature, "log": CANDIDATES[feature]}
+        if feature == axis:
+            continue
+        lines = fit_lines(fit, feature, axis)
+        row: dict[str, Any] = {
+            "axis": axis,
+            "feature": feature,
+            "scale": "log10" if CANDIDATES[feature] else "linear",
+        }
         for label, part in (("fit", fit), ("test", test)):
-            got = assign(part, feature, lines)
+            got = assign(part, feature, lines, ALGOS, axis)
             row[f"acc3_{label}"] = float(np.mean(got == part["algorithm"].to_numpy()))
             pair = part[part["algorithm"].isin(("rlvr", "opd"))]
-            got2 = assign(pair, feature, lines, ("rlvr", "opd"))
+            got2 = assign(pair, feature, lines, ("rlvr", "opd"), axis)
             row[f"rlvr_opd_{label}"] = float(np.mean(got2 == pair["algorithm"].to_numpy()))
         for algo in ALGOS:
             if algo in lines:
                 row[f"slope_{algo}"] = lines[algo][1]
                 row[f"at1_{algo}"] = lines[algo][0]
         rows.append(row)
-    return pd.DataFrame(rows).sort_values("acc3_test", ascending=False)
+    return pd.DataFrame(rows).sort_values(["acc3_test", "rlvr_opd_test"], ascending=False)
 
 
 # ----------------------------------------------------------------------------- report
@@ -366,33 +379,38 @@ def write_explore(
         f"## Separation at matched update size (fit on seed {fit_seed}, held out: seed "
         f"{test_seed})",
         "",
-        f"For each feature, a line per algorithm of the feature (log10 where marked) against "
-        f"log10 `{AXIS}` is fitted on seed {fit_seed}'s checkpoints; each checkpoint is "
-        "assigned the algorithm whose line explains it best (Gaussian likelihood of the "
-        "residual, each line's own residual spread). `acc3`: share of checkpoints assigned their "
-        "true algorithm among SFT / RLVR / OPD (chance 1/3); `rlvr_opd`: the same between RLVR "
-        "and OPD only (same origin, same learning rates, same updates; chance 1/2). SFT starts "
-        "from the base and the others from the anchor, so SFT-vs-rest also separates origins, "
-        "not only algorithms; RLVR vs OPD is the clean comparison.",
-        "",
-        _table(
-            sep,
-            [
-                "feature",
-                "log",
-                "acc3_fit",
-                "acc3_test",
-                "rlvr_opd_fit",
-                "rlvr_opd_test",
-                "slope_sft",
-                "slope_rlvr",
-                "slope_opd",
-            ],
-            {"acc3_fit": ".2f", "acc3_test": ".2f", "rlvr_opd_fit": ".2f", "rlvr_opd_test": ".2f"},
-        ),
+        "For each feature, a line per algorithm of the feature (log10 or linear, `scale`) "
+        f"against the log10 of an update-size axis is fitted on seed {fit_seed}'s checkpoints; "
+        "each checkpoint is assigned the algorithm whose line explains it best (Gaussian "
+        "likelihood of the residual, each line's own residual spread). `acc3`: share of "
+        "checkpoints assigned their true algorithm among SFT / RLVR / OPD (chance 1/3); "
+        "`rlvr_opd`: the same between RLVR and OPD only (same origin, same learning rates, same "
+        "updates; chance 1/2). `fit` is in-sample (seed "
+        f"{fit_seed}), `test` the held-out seed {test_seed}. SFT starts from the base and the "
+        "others from the anchor, so SFT-vs-rest also separates origins, not only algorithms; "
+        "RLVR vs OPD is the clean comparison. Slopes: d(feature)/d log10(axis) per algorithm.",
         "",
     ]
-    finals = frame[frame["final"]].sort_values(["seed", "algorithm", "lr"])
+    columns = [
+        "feature",
+        "scale",
+        "acc3_fit",
+        "acc3_test",
+        "rlvr_opd_fit",
+        "rlvr_opd_test",
+        "slope_sft",
+        "slope_rlvr",
+        "slope_opd",
+    ]
+    specs = dict.fromkeys(columns[2:6], ".2f")
+    for axis in AXES:
+        part = sep[sep["axis"] == axis]
+        title = "main axis" if axis == AXIS else "alternative axis"
+        lines += [f"### Axis `{axis}` ({title})", "", _table(part, columns, specs), ""]
+    order = {a: i for i, a in enumerate(ALGOS)}
+    finals = frame[frame["final"]].sort_values(
+        ["seed", "algorithm", "lr"], key=lambda c: c.map(order) if c.name == "algorithm" else c
+    )
     lines += [
         "## Final checkpoints: update size axes",
         "",
@@ -460,10 +478,8 @@ def explore(manifest_path: Path, out: Path) -> pd.DataFrame:
     frame = explore_rows(manifest)
     frame.to_csv(out / "explore.csv", index=False)
     seeds = sorted(frame["seed"].unique())
+    sep = pd.concat([separation(frame, seeds[0], seeds[-1], axis) for axis in AXES])
     if len(seeds) >= 2:
-        sep = separation(frame, seeds[0], seeds[-1])
-        sep.to_csv(out / "separation.csv", index=False, float_format="%.4g")
-    else:
-        sep = separation(frame, seeds[0], seeds[0])
+        sep.to_csv(out / "separation.csv", index=False)
     write_explore(frame, sep, manifest, out)
     return frame
