@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch is pinned here (not in pyproject) so the set-up uses the local CPU wheel; users keep a range.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install demo demo-zoo zoo zoo-sweep figures html-screenshot test lint typecheck check bench lineage-null clean
+.PHONY: install demo demo-zoo zoo zoo-sweep zoo-grid figures html-screenshot test lint typecheck check bench lineage-null clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,14 @@ zoo: install
 zoo-sweep: install
 	$(PY) -m zoo sweep
 	$(PY) -m zoo report --seeds 0 1
+
+# The zoo's training grid: SFT / RLVR / OPD at four learning rates (1e-6 .. 3e-5), two
+# independent seeds, each with its own base, teacher and SFT anchor; then opdgeo on every run
+# (zoo/grid/features.csv) and the feature exploration (zoo/grid/EXPLORE.md). Checkpoints go to
+# the ignored zoo/runs/grid/ and are reproduced bit for bit; a finished stage is not retrained.
+# Two torch threads; passive OpenMP waiting keeps a shared machine from spinning.
+zoo-grid: install
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m zoo grid --seeds 0 1
 
 # The README's figures: the demo family's regime map and a synthetic OPD-like trajectory.
 figures: install

@@ -20,6 +20,7 @@ import pandas as pd
 
 from opdgeo import compare_checkpoints
 from opdgeo.report import RunResult
+from zoo.grid_results import grid_section
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -277,6 +278,7 @@ def write_report(out_dir: Path, seeds: list[int], results: Path, figures: Path) 
               ""]  # fmt: skip
     lines += trajectory_section(seed_dirs)
     lines += sweep_section(out_dir)
+    lines += grid_section(ROOT / "grid")
     analysis = ROOT / "ANALYSIS.md"
     if analysis.is_file():
         lines += [analysis.read_text().rstrip(), ""]

@@ -4,6 +4,9 @@
     python -m zoo sweep                      # the learning-rate experiment (seed 0)
     python -m zoo report                     # compare / trajectory with opdgeo -> RESULTS.md
     python -m zoo all                        # train + report (what `make zoo` runs)
+    python -m zoo grid --seeds 0 1           # the training grid + grid-report + grid-explore
+    python -m zoo grid-report                # opdgeo on every grid run -> zoo/grid/features.csv
+    python -m zoo grid-explore               # candidate features -> zoo/grid/EXPLORE.md
 
 Run layout (``zoo/runs/seed<S>/``): ``pretrain/checkpoint-<step>`` (the base is one of them,
 the teacher is the last), ``sft/``, ``rlvr/``, ``opd/`` with ``checkpoint-<step>``
@@ -218,12 +221,24 @@ def publish(seed_dir: Path, dest: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point (``python -m zoo``)."""
     parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["train", "sweep", "report", "all"])
+    parser.add_argument(
+        "command", choices=["train", "sweep", "report", "all", "grid", "grid-report",
+                            "grid-explore"],
+    )  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", type=Path, default=ROOT / "runs")
     parser.add_argument("--results", type=Path, default=ROOT / "RESULTS.md")
     parser.add_argument("--mini", action="store_true", help="the test suite's tiny configuration")
+    parser.add_argument("--grid-out", type=Path, default=None,
+                        help="grid checkpoints (default zoo/runs/grid)")  # fmt: skip
+    parser.add_argument("--grid-results", type=Path, default=None,
+                        help="grid results folder (default zoo/grid)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.command.startswith("grid"):
+        from zoo.grid_cli import grid_main
+
+        grid_main(args.command, args.seeds, args.mini, args.grid_out, args.grid_results)
+        return
     cfg = mini_config() if args.mini else ZooConfig()
     t0 = time.perf_counter()
     timings: dict[str, float] = {}

@@ -66,9 +66,17 @@ class History:
     """step -> greedy task accuracy."""
     seconds: float = 0.0
     settings: dict[str, object] = field(default_factory=dict)
+    updates: int = 0
+    """Optimizer updates made (RLVR makes none on a batch without reward variance)."""
+    updates_at: dict[int, int] = field(default_factory=dict)
+    """step -> optimizer updates made up to that checkpoint."""
 
     def to_json(self) -> dict[str, object]:
-        return {**asdict(self), "checkpoints": {str(k): v for k, v in self.checkpoints.items()}}
+        return {
+            **asdict(self),
+            "checkpoints": {str(k): v for k, v in self.checkpoints.items()},
+            "updates_at": {str(k): v for k, v in self.updates_at.items()},
+        }
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -217,6 +225,7 @@ class _Stage:
         save_checkpoint(self.model, self.run_dir, step)
         acc = evaluate(self.model, self.eval_set)
         self.history.checkpoints[step] = acc
+        self.history.updates_at[step] = self.history.updates
         tail = self.history.losses[-self.oc.save_every :] or [math.nan]
         mean = sum(tail) / len(tail)
         elapsed = time.perf_counter() - self.t0
@@ -232,6 +241,7 @@ class _Stage:
         if self.oc.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.oc.grad_clip)
         self.opt.step()
+        self.history.updates += 1
 
     def after(self, step: int) -> None:
         if (step + 1) % self.oc.save_every == 0 or step + 1 == self.oc.steps:
