@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from opdgeo.cli import app
 from opdgeo.config import Settings, load_config
 from opdgeo.errors import ConfigError
+from opdgeo.metrics import METRICS
 from opdgeo.records import method_text
 from opdgeo.synthetic import write_family
 from tests.conftest import perturb, tiny_model, write_checkpoint
@@ -33,10 +34,12 @@ FULL_ONLY = ["angle_left_mean_deg", "angle_left_max_deg", "angle_right_mean_deg"
              "overlap_baseline", "principal_notlow_baseline", "mask_rank"]  # fmt: skip
 SUMMARY_FULL_ONLY = ["principal_angle_deg", "nss", "principal_energy", "principal_overlap",
                      "lowmag_overlap", "lowmag_enrichment"]  # fmt: skip
-STANDARD = ("mask_overlap=gram-eigh-f64;nss=gram-eigh-f64;principal_angles=gram-eigh-f64;"
+NO_BASIS = "intruder_dims=no-full-W0-basis;"  # standard and fast tiers: no full basis of W0
+STANDARD = (NO_BASIS + "mask_overlap=gram-eigh-f64;nss=gram-eigh-f64;principal_angles=gram-eigh-f64;"
             "principal_energy=gram-eigh-f64;stable_rank=krylov-f32")  # fmt: skip
 EXACT = (
-    "mask_overlap=svd-f64;nss=svd-f64;principal_angles=svd-f64;principal_energy=svd-f64;"
+    "intruder_dims=svd-f64;mask_overlap=svd-f64;nss=svd-f64;principal_angles=svd-f64;"
+    "principal_energy=svd-f64;"
     "stable_rank=svd-f64"
 )
 
@@ -128,7 +131,7 @@ def test_fast_stable_rank_close_to_standard_and_exact(
     _, fast = run(*paths, tmp_path, "--tier", "fast")
     _, std = run(*paths, tmp_path)
     _, exact = run(*paths, tmp_path, "--exact")
-    assert set(fast["method"]) == {"stable_rank=krylov-f32"}
+    assert set(fast["method"]) == {NO_BASIS + "stable_rank=krylov-f32"}
     for col in ("stable_rank", "delta_sigma1"):
         for name, f, s, e in zip(fast["tensor"], fast[col], std[col], exact[col], strict=True):
             assert f == pytest.approx(e, rel=rel), (col, name)
@@ -140,7 +143,7 @@ def test_fast_stable_rank_close_to_standard_and_exact(
 
 
 def test_method_column_per_tier(pair: tuple[Path, Path], tmp_path: Path) -> None:
-    want = {"fast": "stable_rank=krylov-f32", "standard": STANDARD, "exact": EXACT}
+    want = {"fast": NO_BASIS + "stable_rank=krylov-f32", "standard": STANDARD, "exact": EXACT}
     for tier, text in want.items():
         summary, per = run(*pair, tmp_path, "--tier", tier)
         spectral = per["spectral_skipped"].isna()
@@ -154,7 +157,7 @@ def test_float64_tensors_report_f64_methods(tmp_path: Path) -> None:
     tuned = {k: v.double() for k, v in perturb(tiny_model(layers=1), 0.01).items()}
     paths = write_checkpoint(tmp_path / "b64", base), write_checkpoint(tmp_path / "t64", tuned)
     _, fast = run(*paths, tmp_path, "--tier", "fast")
-    assert set(matrices(fast)["method"]) == {"stable_rank=krylov-f64"}
+    assert set(matrices(fast)["method"]) == {NO_BASIS + "stable_rank=krylov-f64"}
     summary, std = run(*paths, tmp_path)
     assert set(matrices(std)["method"]) == {STANDARD.replace("krylov-f32", "krylov-f64")}
 
@@ -167,7 +170,7 @@ def test_summary_method_merges_the_tensors(tmp_path: Path) -> None:
     paths = write_checkpoint(tmp_path / "b", base), write_checkpoint(tmp_path / "t", tuned)
     summary, per = run(*paths, tmp_path)
     row = per.set_index("tensor").loc[same]
-    assert row["method"] == "mask_overlap=gram-eigh-f64"
+    assert row["method"] == NO_BASIS + "mask_overlap=gram-eigh-f64"
     merged: dict[str, set[str]] = {}
     for text in per["method"]:
         for part in text.split(";"):
@@ -259,7 +262,11 @@ def test_invalid_tier_is_a_usage_error(
 def test_standard_and_exact_agree_on_every_metric(pair: tuple[Path, Path], tmp_path: Path) -> None:
     std_sum, std = run(*pair, tmp_path)
     ex_sum, ex = run(*pair, tmp_path, "--exact")
-    numeric = [c for c in std.columns if std[c].dtype.kind in "fi" and c != "layer"]
+    exact_only = {
+        c for spec in METRICS.values() if "standard" not in spec.tiers for c in spec.columns
+    }
+    numeric = [c for c in std.columns
+               if std[c].dtype.kind in "fi" and c != "layer" and c not in exact_only]  # fmt: skip
     for col in numeric:
         rel = 1e-5 if col in ("stable_rank", "delta_sigma1") else 1e-9  # float32 Krylov on ΔW
         for name, a, b in zip(std["tensor"], std[col], ex[col], strict=True):
@@ -291,4 +298,4 @@ def test_fast_tier_classifies_the_demo_family_by_sparsity(family: dict[str, Path
         assert reasons.count("not measured (abstains)") == 3
     assert frame[SUMMARY_FULL_ONLY].isna().all().all()
     assert frame["stable_rank"].notna().all()
-    assert (frame["method"] == "stable_rank=krylov-f32").all()
+    assert (frame["method"] == NO_BASIS + "stable_rank=krylov-f32").all()
