@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opdgeo.calibration import Calibration
 from opdgeo.errors import ConfigError
 
 SCOPES = ("all", "linear", "attention")
@@ -129,6 +130,19 @@ class Thresholds:
     """nss above this votes sft-like (published: ~1e-3 / 1e-4 / 1e-5)."""
     nss_rlvr_below: float = 3e-5
     """nss below this votes rlvr-like."""
+    bf16_uninformative_above: float = 4.0
+    """update_ulp_ratio at or above this: sparsity_bf16 and lowmag_enrichment abstain, their
+    values follow update size (the typical changed weight moved 2+ bf16 steps, so almost every
+    weight the optimiser touched is visible; zoo/ANALYSIS.md)."""
+    drift_ratio_band_low: float = 0.312
+    """nss / rel_norm inside [low, high]: nss abstains (SFT, OPD and RLVR all fall there on the
+    zoo grid's seed 0 at every learning rate: the value is explained by update size)."""
+    drift_ratio_band_high: float = 0.479
+    """Upper end of the nss / rel_norm band where nss abstains."""
+    angle_ratio_band_low: float = 100.0
+    """principal_angle_deg / rel_norm inside [low, high]: the angle abstains (zoo grid seed 0)."""
+    angle_ratio_band_high: float = 130.0
+    """Upper end of the angle / rel_norm band where the angle abstains."""
     unrelated_rel_norm: float = 0.5
     """rel_norm at or above this, with almost no bf16-identical entries, means unrelated."""
     unrelated_sparsity_below: float = 0.01
@@ -151,6 +165,7 @@ class Config:
 
     settings: Settings = field(default_factory=Settings)
     thresholds: Thresholds = field(default_factory=Thresholds)
+    calibration: Calibration = field(default_factory=Calibration)
 
 
 def _build(cls: type[Any], table: dict[str, Any], where: str) -> Any:
@@ -200,7 +215,7 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
             raise ConfigError(f"cannot read config file {path}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - {"settings", "thresholds", "study"})
+    unknown = sorted(set(data) - {"settings", "thresholds", "study", "calibration"})
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)}")
     settings_table = dict(data.get("settings", {}))
@@ -216,4 +231,25 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
     settings_table["metric_params"] = _metric_params(settings_table, f"{path} [settings]")
     settings = _build(Settings, settings_table, f"{path or 'options'} [settings]")
     thresholds = _build(Thresholds, dict(data.get("thresholds", {})), f"{path} [thresholds]")
-    return Config(settings=settings, thresholds=thresholds)
+    calibration = _calibration(data.get("calibration"), f"{path} [calibration]")
+    return Config(settings=settings, thresholds=thresholds, calibration=calibration)
+
+
+def _calibration(table: Any, where: str) -> Calibration:
+    """A ``[calibration]`` table: rule = [right, total] (the built-in counts when absent)."""
+    if table is None:
+        return Calibration()
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table of rule = [right, total]")
+    rules: dict[str, tuple[int, int]] = {}
+    for rule, counts in table.items():
+        ok = (
+            isinstance(counts, list)
+            and len(counts) == 2
+            and all(isinstance(c, int) and not isinstance(c, bool) for c in counts)
+            and 0 <= counts[0] <= counts[1]
+        )
+        if not ok:
+            raise ConfigError(f"{where}: {rule} must be [right, total] with 0 <= right <= total")
+        rules[rule] = (counts[0], counts[1])
+    return Calibration(rules, source=f"calibration table of {where.split(' [')[0]}")

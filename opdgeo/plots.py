@@ -41,6 +41,7 @@ from opdgeo.report import RunResult
 # OPDG (2606.07082) Qwen3-8B: bf16 sparsity (Table 1), low-magnitude overlap at alpha 0.3 (Fig. 3)
 REFERENCE = {"SFT": (0.081, 0.3188), "OPD": (0.516, 0.5359), "RLVR": (0.772, 0.7348)}
 COLORS = {"sft-like": "#d62728", "opd-like": "#9467bd", "rlvr-like": "#2ca02c",
+          "rl-like (opd or rlvr)": "#17becf", "indeterminate": "#7f7f7f",
           "unchanged": "#1f77b4", "unrelated": "#bcbd22"}  # fmt: skip
 MODULE_ORDER = ("q", "k", "v", "o", "gate", "up", "down")
 """Heatmap columns come in this order; other module types follow (see :func:`module_order`)."""

@@ -1,8 +1,8 @@
 """The regime classifier: a pure function of a summary row that explains itself.
 
-Absolute mode (papers.md §7.3). Four features each vote ``sft-like``, ``opd-like`` or
-``rlvr-like`` by comparing the run's value with two cut points placed between the values
-OPDG (2606.07082) published for SFT / OPD / RLVR on Qwen3-8B:
+Two verdicts per run. ``regime_papers`` is the geometric regime as the papers define it
+(papers.md §7.3): four features each vote ``sft-like``, ``opd-like`` or ``rlvr-like`` against
+cut points placed between OPDG's (2606.07082) published Qwen3-8B values, and the plurality wins:
 
 =====================  ==========================  ===============================
 feature                published SFT / OPD / RLVR  default cut points
@@ -13,14 +13,25 @@ principal_angle_deg    >10° / ~1° / <0.5°          4°, 0.7°
 nss                    1e-3 / 1e-4 / 1e-5          3e-4, 3e-5
 =====================  ==========================  ===============================
 
-The label is the plurality vote. A tie goes to the label nearest the mean vote position
-(sft = 0, opd = 1, rlvr = 2; ``opd-like`` when two are equally near), so a 2-2 split between
-sft-like and rlvr-like reads as the in-between regime with a low confidence.
-``confidence`` = agreeing features / 4, so a feature that could not be measured lowers it.
-Before voting: ``unchanged`` when every compared entry is bit-identical; ``unrelated`` when
-``rel_norm`` (whole model, or the median over 2-D matrices, whichever is larger) is of order
-one and almost no bf16 entry is shared. Relative mode (:func:`relative_order`) ranks runs
-that share a base on each feature.
+``regime`` is the verdict to act on. The same votes, except that a feature whose value is
+explained by update size alone abstains (zoo/ANALYSIS.md: on a real training grid all four
+follow learning rate x steps, not the algorithm):
+
+* sparsity_bf16 and lowmag_enrichment when ``update_ulp_ratio`` >= ``bf16_uninformative_above``
+  (the typical changed weight moved several bf16 steps, so nearly every touched weight shows);
+* nss when ``nss / rel_norm`` (``spectral_drift_ratio``) and the principal angle when
+  ``principal_angle_deg / rel_norm`` lie in the band where SFT, OPD and RLVR all fell on the
+  zoo grid (cut points in configs/default.toml, with the runs they came from).
+
+Then: SFT against the RL family is decided only when one side has more than twice the other's
+votes (else ``indeterminate``); inside the RL family a specific ``opd-like`` / ``rlvr-like``
+needs two or more votes that all agree, otherwise ``rl-like (opd or rlvr)`` (a lone sparsity
+value cannot separate them: published RLVR runs span 36-92 %, PNT Table 1). ``confidence`` is
+the measured accuracy of the rule that fired (:mod:`opdgeo.calibration`), 0 for
+``indeterminate``. Before voting: ``unchanged`` when every compared entry is bit-identical;
+``unrelated`` when ``rel_norm`` is of order one and almost no bf16 entry is shared; nothing to
+classify (``indeterminate``) without a 2-D matrix. Relative mode (:func:`relative_order`) ranks
+runs that share a base on each feature.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from opdgeo.calibration import Calibration
 from opdgeo.config import Thresholds
 
 
@@ -40,6 +52,8 @@ class Regime(StrEnum):
     SFT = "sft-like"
     OPD = "opd-like"
     RLVR = "rlvr-like"
+    RL = "rl-like (opd or rlvr)"
+    INDETERMINATE = "indeterminate"
     UNCHANGED = "unchanged"
     UNRELATED = "unrelated"
 
@@ -53,11 +67,12 @@ class Locking(StrEnum):
     DRIFTING = "drifting"
 
 
-SFT, OPD, RLVR = Regime.SFT, Regime.OPD, Regime.RLVR
-UNCHANGED, UNRELATED = Regime.UNCHANGED, Regime.UNRELATED
+SFT, OPD, RLVR, RL = Regime.SFT, Regime.OPD, Regime.RLVR, Regime.RL
+UNCHANGED, UNRELATED, INDETERMINATE = Regime.UNCHANGED, Regime.UNRELATED, Regime.INDETERMINATE
 REGIMES = tuple(Regime)
+NEAR_CUT = 0.05
+"""A value within 5 % of a cut point is flagged in its reason."""
 _POSITION = {SFT: 0, OPD: 1, RLVR: 2}
-N_FEATURES = 4
 
 # (feature, direction): +1 when larger values are more RLVR-like, -1 when smaller are.
 FEATURES: tuple[tuple[str, int], ...] = (
@@ -77,6 +92,10 @@ class Verdict:
     reasons: tuple[str, ...]
     caveats: tuple[str, ...] = ()
     votes: Mapping[str, Regime] = field(default_factory=dict)
+    regime_papers: Regime | None = None
+    """The papers' four-feature plurality vote (no abstention for update size)."""
+    rule: str = ""
+    """The calibration rule that gave the confidence (``"<label> <agreeing>/<voting>"``)."""
 
 
 def _num(row: Mapping[str, Any], key: str) -> float:
@@ -92,6 +111,10 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e3 else f"{value:.3f}"
 
 
+def _near(value: float, cut: float) -> bool:
+    return abs(value - cut) <= NEAR_CUT * abs(cut)
+
+
 def _vote(name: str, value: float, t: Thresholds) -> tuple[Regime, str]:
     cuts = {
         "sparsity_bf16": (t.sparsity_sft_below, t.sparsity_rlvr_above, +1),
@@ -102,11 +125,17 @@ def _vote(name: str, value: float, t: Thresholds) -> tuple[Regime, str]:
     low, high, direction = cuts[name]
     if value < low:
         label = SFT if direction > 0 else RLVR
-        return label, f"{name} {_fmt(value)} < {_fmt(low)} -> {label}"
-    if value > high:
+        reason = f"{name} {_fmt(value)} < {_fmt(low)} -> {label}"
+    elif value > high:
         label = RLVR if direction > 0 else SFT
-        return label, f"{name} {_fmt(value)} > {_fmt(high)} -> {label}"
-    return OPD, f"{name} {_fmt(value)} in [{_fmt(low)}, {_fmt(high)}] -> {OPD}"
+        reason = f"{name} {_fmt(value)} > {_fmt(high)} -> {label}"
+    else:
+        label = OPD
+        reason = f"{name} {_fmt(value)} in [{_fmt(low)}, {_fmt(high)}] -> {OPD}"
+    near = [cut for cut in (low, high) if _near(value, cut)]
+    if near:
+        reason += f" (within 5 % of the cut point {_fmt(near[0])}: could go either way)"
+    return label, reason
 
 
 def _stored_fp32(row: Mapping[str, Any]) -> bool:
@@ -114,13 +143,41 @@ def _stored_fp32(row: Mapping[str, Any]) -> bool:
     return str(row.get("dtype_tuned", "")).split("+")[0] in ("F32", "F64")
 
 
-def classify(row: Mapping[str, Any], t: Thresholds | None = None) -> Verdict:
-    """Label one summary row (see module docstring for the rules and their sources)."""
-    t = t or Thresholds()
+def _size_explained(name: str, row: Mapping[str, Any], t: Thresholds) -> str:
+    """Why feature ``name`` abstains because update size explains it ("" if it does not)."""
+    if name in ("sparsity_bf16", "lowmag_enrichment"):
+        ratio = _num(row, "update_ulp_ratio")
+        if ratio >= t.bf16_uninformative_above:
+            what = "bf16 sparsity" if name == "sparsity_bf16" else "low-magnitude enrichment"
+            return (
+                f"{what} uninformative: updates are {_fmt(ratio)}x the rounding boundary "
+                f"(update_ulp_ratio >= {_fmt(t.bf16_uninformative_above)})"
+            )
+        return ""
+    rel = _num(row, "rel_norm")
+    if not rel > 0:
+        return ""
+    ratio = _num(row, name) / rel
+    low, high, label = (
+        (t.drift_ratio_band_low, t.drift_ratio_band_high, "nss / rel_norm")
+        if name == "nss"
+        else (t.angle_ratio_band_low, t.angle_ratio_band_high, "angle / rel_norm")
+    )
+    if low <= ratio <= high:
+        return (
+            f"{name} explained by update size: {label} {_fmt(ratio)} is in "
+            f"[{_fmt(low)}, {_fmt(high)}], where SFT, OPD and RLVR all fall on the zoo grid"
+        )
+    return ""
+
+
+def _special(row: Mapping[str, Any], t: Thresholds) -> Verdict | None:
+    """``unchanged``, ``unrelated`` or nothing to classify, decided before any vote."""
     n_tensors = int(_num(row, "n_tensors") or 0)
     max_abs = _num(row, "max_abs_delta")
     if max_abs == 0 and not _num(row, "n_nonfinite"):
-        return Verdict(UNCHANGED, 1.0, (f"all {n_tensors} compared tensors are bit-identical",))
+        why = (f"all {n_tensors} compared tensors are bit-identical",)
+        return Verdict(UNCHANGED, 1.0, why, regime_papers=UNCHANGED, rule="unchanged")
     rel = max(
         (v for v in (_num(row, "rel_norm"), _num(row, "rel_norm_median")) if not math.isnan(v)),
         default=math.nan,
@@ -139,15 +196,62 @@ def classify(row: Mapping[str, Any], t: Thresholds | None = None) -> Verdict:
                 f"principal_angle_deg {_fmt(angle)} > {_fmt(t.unrelated_angle_above)}: "
                 "subspaces rotated"
             )
-        return Verdict(
-            UNRELATED,
-            1.0 if len(why) == 3 else 0.75,
-            tuple(why),
-            ("these checkpoints do not look like a fine-tune of one another",),
-        )
+        caveat = ("these checkpoints do not look like a fine-tune of one another",)
+        confidence = 1.0 if len(why) == 3 else 0.75
+        return Verdict(UNRELATED, confidence, tuple(why), caveat, {}, UNRELATED, "unrelated")
+    if "n_matrices" in row and not _num(row, "n_matrices") and math.isnan(sparsity):
+        why = ("no 2-D weight matrix was compared: nothing to classify",)
+        return Verdict(INDETERMINATE, 0.0, why, regime_papers=INDETERMINATE, rule="no matrices")
+    return None
 
-    caveats: list[str] = []
+
+def _plurality(votes: Mapping[str, Regime]) -> Regime:
+    counts = {label: list(votes.values()).count(label) for label in (SFT, OPD, RLVR)}
+    best = max(counts.values())
+    tied = [label for label, c in counts.items() if c == best]
+    if len(tied) == 1:
+        return tied[0]
+    mean_pos = sum(_POSITION[v] for v in votes.values()) / len(votes)
+    return min(_POSITION, key=lambda lab: (abs(_POSITION[lab] - mean_pos), lab != OPD))
+
+
+def _decide(votes: Mapping[str, Regime]) -> tuple[Regime, int, str]:
+    """The label from the informative votes, the number that agree with it, and why."""
+    if not votes:
+        return INDETERMINATE, 0, "every feature abstained: no evidence either way"
+    rl = [v for v in votes.values() if v in (OPD, RLVR)]
+    n_sft = len(votes) - len(rl)
+    if n_sft > 2 * len(rl):
+        return SFT, n_sft, ""
+    if len(rl) <= 2 * n_sft:
+        return (
+            INDETERMINATE,
+            0,
+            f"{n_sft} feature(s) point to SFT and {len(rl)} to the RL family: they do not "
+            "separate the candidates",
+        )
+    if len(rl) >= 2 and len(set(rl)) == 1:
+        return rl[0], len(rl), ""
+    why = (
+        "one feature cannot tell OPD from RLVR"
+        if len(rl) == 1
+        else "the RL-family features split between OPD and RLVR"
+    )
+    return RL, len(rl), why
+
+
+def classify(
+    row: Mapping[str, Any], t: Thresholds | None = None, calibration: Calibration | None = None
+) -> Verdict:
+    """Label one summary row (see module docstring for the rules and their sources)."""
+    t = t or Thresholds()
+    calibration = calibration or Calibration()
+    special = _special(row, t)
+    if special is not None:
+        return special
     fp32 = _stored_fp32(row)
+    caveats: list[str] = []
+    papers: dict[str, Regime] = {}
     votes: dict[str, Regime] = {}
     reasons: list[str] = []
     for name, _ in FEATURES:
@@ -158,31 +262,37 @@ def classify(row: Mapping[str, Any], t: Thresholds | None = None) -> Verdict:
         if name == "sparsity_bf16" and fp32:
             reasons.append(f"{name} {_fmt(value)} abstains: checkpoint stored in float32")
             continue
-        votes[name], reason = _vote(name, value, t)
+        label, reason = _vote(name, value, t)
+        papers[name] = label
+        why = _size_explained(name, row, t)
+        if why:
+            reasons.append(f"{reason}, but abstains: {why}")
+            continue
+        votes[name] = label
         reasons.append(reason)
     if fp32:
         caveats.append(
             "float32-stored checkpoints show little bf16 sparsity whatever the algorithm "
             "(RAZOR 2509.04259 §6); sparsity_bf16 did not vote"
         )
-    if not votes:
-        return Verdict(OPD, 0.0, tuple(reasons), (*caveats, "no feature could be measured"), votes)
-    counts = {label: list(votes.values()).count(label) for label in (SFT, OPD, RLVR)}
-    best = max(counts.values())
-    tied = [label for label, c in counts.items() if c == best]
-    if len(tied) > 1:
-        mean_pos = sum(_POSITION[v] for v in votes.values()) / len(votes)
-        label = min(_POSITION, key=lambda lab: (abs(_POSITION[lab] - mean_pos), lab != OPD))
+    regime_papers = _plurality(papers) if papers else INDETERMINATE
+    label, agreeing, why = _decide(votes)
+    if why:
+        reasons.append(why)
+    rule = f"{label} {agreeing}/{len(votes)}"
+    if label == INDETERMINATE:
+        confidence = 0.0
     else:
-        label = tied[0]
-    confidence = counts[label] / N_FEATURES
-    if len(votes) < 2:
-        caveats.append("only one feature could be measured")
-    if label in (OPD, RLVR) and not math.isnan(sparsity) and 0.30 <= sparsity <= 0.92:
+        confidence = calibration.confidence(rule)
+        caveats.append(calibration.evidence(rule))
+    sparsity = _num(row, "sparsity_bf16")
+    if label == OPD and votes.get("sparsity_bf16") == OPD and 0.36 <= sparsity <= 0.92:
         caveats.append(
             "published RLVR runs span 36-92 % bf16 sparsity (PNT Table 1), overlapping the OPD band"
         )
-    return Verdict(label, confidence, tuple(reasons), tuple(caveats), votes)
+    if label != regime_papers and regime_papers != INDETERMINATE:
+        caveats.append(f"the papers' four-feature vote alone would say {regime_papers}")
+    return Verdict(label, confidence, tuple(reasons), tuple(caveats), votes, regime_papers, rule)
 
 
 def relative_order(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

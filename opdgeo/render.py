@@ -23,6 +23,8 @@ REGIME_STYLE = {
     "sft-like": "bold red",
     "opd-like": "bold magenta",
     "rlvr-like": "bold green",
+    "rl-like (opd or rlvr)": "bold cyan",
+    "indeterminate": "bold",
     "unchanged": "bold blue",
     "unrelated": "bold yellow",
 }

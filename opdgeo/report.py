@@ -71,12 +71,14 @@ def build_run(records: Sequence[TensorRecord], config: Config) -> RunResult:
     """Summarise and classify one run from its per-tensor records."""
     frame = frame_of(records)
     summary = summarize(records, frame)
-    verdict = classify(summary, config.thresholds)
+    verdict = classify(summary, config.thresholds, config.calibration)
     summary.update(
         regime=verdict.regime,
         confidence=verdict.confidence,
         reasons="; ".join(verdict.reasons),
         caveats="; ".join(verdict.caveats),
+        regime_papers=verdict.regime_papers,
+        confidence_rule=verdict.rule,
     )
     return RunResult(summary, verdict, frame, groups(frame, "module"), groups(frame, "layer"))
 
@@ -134,6 +136,8 @@ def document(
         settings=settings_dict(config),
         thresholds={f.name: getattr(config.thresholds, f.name)
                     for f in dataclasses.fields(config.thresholds)},
+        calibration={"source": config.calibration.source,
+                     "rules": {k: list(v) for k, v in config.calibration.rules.items()}},
     )  # fmt: skip
     return {
         **meta,
@@ -146,6 +150,8 @@ def document(
                     "reasons": list(r.verdict.reasons),
                     "caveats": list(r.verdict.caveats),
                     "votes": dict(r.verdict.votes),
+                    "regime_papers": r.verdict.regime_papers,
+                    "rule": r.verdict.rule,
                 },
                 "modules": [cleaned(g) for g in r.modules],
                 "layers": [cleaned(g) for g in r.layers],

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from opdgeo.calibration import Calibration
 from opdgeo.config import Config, Settings, Thresholds, load_config
 from opdgeo.errors import ConfigError
 
@@ -25,6 +26,9 @@ def test_default_toml_matches_dataclass_defaults() -> None:
     assert shipped == settings
     assert metric == {k: p.default for k, p in params().items() if k in metric}
     assert data["thresholds"] == dataclasses.asdict(Thresholds())
+    calibration = {rule: tuple(counts) for rule, counts in data["calibration"].items()}
+    assert calibration == dict(Calibration().rules)
+    assert load_config(ROOT / "configs" / "default.toml").calibration.rules == Calibration().rules
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)

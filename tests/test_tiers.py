@@ -35,8 +35,9 @@ FULL_ONLY = ["angle_left_mean_deg", "angle_left_max_deg", "angle_right_mean_deg"
 SUMMARY_FULL_ONLY = ["principal_angle_deg", "nss", "principal_energy", "principal_overlap",
                      "lowmag_overlap", "lowmag_enrichment"]  # fmt: skip
 NO_BASIS = "intruder_dims=no-full-W0-basis;"  # standard and fast tiers: no full basis of W0
-STANDARD = (NO_BASIS + "mask_overlap=gram-eigh-f64;nss=gram-eigh-f64;principal_angles=gram-eigh-f64;"
-            "principal_energy=gram-eigh-f64;stable_rank=krylov-f32")  # fmt: skip
+STANDARD = (NO_BASIS + "mask_overlap=gram-eigh-f64;nss=gram-eigh-f64;"
+            "principal_angles=gram-eigh-f64;principal_energy=gram-eigh-f64;"
+            "stable_rank=krylov-f32")  # fmt: skip
 EXACT = (
     "intruder_dims=svd-f64;mask_overlap=svd-f64;nss=svd-f64;principal_angles=svd-f64;"
     "principal_energy=svd-f64;"

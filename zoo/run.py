@@ -6,6 +6,7 @@
     python -m zoo all                        # train + report (what `make zoo` runs)
     python -m zoo grid --seeds 0 1           # the training grid + grid-report + grid-explore
     python -m zoo grid-report                # opdgeo on every grid run -> zoo/grid/features.csv
+    python -m zoo grid-calibrate             # classifier fit on seed 0, scored on seed 1
     python -m zoo grid-explore               # candidate features -> zoo/grid/EXPLORE.md
 
 Run layout (``zoo/runs/seed<S>/``): ``pretrain/checkpoint-<step>`` (the base is one of them,
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__.split("\n")[0])
     parser.add_argument(
         "command", choices=["train", "sweep", "report", "all", "grid", "grid-report",
-                            "grid-explore"],
+                            "grid-explore", "grid-calibrate"],
     )  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", type=Path, default=ROOT / "runs")
@@ -234,6 +235,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grid-results", type=Path, default=None,
                         help="grid results folder (default zoo/grid)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.command == "grid-calibrate":
+        import pandas as pd
+
+        from zoo.grid import GRID_DIR
+        from zoo.grid_calibrate import toml_snippet, write_section
+
+        results = args.grid_results or GRID_DIR
+        features = pd.read_csv(results / "features.csv")
+        write_section(args.results, features)
+        print(toml_snippet(features))
+        return
     if args.command.startswith("grid"):
         from zoo.grid_cli import grid_main
 
