@@ -150,8 +150,8 @@ def _size_explained(name: str, row: Mapping[str, Any], t: Thresholds) -> str:
         if ratio >= t.bf16_uninformative_above:
             what = "bf16 sparsity" if name == "sparsity_bf16" else "low-magnitude enrichment"
             return (
-                f"{what} uninformative: updates are {_fmt(ratio)}x the rounding boundary "
-                f"(update_ulp_ratio >= {_fmt(t.bf16_uninformative_above)})"
+                f"{what} uninformative: updates are {ratio:.3g}x the rounding boundary "
+                f"(update_ulp_ratio >= {t.bf16_uninformative_above:.3g})"
             )
         return ""
     rel = _num(row, "rel_norm")
