@@ -176,8 +176,8 @@ def _special(row: Mapping[str, Any], t: Thresholds) -> Verdict | None:
     n_tensors = int(_num(row, "n_tensors") or 0)
     max_abs = _num(row, "max_abs_delta")
     if max_abs == 0 and not _num(row, "n_nonfinite"):
-        why = (f"all {n_tensors} compared tensors are bit-identical",)
-        return Verdict(UNCHANGED, 1.0, why, regime_papers=UNCHANGED, rule="unchanged")
+        same = (f"all {n_tensors} compared tensors are bit-identical",)
+        return Verdict(UNCHANGED, 1.0, same, regime_papers=UNCHANGED, rule="unchanged")
     rel = max(
         (v for v in (_num(row, "rel_norm"), _num(row, "rel_norm_median")) if not math.isnan(v)),
         default=math.nan,
@@ -200,8 +200,8 @@ def _special(row: Mapping[str, Any], t: Thresholds) -> Verdict | None:
         confidence = 1.0 if len(why) == 3 else 0.75
         return Verdict(UNRELATED, confidence, tuple(why), caveat, {}, UNRELATED, "unrelated")
     if "n_matrices" in row and not _num(row, "n_matrices") and math.isnan(sparsity):
-        why = ("no 2-D weight matrix was compared: nothing to classify",)
-        return Verdict(INDETERMINATE, 0.0, why, regime_papers=INDETERMINATE, rule="no matrices")
+        none = ("no 2-D weight matrix was compared: nothing to classify",)
+        return Verdict(INDETERMINATE, 0.0, none, regime_papers=INDETERMINATE, rule="no matrices")
     return None
 
 
