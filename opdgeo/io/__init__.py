@@ -30,7 +30,7 @@ def open_checkpoint(spec: str, options: SourceOptions | None = None) -> Checkpoi
     """
     options = options or SourceOptions()
     path = Path(spec).expanduser()
-    if path.exists():
+    if _exists(path):
         from opdgeo.io.local import open_local
 
         return open_local(spec, path, options)
@@ -42,10 +42,21 @@ def open_checkpoint(spec: str, options: SourceOptions | None = None) -> Checkpoi
 
         problem = hub_id_problem(spec)
         raise SourceError(
-            f"no such file or directory: {spec}" + (f" ({problem})" if problem else "")
+            f"no such file or directory: {_shown(spec)}" + (f" ({problem})" if problem else "")
         )
     try:
         repo = HubRepo(parsed[0], parsed[1], options)
     except OpdgeoError as exc:
-        raise type(exc)(f"no local path {spec} exists; tried as a Hub id: {exc}") from None
+        raise type(exc)(f"no local path {_shown(spec)} exists; tried as a Hub id: {exc}") from None
     return open_hub(repo)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name longer than the file system allows (ENAMETOOLONG) cannot exist
+        return False
+
+
+def _shown(spec: str, limit: int = 120) -> str:
+    return spec if len(spec) <= limit else f"{spec[:limit]}... ({len(spec)} characters)"

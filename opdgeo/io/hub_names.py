@@ -119,6 +119,8 @@ def hub_errors(repo: str, revision: str | None = None, offline: bool = False) ->
         raise HubAccessError(
             f"Hub repo {repo} is gated: request access on its page and authenticate ({auth})"
         ) from None
+    except errors.DisabledRepoError:
+        raise HubAccessError(f"Hub repo {repo} has been disabled by its owner or the Hub") from None
     except errors.RepositoryNotFoundError:
         raise HubAccessError(
             f"Hub repo {repo} not found, or private and not visible with your credentials ({auth})"
