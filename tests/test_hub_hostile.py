@@ -288,3 +288,15 @@ def test_an_existing_hub_repo_is_not_called_a_missing_path(hub: FakeHub) -> None
     code, out, err = run("inspect", "org/base@v1", "-f", "json")
     assert code == 0, err
     assert json.loads(out)["source"] == f"org/base@{SHA_A}"
+
+
+def test_a_server_that_ignores_range_requests(hub: FakeHub, small: dict[str, Path]) -> None:
+    hub.no_ranges.add("org/base/model.safetensors")
+    code, out, err = run("inspect", "org/base", "-f", "json")
+    assert code == 0, err
+    local = json.loads(run("inspect", str(small["base"]), "-f", "json")[1])
+    assert json.loads(out)["tensors"] == local["tensors"]
+    repo = opdgeo.io.hub.HubRepo("org/base", None, opdgeo.io.SourceOptions())
+    data = hub.repos["org/base"].files["model.safetensors"]
+    assert repo.read_range("model.safetensors", 1000, 77) == data[1000:1077]
+    assert [r.status for r in hub.downloads()] == [200, 200]

@@ -229,13 +229,14 @@ class HubRepo:
                 timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
             ) as response:  # fmt: skip
                 hf_raise_for_status(response)
-                skip = 0 if response.status_code == 206 else first
+                ranged = response.status_code == 206
+                skip = 0 if ranged else first
                 for chunk in response.iter_bytes():
                     body += chunk
                     if len(body) > skip + (last - first):
                         break
                 total = response.headers.get("Content-Range", "").rpartition("/")[2]
-                size = response.headers.get("Content-Length", "") if skip else total
+                size = total if ranged else response.headers.get("Content-Length", "")
         return bytes(body[skip : skip + last - first + 1]), int(size) if size.isdigit() else 0
 
 
