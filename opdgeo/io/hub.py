@@ -29,6 +29,7 @@ line each (:mod:`opdgeo.io.hub_names`): exit 4 (:class:`HubAccessError`), 5 (off
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -125,8 +126,11 @@ class HubRepo:
                         self.repo, revision=sha, cache_dir=_cache_dir(), local_files_only=True
                     )
                 )
-            files = sorted(
-                p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
+            files = sorted(  # os.walk does not follow linked folders (no loop in a bad cache)
+                (Path(root) / name).relative_to(folder).as_posix()
+                for root, _, names in os.walk(folder)
+                for name in names
+                if (Path(root) / name).is_file()
             )
             return sha, files
         with self._errors():
