@@ -16,7 +16,7 @@ It speaks what huggingface_hub's client expects (see ``file_download.py``, ``hf_
   sends half the bytes then closes the connection; ``"always"``: later attempts send no body
   at all), ``short`` (the download answers fewer bytes than the HEAD announced, with a
   matching Content-Length) and ``stall`` (seconds to sleep before answering a path that
-  contains the given text).
+  contains the given text), ``no_ranges`` (GETs of that file ignore ``Range``: 200, full body).
 
 Every response closes its connection, so no idle keep-alive socket outlives a request.
 """
@@ -93,6 +93,8 @@ class FakeHub:
         self.interrupt: dict[str, str] = {}
         self.short: set[str] = set()
         self.stall: dict[str, float] = {}
+        self.no_ranges: set[str] = set()
+        """Keys (``org/name/file``) whose GETs ignore ``Range`` and answer 200 in full."""
         self._attempts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._servers: list[ThreadingHTTPServer] = []
@@ -271,7 +273,7 @@ class FakeHub:
         headers = {**headers, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
         first, last = 0, total - 1
         status = 200
-        if entry.range and not head:
+        if entry.range and not head and key not in self.no_ranges:
             match = _RANGE.match(entry.range.strip())
             if match is None:
                 self._send(h, entry, 400, {}, b"bad range", head)

@@ -344,7 +344,14 @@ def test_revision_is_resolved_once_and_every_file_request_uses_the_commit(
     assert {r.path for r in api} == {f"/api/models/org/base/revision/{rev}"}
     files = [r for r in hub.log if r.path.startswith("/org/base/")]
     assert files
-    assert all(r.path.startswith(f"/org/base/resolve/{SHA_A}/") for r in files)
+    # weights by the commit; config.json by the revision's name, so that huggingface_hub
+    # records refs/<rev> in its cache (its commit is checked against the resolved one)
+    weights = [r for r in files if r.path.endswith(".safetensors")]
+    assert weights and all(r.path.startswith(f"/org/base/resolve/{SHA_A}/") for r in weights)
+    assert {r.path for r in files if r not in weights} == {f"/org/base/resolve/{rev}/config.json"}
+    ref = Path(hf_constants.HF_HUB_CACHE) / "models--org--base" / "refs" / rev
+    assert ref.is_file() == (rev != SHA_A)
+    assert rev == SHA_A or ref.read_text() == SHA_A
 
 
 @pytest.mark.parametrize("rev", ["main", "v1", SHA_A])
@@ -355,10 +362,13 @@ def test_pinned_download_then_same_revision_offline(
     assert code == 0, err
     assert csv_frame(out)["base"][0] == f"org/base@{SHA_A}"
     resolve = [r for r in hub.log if "/resolve/" in r.path]
-    assert resolve and all(
-        f"/resolve/{SHA_A}/" in r.path or f"/resolve/{SHA_B}/" in r.path for r in resolve
-    )
-    assert not [r for r in resolve if "/resolve/main/" in r.path or "/resolve/v1/" in r.path]
+    pinned = [
+        r for r in resolve if f"/resolve/{SHA_A}/" in r.path or f"/resolve/{SHA_B}/" in r.path
+    ]
+    assert pinned and {r.path.rsplit("/", 1)[1] for r in resolve if r not in pinned} <= {
+        "config.json"  # by name: huggingface_hub records refs/<rev> for the offline run
+    }
+    assert all(r in pinned for r in resolve if r.path.endswith(".safetensors"))
     hub.stop()
     code, out2, err = run("compare", f"org/base@{rev}", "org/sft", "-f", "csv", "--offline")
     assert code == 0, err

@@ -8,6 +8,7 @@ from pathlib import Path
 import huggingface_hub.constants as hf_constants
 import pytest
 
+import opdgeo.io.hub
 from opdgeo.lineage import lineage
 from opdgeo.lineage.nullmodels import LlamaShape, llama_state, write_model
 from opdgeo.lineage.transforms import permute_mlp, train_noise
@@ -40,3 +41,34 @@ def test_lineage_reads_hub_checkpoints(hub: FakeHub) -> None:
     assert (pair.a, pair.b) == (f"org/base@{SHA_A}", f"org/tuned@{SHA_B}")
     assert pair.verdict == "derived"
     assert {t.kind for t in pair.tests} >= {"mlp", "attn_kv", "attn_q"}
+
+
+def test_lineage_on_the_hub_reads_byte_ranges_not_shards(
+    hub: FakeHub,
+    cache: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(opdgeo.io.hub, "RANGE_FIRST", 64)  # header reads stay small
+    pair = lineage(["org/base", "org/tuned"]).pairs[0]
+    assert pair.verdict == "derived"
+    header_end = {}
+    for repo in ("org/base", "org/tuned"):
+        data = hub.repos[repo].files["model.safetensors"]
+        header_end[repo] = 8 + int.from_bytes(data[:8], "little")
+    weights = hub.downloads(".safetensors")
+    assert weights and all(r.range is not None and r.status == 206 for r in weights)
+    data_reads = []
+    for r in weights:
+        first, last = (int(x) for x in (r.range or "").removeprefix("bytes=").split("-"))
+        repo = "/".join(r.path.strip("/").split("/")[:2])
+        if last >= header_end[repo]:  # a tensor read: starts after the header
+            assert first >= header_end[repo]
+            assert r.sent == last - first + 1
+            data_reads.append(r)
+    assert data_reads
+    # the bytes served for tensor data are exactly the bytes lineage says it read
+    assert sum(r.sent for r in data_reads) == pair.bytes_read
+    total = sum(len(hub.repos[r].files["model.safetensors"]) for r in header_end)
+    assert pair.bytes_read < total
+    # and no shard landed in the Hub cache
+    assert not list(cache.rglob("*.safetensors"))

@@ -15,23 +15,48 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from opdgeo.errors import SourceError
+from opdgeo.errors import OpdgeoError, SourceError
 from opdgeo.io.checkpoint import Checkpoint, SourceOptions, TensorInfo
 
 __all__ = ["Checkpoint", "SourceOptions", "TensorInfo", "open_checkpoint"]
 
 
 def open_checkpoint(spec: str, options: SourceOptions | None = None) -> Checkpoint:
-    """Open a checkpoint (headers only): a local path, else a Hub id ``org/name[@rev]``."""
+    """Open a checkpoint (headers only): a local path, else a Hub id ``org/name[@rev]``.
+
+    A spec that is neither an existing path nor a Hub repo that can be opened fails with one
+    line saying both: first that no local path of that name exists (the likely mistake when
+    ``demo/base`` is run from the wrong folder), then what the Hub (or its cache) answered.
+    """
     options = options or SourceOptions()
     path = Path(spec).expanduser()
-    if path.exists():
+    if _exists(path):
         from opdgeo.io.local import open_local
 
         return open_local(spec, path, options)
-    from opdgeo.io.hub import open_hub, parse_spec
+    from opdgeo.io.hub import HubRepo, open_hub, parse_spec
 
     parsed = parse_spec(spec)
     if parsed is None:
-        raise SourceError(f"no such file or directory: {spec}")
-    return open_hub(parsed[0], parsed[1], options)
+        from opdgeo.io.hub_names import hub_id_problem
+
+        problem = hub_id_problem(spec)
+        raise SourceError(
+            f"no such file or directory: {_shown(spec)}" + (f" ({problem})" if problem else "")
+        )
+    try:
+        repo = HubRepo(parsed[0], parsed[1], options)
+    except OpdgeoError as exc:
+        raise type(exc)(f"no local path {_shown(spec)} exists; tried as a Hub id: {exc}") from None
+    return open_hub(repo)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name longer than the file system allows (ENAMETOOLONG) cannot exist
+        return False
+
+
+def _shown(spec: str, limit: int = 120) -> str:
+    return spec if len(spec) <= limit else f"{spec[:limit]}... ({len(spec)} characters)"

@@ -1,18 +1,29 @@
 """Checkpoints on the Hugging Face Hub: ``org/name`` or ``org/name@revision``.
 
-Built on huggingface_hub's own client (URLs, auth headers, session, error types, cache):
+Built on huggingface_hub's own client and cache, nothing of theirs rewritten here:
 
-1. the revision (branch, tag or commit) is resolved to a commit once, and every later request
-   is pinned to it, so a report labelled ``org/name@<sha>`` is reproducible;
-2. headers come from two HTTP range reads per shard (the 8-byte length, then the JSON), or
-   from the cached file when the shard is already local, and go through the same strict
-   parser as local files; nothing else is downloaded before the plan is shown;
-3. shards are downloaded one at a time through ``hf_hub_download`` (resumable, cached), the
+1. online, ``HfApi.model_info`` resolves the revision (branch, tag or commit) to a commit once
+   and lists the repo's files; every later weight request is pinned to that commit, so a report
+   labelled ``org/name@<sha>`` is reproducible. The small metadata files (``config.json``, the
+   shard index) are downloaded by the revision's name with ``hf_hub_download``, which makes
+   huggingface_hub record ``refs/<name>`` in its cache (for later offline runs); the commit they
+   come from is checked against the resolved one (a branch that moved mid-run is an error);
+2. offline (``--offline`` or HF_HUB_OFFLINE=1), ``HfApi.resolve_revision(local_files_only=True)``
+   reads the cache's ref, the result must be a commit hash (a ``refs/main`` holding ``../..``
+   is refused), and ``snapshot_download(local_files_only=True)`` finds the snapshot folder;
+3. shard headers come from HTTP range reads on the resolve URL (``hf_hub_url``, the client's
+   session, auth headers and ``hf_raise_for_status``), or from the cached file when the shard is
+   local (``try_to_load_from_cache``). Not ``get_safetensors_metadata``: its result drops the
+   header length and the file size (tensor offsets are relative to the end of the header) and
+   skips the strict parser local files go through (:mod:`opdgeo.io.safetensors`);
+4. shards are downloaded one at a time through ``hf_hub_download`` (resumable, cached), the
    next one on a background thread while the current one is analysed; with ``keep=False``
-   they go to a scratch cache and each is deleted as soon as its last tensor was read.
+   they go to a scratch cache and each is deleted as soon as its last tensor was read;
+5. :meth:`HubFetcher.read_range` reads byte ranges of a shard (range requests when it is not
+   cached) for readers that need only parts of tensors (``opdgeo lineage``).
 
-Offline (``HF_HUB_OFFLINE=1`` or ``--offline``) everything comes from the cache. Failures map
-to one-line errors: :class:`HubAccessError` (exit 4) and :class:`OfflineMissError` (exit 5).
+Ids, revisions and file names are validated first, and huggingface_hub's errors map to one
+line each (:mod:`opdgeo.io.hub_names`): exit 4 (:class:`HubAccessError`), 5 (offline miss).
 """
 
 from __future__ import annotations
@@ -23,13 +34,27 @@ import re
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from pathlib import Path
+from contextlib import AbstractContextManager
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from opdgeo.errors import HubAccessError, OfflineMissError, OpdgeoError, SourceError
+from huggingface_hub import (
+    HfApi,
+    constants,
+    get_session,
+    hf_hub_download,
+    hf_hub_url,
+    hf_raise_for_status,
+    snapshot_download,
+    try_to_load_from_cache,
+)
+from huggingface_hub.file_download import REGEX_COMMIT_HASH
+
+# the documented import path; huggingface_hub.utils re-exports it lazily, which mypy cannot see
+from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+
+from opdgeo.errors import FormatError, OfflineMissError, OpdgeoError, SourceError
 from opdgeo.io.checkpoint import (
     Checkpoint,
     SourceOptions,
@@ -37,110 +62,39 @@ from opdgeo.io.checkpoint import (
     check_weight_map,
     merge_shards,
 )
+from opdgeo.io.hub_names import (
+    check_commit,
+    check_repo_file,
+    check_revision,
+    endpoint,
+    hub_errors,
+    parse_spec,
+)
 from opdgeo.io.pickle import open_pickles, refusal
 from opdgeo.io.safetensors import TensorReader, header_length, parse_header, read_header
+
+__all__ = ["HubFetcher", "HubRepo", "open_hub", "parse_spec"]
 
 RANGE_FIRST = 100_000
 """Bytes asked for in the first range read; most headers fit (huggingface_hub does the same)."""
 WEIGHT_INDEX = "model.safetensors.index.json"
 WEIGHT_SINGLE = "model.safetensors"
 
-_REPO_RE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^\s@]+))?$")
-_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-
-
-def parse_spec(spec: str) -> tuple[str, str | None] | None:
-    """``org/name[@rev]`` -> (repo_id, revision or None); None when ``spec`` is not a Hub id."""
-    match = _REPO_RE.match(spec)
-    if not match or spec.startswith((".", "/", "~")):
-        return None
-    return match.group("repo"), match.group("rev")
-
-
-def _hf() -> Any:
-    import huggingface_hub
-
-    return huggingface_hub
-
-
-def _endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT") or str(_hf().constants.ENDPOINT)
-
 
 def _cache_dir() -> Path:
-    return Path(_hf().constants.HF_HUB_CACHE)
+    return Path(constants.HF_HUB_CACHE)
 
 
 def is_offline(options: SourceOptions) -> bool:
     """Offline when asked for, or when huggingface_hub is in offline mode (HF_HUB_OFFLINE)."""
-    hf = _hf()
-    return options.offline or bool(hf.constants.HF_HUB_OFFLINE)
-
-
-@contextmanager
-def hub_errors(repo: str, revision: str | None = None) -> Iterator[None]:
-    """Translate huggingface_hub / network exceptions into one-line opdgeo errors."""
-    from huggingface_hub import errors
-
-    rev = f"@{revision}" if revision else ""
-    auth = "pass --token, set HF_TOKEN or run `hf auth login`"
-    try:
-        yield
-    except errors.GatedRepoError:
-        raise HubAccessError(
-            f"Hub repo {repo} is gated: request access on its page and authenticate ({auth})"
-        ) from None
-    except errors.RepositoryNotFoundError:
-        raise HubAccessError(
-            f"Hub repo {repo} not found, or private and not visible with your credentials ({auth})"
-        ) from None
-    except errors.RevisionNotFoundError:
-        raise HubAccessError(
-            f"revision {revision!r} not found in Hub repo {repo} (check the branch, tag or commit)"
-        ) from None
-    except errors.RemoteEntryNotFoundError as exc:
-        name = getattr(getattr(exc, "response", None), "url", "")
-        raise HubAccessError(f"file not found in Hub repo {repo}{rev}: {name}") from None
-    except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled):
-        raise OfflineMissError(
-            f"{repo}{rev} is not in the local Hub cache and offline mode is on "
-            "(--offline or HF_HUB_OFFLINE=1): download it once online, or go online"
-        ) from None
-    except errors.HfHubHTTPError as exc:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        if status in (401, 403):
-            raise HubAccessError(
-                f"access to Hub repo {repo} denied (HTTP {status}): check your token ({auth})"
-            ) from None
-        raise OpdgeoError(f"Hub request for {repo}{rev} failed: HTTP {status}") from None
-    except OSError as exc:  # connection refused, DNS, timeouts, interrupted transfers
-        detail = " ".join(str(exc).split())  # one line: huggingface_hub's messages span several
-        raise OpdgeoError(
-            f"cannot fetch {repo}{rev} from {_endpoint()}: {type(exc).__name__}: {detail} "
-            "(check the network; rerun to resume, or use --offline for cached repos)"
-        ) from None
-
-
-def _is_network_error(exc: BaseException) -> bool:
-    return type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore")
-
-
-@contextmanager
-def _network_errors(repo: str, revision: str | None) -> Iterator[None]:
-    """Like :func:`hub_errors`, also mapping the HTTP client's own transport errors."""
-    with hub_errors(repo, revision):
-        try:
-            yield
-        except Exception as exc:
-            if _is_network_error(exc):
-                raise OSError(str(exc) or type(exc).__name__) from exc
-            raise
+    return options.offline or bool(constants.HF_HUB_OFFLINE)
 
 
 class HubRepo:
-    """One repo pinned to one commit: file list, headers, downloads."""
+    """One repo pinned to one commit: file list, headers, downloads, range reads."""
 
     def __init__(self, repo: str, revision: str | None, options: SourceOptions) -> None:
+        check_revision(repo, revision)
         self.repo = repo
         self.requested = revision
         self.options = options
@@ -151,87 +105,82 @@ class HubRepo:
     def label(self) -> str:
         return f"{self.repo}@{self.sha}"
 
-    def _errors(self) -> Any:
-        return _network_errors(self.repo, self.requested)
+    def _errors(self) -> AbstractContextManager[None]:
+        return hub_errors(self.repo, self.requested, self.offline)
 
     def _resolve(self) -> tuple[str, list[str]]:
-        hf = _hf()
+        api = HfApi(endpoint=endpoint(), token=self.options.token)
         if self.offline:
-            snapshot = self._cached_snapshot()
-            files = sorted(str(p.relative_to(snapshot)) for p in snapshot.rglob("*") if p.is_file())
-            return snapshot.name, files
+            with self._errors():
+                resolved = api.resolve_revision(
+                    self.repo,
+                    revision=self.requested,
+                    cache_dir=_cache_dir(),
+                    local_files_only=True,
+                )
+            ref = f"the Hub cache's refs/{self.requested or 'main'}"
+            sha = check_commit(self.repo, resolved.resolved, ref)
+            with self._errors():
+                folder = Path(
+                    snapshot_download(
+                        self.repo, revision=sha, cache_dir=_cache_dir(), local_files_only=True
+                    )
+                )
+            files = sorted(  # os.walk does not follow linked folders (no loop in a bad cache)
+                (Path(root) / name).relative_to(folder).as_posix()
+                for root, _, names in os.walk(folder)
+                for name in names
+                if (Path(root) / name).is_file()
+            )
+            return sha, files
         with self._errors():
-            info = hf.HfApi(endpoint=_endpoint()).model_info(
-                self.repo,
-                revision=self.requested,
-                token=self.options.token,
-                timeout=hf.constants.HF_HUB_ETAG_TIMEOUT,
+            info = api.model_info(
+                self.repo, revision=self.requested, timeout=constants.HF_HUB_ETAG_TIMEOUT
             )
-        siblings = [s.rfilename for s in (info.siblings or [])]
-        return str(info.sha), sorted(siblings)
-
-    def _cached_snapshot(self) -> Path:
-        folder = _cache_dir() / f"models--{self.repo.replace('/', '--')}"
-        rev = self.requested or "main"
-        sha = rev if _SHA_RE.match(rev) else None
-        if sha is None:
-            ref = folder / "refs" / rev
-            sha = ref.read_text().strip() if ref.is_file() else None
-        snapshot = folder / "snapshots" / sha if sha else None
-        if snapshot is None or not snapshot.is_dir():
-            raise OfflineMissError(
-                f"{self.repo}@{rev} is not in the local Hub cache ({_cache_dir()}) and offline "
-                "mode is on (--offline or HF_HUB_OFFLINE=1): download it once online"
-            )
-        return snapshot
+        if info.sha is None or not REGEX_COMMIT_HASH.fullmatch(info.sha):
+            raise OpdgeoError(f"the Hub gave no commit hash for {self.repo}: retry later")
+        return info.sha, sorted(s.rfilename for s in info.siblings or [])
 
     def cached_path(self, filename: str, cache_dir: Path | None = None) -> Path | None:
         """The cached copy of ``filename`` at this commit, or None."""
-        hf = _hf()
-        found = hf.try_to_load_from_cache(
-            self.repo, filename, cache_dir=str(cache_dir or _cache_dir()), revision=self.sha
+        found = try_to_load_from_cache(
+            self.repo, filename, cache_dir=cache_dir or _cache_dir(), revision=self.sha
         )
         return Path(found) if isinstance(found, str) else None
 
-    def download(self, filename: str, cache_dir: Path | None = None) -> Path:
-        """Download (or find in the cache) ``filename`` at the pinned commit."""
-        hf = _hf()
+    def download(self, filename: str, cache_dir: Path | None = None, named: bool = False) -> Path:
+        """Download (or find in the cache) ``filename`` at the pinned commit. ``named``: ask
+        for it by the requested branch or tag, so huggingface_hub records that ref in its
+        cache (the file must still come from the pinned commit)."""
+        check_repo_file(self.label, filename)
+        revision = self.sha
+        if named and not self.offline and cache_dir is None:
+            revision = self.requested or constants.DEFAULT_REVISION
         with self._errors():
-            path = hf.hf_hub_download(
-                self.repo,
-                filename,
-                revision=self.sha,
-                token=self.options.token,
-                cache_dir=str(cache_dir or _cache_dir()),
-                local_files_only=self.offline,
-                endpoint=_endpoint(),
+            path = Path(
+                hf_hub_download(
+                    self.repo,
+                    filename,
+                    revision=revision,
+                    token=self.options.token,
+                    cache_dir=cache_dir or _cache_dir(),
+                    local_files_only=self.offline,
+                    endpoint=endpoint(),
+                )  # fmt: skip
             )
-        if cache_dir is None and not self.offline:
-            self._remember_ref()
-        return Path(path)
-
-    def _remember_ref(self) -> None:
-        """Write ``refs/<branch or tag>`` -> commit in the Hub cache.
-
-        Downloads are pinned to the commit, so huggingface_hub records no ref for the branch or
-        tag that was asked for; without one a later offline run of the same spec would miss.
-        """
-        rev = self.requested or "main"
-        if rev == self.sha:
-            return
-        ref = _cache_dir() / f"models--{self.repo.replace('/', '--')}" / "refs" / rev
-        try:
-            if not ref.is_file() or ref.read_text().strip() != self.sha:
-                ref.parent.mkdir(parents=True, exist_ok=True)
-                ref.write_text(self.sha)
-        except OSError:
-            pass  # a read-only cache: offline runs then need the commit itself
+        commit = path.parts[-len(PurePosixPath(filename).parts) - 1]
+        if commit != self.sha:
+            raise OpdgeoError(
+                f"{self.repo}@{revision} moved from commit {self.sha} to {commit} during "
+                "the run: rerun (or pin a commit with @<sha>)"
+            )
+        return path
 
     def read_json(self, filename: str) -> dict[str, Any]:
-        path = self.download(filename)
+        path = self.download(filename, named=True)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             raise SourceError(f"{self.label}: {filename} is not valid JSON") from None
         if not isinstance(data, dict):
             raise SourceError(f"{self.label}: {filename} is not a JSON object")
@@ -239,6 +188,7 @@ class HubRepo:
 
     def header(self, filename: str) -> tuple[dict[str, TensorInfo], int]:
         """Tensor infos of shard ``filename`` (its name as ``file``) and the shard's size."""
+        check_repo_file(self.label, filename)
         cached = self.cached_path(filename)
         where = Path(filename)
         if cached is not None:
@@ -249,37 +199,49 @@ class HubRepo:
                 f"{self.label}: {filename} is not in the local Hub cache and offline mode is on"
             )
         else:
-            raw, size = self._range_header(filename)
-            infos, _ = parse_header(where, raw, size)
+            head, size = self._get(filename, 0, RANGE_FIRST - 1)
+            n = header_length(where, head, size)
+            if len(head) < 8 + n:
+                rest, _ = self._get(filename, len(head), 8 + n - 1)
+                head += rest
+            infos, _ = parse_header(where, head[8 : 8 + n], size)
         relabelled = {
             name: TensorInfo(i.name, i.dtype, i.shape, where, i.start, i.nbytes)
             for name, i in infos.items()
         }
         return relabelled, size
 
-    def _range_header(self, filename: str) -> tuple[bytes, int]:
-        hf = _hf()
-        url = hf.hf_hub_url(self.repo, filename, revision=self.sha, endpoint=_endpoint())
-        headers = hf.utils.build_hf_headers(token=self.options.token)
-        session = hf.utils.get_session()
+    def read_range(self, filename: str, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset + length)`` of ``filename`` by one range request."""
+        if length <= 0:
+            return b""
+        data, _ = self._get(filename, offset, offset + length - 1)
+        if len(data) != length:
+            raise FormatError(f"{self.label}: {filename} ends early (range read)")
+        return data
 
-        def fetch(first: int, last: int) -> tuple[bytes, int]:
-            with self._errors():
-                response = session.get(
-                    url, headers={**headers, "Range": f"bytes={first}-{last}"},
-                    follow_redirects=True, timeout=hf.constants.HF_HUB_DOWNLOAD_TIMEOUT,
-                )  # fmt: skip
-                hf.utils.hf_raise_for_status(response)
-            total = response.headers.get("Content-Range", "").rpartition("/")[2]
-            size = int(total) if total.isdigit() else len(response.content)
-            return bytes(response.content), size
-
-        head, size = fetch(0, RANGE_FIRST - 1)
-        n = header_length(Path(filename), head, size)
-        if len(head) < 8 + n:
-            rest, _ = fetch(len(head), 8 + n - 1)
-            head += rest
-        return head[8 : 8 + n], size
+    def _get(self, filename: str, first: int, last: int) -> tuple[bytes, int]:
+        """(bytes ``first..last`` of ``filename`` or fewer at its end, the file's size), by a
+        range request on its resolve URL; a server that ignores ``Range`` is read only as far
+        as needed."""
+        url = hf_hub_url(self.repo, filename, revision=self.sha, endpoint=endpoint())
+        headers = {**build_hf_headers(token=self.options.token), "Range": f"bytes={first}-{last}"}
+        body = bytearray()
+        with self._errors():
+            with get_session().stream(
+                "GET", url, headers=headers, follow_redirects=True,
+                timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
+            ) as response:  # fmt: skip
+                hf_raise_for_status(response)
+                ranged = response.status_code == 206
+                skip = 0 if ranged else first
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > skip + (last - first):
+                        break
+                total = response.headers.get("Content-Range", "").rpartition("/")[2]
+                size = total if ranged else response.headers.get("Content-Length", "")
+        return bytes(body[skip : skip + last - first + 1]), int(size) if size.isdigit() else 0
 
 
 class HubFetcher:
@@ -330,6 +292,24 @@ class HubFetcher:
     def cached(self, shard: str) -> bool:
         return self.repo.cached_path(shard) is not None
 
+    def read_range(self, shard: str, offset: int, length: int) -> bytes:
+        """Bytes of ``shard``: from the cached copy when there is one, else a range request
+        (nothing is downloaded whole)."""
+        cached = self.repo.cached_path(shard)
+        if cached is None:
+            if self.repo.offline:
+                raise OfflineMissError(
+                    f"{self.repo.label}: {shard} is not in the local Hub cache and offline mode "
+                    "is on"
+                )
+            return self.repo.read_range(shard, offset, length)
+        with open(cached, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(length)
+        if len(data) != length:
+            raise FormatError(f"{cached}: truncated: ends before byte {offset + length}")
+        return data
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         if self._cleanup is not None:
@@ -341,8 +321,12 @@ def weight_files(repo: HubRepo) -> tuple[str, list[str], dict[str, str] | None]:
     when sharded) or ``pickle`` (pickle weight files, read only with the opt-in)."""
     if WEIGHT_INDEX in repo.files:
         index = repo.read_json(WEIGHT_INDEX)
-        weight_map = check_weight_map(f"{repo.label}: {WEIGHT_INDEX}", index)
-        return "safetensors", sorted(set(weight_map.values())), weight_map
+        where = f"{repo.label}: {WEIGHT_INDEX}"
+        weight_map = check_weight_map(where, index)
+        shards = sorted(set(weight_map.values()))
+        for shard in shards:
+            check_repo_file(where, shard)
+        return "safetensors", shards, weight_map
     if WEIGHT_SINGLE in repo.files:
         return "safetensors", [WEIGHT_SINGLE], None
     shards = [f for f in repo.files if f.endswith(".safetensors") and "/" not in f]
@@ -359,9 +343,10 @@ def weight_files(repo: HubRepo) -> tuple[str, list[str], dict[str, str] | None]:
     raise SourceError(f"no safetensors weights in Hub repo {repo.label}")
 
 
-def open_hub(repo_id: str, revision: str | None, options: SourceOptions) -> Checkpoint:
-    """A :class:`Checkpoint` for a Hub repo: headers now, shards fetched when first read."""
-    repo = HubRepo(repo_id, revision, options)
+def open_hub(repo: HubRepo) -> Checkpoint:
+    """A :class:`Checkpoint` for a resolved Hub repo: headers now, shards fetched when first
+    read."""
+    options = repo.options
     kind, shards, weight_map = weight_files(repo)
     if kind == "pickle":
         if not options.allow_pickle:

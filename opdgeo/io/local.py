@@ -9,7 +9,7 @@ read one tensor at a time through :meth:`opdgeo.io.checkpoint.Checkpoint.read`.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from opdgeo.errors import SourceError
@@ -83,9 +83,12 @@ def _from_index(index: Path) -> tuple[dict[str, TensorInfo], list[Path]]:
     headers: dict[str, dict[str, TensorInfo]] = {}
     files: list[Path] = []
     for shard in sorted(set(weight_map.values())):
-        file = (index.parent / shard).resolve()
-        if index.parent.resolve() not in file.parents:
+        # checked by name, not by resolving links: a Hub cache snapshot's shards are symlinks
+        # into the repo's blobs/ folder, and reading them is fine; a name that climbs is not
+        rel = PurePosixPath(shard)
+        if rel.is_absolute() or ".." in rel.parts or "\\" in shard or not rel.parts:
             raise SourceError(f"{index}: shard {shard!r} points outside the checkpoint directory")
+        file = index.parent.joinpath(*rel.parts)
         if not file.is_file():
             raise SourceError(f"{index}: shard {shard} is missing")
         headers[shard], _ = read_header(file)

@@ -7,8 +7,9 @@ At the merge of issue 12 these imports move to ``opdgeo.io``; nothing else in
 state bytes read beside the pair's size. A prefix of rows goes through
 ``Checkpoint.read(name, rows=...)`` (a contiguous byte range: a range request on the Hub);
 another row range of a local safetensors file is read directly from ``TensorInfo`` (file,
-start, dtype, shape); for other sources the prefix up to the range's end is read and sliced
-(and counted as read).
+start, dtype, shape); a row range of a Hub checkpoint is one HTTP range request for exactly
+those bytes (or a read of the cached shard), never a whole-shard download; for other sources
+the prefix up to the range's end is read and sliced (and counted as read).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from opdgeo.io import Checkpoint, SourceOptions, TensorInfo, open_checkpoint
 from opdgeo.io.checkpoint import DTYPE_BYTES, FLOAT_DTYPES
+from opdgeo.io.hub import HubFetcher
 from opdgeo.io.safetensors import TensorReader
 
 __all__ = [
@@ -67,6 +69,15 @@ class RowReader:
         info = self.source.tensors[name]
         if not 0 <= start < stop <= info.shape[0]:
             raise ValueError(f"rows [{start}, {stop}) outside {name} {info.shape}")
+        fetcher = getattr(self.source, "fetcher", None)
+        if isinstance(fetcher, HubFetcher) and info.dtype in FLOAT_DTYPES:
+            per_row = row_bytes(info)
+            data = fetcher.read_range(
+                str(info.file), info.start + start * per_row, (stop - start) * per_row
+            )
+            self.bytes_read += len(data)
+            flat = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            return flat.view(FLOAT_DTYPES[info.dtype]).reshape(stop - start, *info.shape[1:])
         if start == 0 or not self._direct(info):
             full = self.source.read(name, rows=stop)
             self.bytes_read += stop * row_bytes(info)
