@@ -32,6 +32,8 @@ from opdgeo import engine
 from opdgeo.config import Config, Settings
 from opdgeo.errors import ConfigError
 from opdgeo.io import Checkpoint, SourceOptions, open_checkpoint
+from opdgeo.io.peft import open_run
+from opdgeo.io.quant import dequantized
 from opdgeo.pairing import Plan, plan_pairs
 from opdgeo.records import TensorRecord
 from opdgeo.regimes import locking_verdict
@@ -266,11 +268,11 @@ def _group(
     """Every record of every member run against ``origin`` (resumed ones included)."""
     opened: list[Checkpoint] = []
     try:
-        base_ckpt = open_checkpoint(origin, sources)
+        base_ckpt = dequantized(open_checkpoint(origin, sources))
         opened.append(base_ckpt)
         ckpts = []
         for spec in members:
-            ckpts.append(open_checkpoint(spec.path, sources))
+            ckpts.append(open_run(spec.path, base_ckpt, sources))  # adapters, quantized weights
             opened.append(ckpts[-1])
         plans = [plan_pairs(base_ckpt, c, config.settings) for c in ckpts]
         if on_plan is not None:

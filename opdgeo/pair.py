@@ -17,6 +17,7 @@ import torch
 
 from opdgeo.cache import BaseShared
 from opdgeo.config import Settings
+from opdgeo.io.decoded import annotation
 from opdgeo.linalg import (
     Spectrum,
     count,
@@ -161,6 +162,8 @@ class TensorPair:
     ) -> None:
         if base.shape != tuned.shape:
             raise ValueError(f"shape mismatch {tuple(base.shape)} vs {tuple(tuned.shape)}")
+        self.decoded = (annotation(base), annotation(tuned))
+        """What decoders know about each side (quantization steps, LoRA factors), or None."""
         device = torch.device(settings.device)
         if base.device != device:  # pinned host memory makes these copies asynchronous
             base = base.to(device, non_blocking=True)
@@ -367,7 +370,29 @@ class TensorPair:
         return value
 
     @cached_property
+    def lowrank_spectrum(self) -> torch.Tensor | None:
+        """Singular values of ΔW when the tuned side is a LoRA composition ΔW = L R (float64):
+        exactly those of the r x r core R_L R_Rᵀ from the QR factorisations L = Q_L R_L and
+        Rᵀ = Q_R R_R, since ΔW = Q_L (R_L R_Rᵀ) Q_Rᵀ with orthonormal Q's. None otherwise."""
+        decoded = self.decoded[1]
+        if decoded is None or decoded.lowrank is None:
+            return None
+        left, right = (f.to(torch.float64) for f in decoded.lowrank)
+        r_left = torch.linalg.qr(left, mode="r").R
+        r_right = torch.linalg.qr(right.T, mode="r").R
+        return torch.linalg.svdvals(r_left @ r_right.T)
+
+    @property
+    def update_fro2(self) -> float:
+        """‖ΔW‖_F²: from the LoRA core when there is one (exact), else :attr:`delta_fro2`."""
+        core = self.lowrank_spectrum
+        return float((core**2).sum()) if core is not None else self.delta_fro2
+
+    @cached_property
     def _delta_sigma1(self) -> tuple[float, str]:
+        core = self.lowrank_spectrum
+        if core is not None:
+            return float(core[0]) if core.numel() else 0.0, "lowrank-core-f64"
         tier = self.settings.tier
         if tier == "exact":
             return float(torch.linalg.svdvals(self.delta.to(torch.float64))[0]), "svd-f64"

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from opdgeo.config import Settings
 from opdgeo.errors import ConfigError, NotComparableError
 from opdgeo.io import Checkpoint
 from opdgeo.io.checkpoint import FLOAT_DTYPES, QUANTIZED_DTYPES, TensorInfo
 from opdgeo.naming import ATTENTION_TYPES, LINEAR_TYPES, canonical, layer_index, module_type
-
-_SCALE_SUFFIXES = (".weight_scale", ".weight_scale_inv", ".scales", ".qweight", ".absmax")
-
 
 @dataclass(frozen=True)
 class Pair:
@@ -124,14 +122,15 @@ def _in_scope(name: str, info: TensorInfo, settings: Settings) -> bool:
     return ok
 
 
-def _dtype_problem(info: TensorInfo, names: set[str]) -> str | None:
+def _dtype_problem(info: TensorInfo, ckpt: Checkpoint) -> str | None:
+    """Why a tensor cannot be compared as stored (decoded tensors always can; a float tensor
+    is compared whatever siblings it has, see :mod:`opdgeo.io.quant`)."""
+    if info.name in ckpt.decoders:
+        return None
     if info.dtype in QUANTIZED_DTYPES:
-        return f"quantized dtype {info.dtype}"
+        return f"quantized dtype {info.dtype} without a decodable scale"
     if info.dtype not in FLOAT_DTYPES:
         return f"non-float dtype {info.dtype}"
-    stem = info.name.removesuffix(".weight")
-    if info.name.endswith(".weight") and any(stem + s in names for s in _SCALE_SUFFIXES):
-        return "quantized (has a scale tensor)"
     return None
 
 
@@ -148,7 +147,6 @@ def plan_pairs(base: Checkpoint, tuned: Checkpoint, settings: Settings) -> Plan:
         only_t.remove(lm_t)
 
     plan = Plan()
-    names_b, names_t = set(base.tensors), set(tuned.tensors)
     shape_mismatches = considered = 0
     for bname, tname in matches + tied:
         is_tied = (bname, tname) in tied
@@ -157,7 +155,7 @@ def plan_pairs(base: Checkpoint, tuned: Checkpoint, settings: Settings) -> Plan:
         if not _in_scope(label, bi, settings):
             continue
         considered += 1
-        problem = _dtype_problem(bi, names_b) or _dtype_problem(ti, names_t)
+        problem = _dtype_problem(bi, base) or _dtype_problem(ti, tuned)
         if problem:
             plan.skipped.append(Skipped(label, problem, bi.shape, ti.shape))
             continue
@@ -192,6 +190,10 @@ def plan_pairs(base: Checkpoint, tuned: Checkpoint, settings: Settings) -> Plan:
         if _in_scope(name, tuned.tensors[name], settings):
             plan.skipped.append(Skipped(name, "only in tuned", None, tuned.tensors[name].shape))
 
+    for side, ckpt in (("base", base), ("tuned", tuned)):
+        for name, reason in ckpt.consumed.items():
+            if _in_scope(name, TensorInfo(name, "F32", (), Path(), 0, 0), settings):
+                plan.skipped.append(Skipped(name, f"{reason} ({side})"))
     if not matches and not tied:
         raise NotComparableError(
             f"{base.label} and {tuned.label} share no tensor names; are they the same architecture?"

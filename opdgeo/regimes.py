@@ -56,6 +56,8 @@ class Regime(StrEnum):
     INDETERMINATE = "indeterminate"
     UNCHANGED = "unchanged"
     UNRELATED = "unrelated"
+    QUANTIZED = "quantized"
+    """A quantized release of the base (see :func:`opdgeo.quantized.quantization_verdict`)."""
 
 
 class Locking(StrEnum):

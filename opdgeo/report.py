@@ -19,6 +19,7 @@ from opdgeo.aggregate import SCHEMA_VERSION, clean, frame_of, groups, summarize
 from opdgeo.config import Config
 from opdgeo.io import Checkpoint
 from opdgeo.naming import layer_index, module_type
+from opdgeo.quantized import quantization_verdict
 from opdgeo.records import TensorRecord
 from opdgeo.regimes import Locking, Regime, Verdict, classify, relative_order
 
@@ -71,7 +72,9 @@ def build_run(records: Sequence[TensorRecord], config: Config) -> RunResult:
     """Summarise and classify one run from its per-tensor records."""
     frame = frame_of(records)
     summary = summarize(records, frame)
-    verdict = classify(summary, config.thresholds, config.calibration)
+    verdict = quantization_verdict(summary, frame) or classify(
+        summary, config.thresholds, config.calibration
+    )
     summary.update(
         regime=verdict.regime,
         confidence=verdict.confidence,
@@ -85,7 +88,8 @@ def build_run(records: Sequence[TensorRecord], config: Config) -> RunResult:
 
 def add_relative_order(runs: Sequence[RunResult]) -> None:
     """Relative mode: with two or more classified runs sharing a base, rank them per feature."""
-    ranked = [r for r in runs if r.verdict.regime not in (Regime.UNCHANGED, Regime.UNRELATED)]
+    unranked = (Regime.UNCHANGED, Regime.UNRELATED, Regime.QUANTIZED)
+    ranked = [r for r in runs if r.verdict.regime not in unranked]
     if len(ranked) < 2 or len({r.summary["base"] for r in ranked}) != 1:
         return
     for run, order in zip(ranked, relative_order([r.summary for r in ranked]), strict=True):

@@ -104,6 +104,21 @@ class ShardFetcher(Protocol):
     def close(self) -> None: ...
 
 
+class Decoder(Protocol):
+    """Builds one float tensor from stored parts (a dequantiser, a LoRA composition).
+
+    ``parts`` are read in order through the checkpoint (they need not be in its
+    ``tensors``); :meth:`decode` turns them into the float32 tensor that is compared. The
+    decoders live in :mod:`opdgeo.io.quant` and :mod:`opdgeo.io.peft`.
+    """
+
+    parts: tuple[TensorInfo, ...]
+    method: str
+    """What the ``method`` column says about the decoding (e.g. ``fp8-e4m3-block128x128``)."""
+
+    def decode(self, parts: list[torch.Tensor]) -> torch.Tensor: ...
+
+
 class HeaderCheck(Protocol):
     """Re-reads a downloaded shard's header (the local copy must match the planned one)."""
 
@@ -129,6 +144,13 @@ class Checkpoint:
     """For remote checkpoints: parses a downloaded shard's header."""
     shard_sizes: dict[Path, int] = field(default_factory=dict)
     """Bytes of each remote shard (empty for local checkpoints)."""
+    decoders: dict[str, Decoder] = field(default_factory=dict)
+    """Tensors built from stored parts (quantized weights, LoRA modules), by name."""
+    consumed: dict[str, str] = field(default_factory=dict)
+    """Stored tensors that are not compared themselves (scales read by a decoder, adapter
+    factors), with the reason the per-tensor output gives."""
+    adapter: dict[str, Any] | None = None
+    """``adapter_config.json`` when the checkpoint is a PEFT adapter, else None."""
     _remaining: dict[Path, int] = field(default_factory=dict, repr=False)
     _next: dict[Path, Path] = field(default_factory=dict, repr=False)
     _local: dict[Path, Path] = field(default_factory=dict, repr=False)
@@ -171,8 +193,13 @@ class Checkpoint:
         """Announce the order of the coming reads (enables prefetch and release of shards)."""
         self._remaining = {}
         order: list[Path] = []
-        for name in names:
-            shard = self.tensors[name].file
+        infos = [
+            part
+            for name in names
+            for part in (self.decoders[name].parts if name in self.decoders else (self.tensors[name],))
+        ]
+        for info in infos:
+            shard = info.file
             if shard not in self._remaining:
                 order.append(shard)
             self._remaining[shard] = self._remaining.get(shard, 0) + 1
@@ -213,7 +240,14 @@ class Checkpoint:
     def read(self, name: str, rows: int | None = None, pin: bool = False) -> torch.Tensor:
         """Read tensor ``name`` (optionally only its first ``rows`` rows); ``pin`` puts it in
         pinned (page-locked) host memory so that a GPU copy can run asynchronously."""
-        info = self.tensors[name]
+        decoder = self.decoders.get(name)
+        if decoder is not None:
+            tensor = decoder.decode([self.read_info(p) for p in decoder.parts])
+            return tensor if rows is None else tensor[:rows]
+        return self.read_info(self.tensors[name], rows, pin)
+
+    def read_info(self, info: TensorInfo, rows: int | None = None, pin: bool = False) -> torch.Tensor:
+        """Read the stored tensor ``info`` of this checkpoint (see :meth:`read`)."""
         tensor = self.source.read(info, rows, path=self._path(info.file), pin=pin)
         left = self._remaining.get(info.file)
         if left is not None:

@@ -79,6 +79,8 @@ RANGE_FIRST = 100_000
 """Bytes asked for in the first range read; most headers fit (huggingface_hub does the same)."""
 WEIGHT_INDEX = "model.safetensors.index.json"
 WEIGHT_SINGLE = "model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+"""A PEFT adapter repo's config (its ``adapter_model.safetensors`` is found as a shard)."""
 
 
 def _cache_dir() -> Path:
@@ -363,7 +365,8 @@ def open_hub(repo: HubRepo) -> Checkpoint:
             config = repo.read_json("config.json")
         except (SourceError, OfflineMissError):
             config = {}
+    adapter = repo.read_json(ADAPTER_CONFIG) if ADAPTER_CONFIG in repo.files else None
     return Checkpoint(
         repo.label, tensors, list(sizes), TensorReader(), config, fetcher=HubFetcher(repo),
-        check_header=lambda local: read_header(local)[0], shard_sizes=sizes,
+        check_header=lambda local: read_header(local)[0], shard_sizes=sizes, adapter=adapter,
     )  # fmt: skip

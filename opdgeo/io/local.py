@@ -1,7 +1,8 @@
 """Local checkpoints: a ``.safetensors`` file or a folder of them, opened header-first.
 
 A folder is resolved in this order: ``model.safetensors.index.json`` (sharded), then
-``model.safetensors``, then the ``*.safetensors`` files it holds, then pickle weights (only
+``model.safetensors``, then a PEFT adapter (``adapter_config.json`` +
+``adapter_model.safetensors``, see :mod:`opdgeo.io.peft`), then the ``*.safetensors`` files it holds, then pickle weights (only
 with the opt-in, see :mod:`opdgeo.io.pickle`). Only headers are read here; tensor data is
 read one tensor at a time through :meth:`opdgeo.io.checkpoint.Checkpoint.read`.
 """
@@ -20,11 +21,13 @@ from opdgeo.io.checkpoint import (
     check_weight_map,
     merge_shards,
 )
+from opdgeo.io.peft import read_adapter_config
 from opdgeo.io.pickle import PICKLE_SUFFIXES, open_pickles, pickle_files
 from opdgeo.io.safetensors import TensorReader, read_header
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
+ADAPTER = "adapter_model.safetensors"
 
 
 def open_local(spec: str, path: Path, options: SourceOptions) -> Checkpoint:
@@ -35,7 +38,10 @@ def open_local(spec: str, path: Path, options: SourceOptions) -> Checkpoint:
         if path.suffix != ".safetensors":
             raise SourceError(f"{spec}: not a .safetensors file")
         config = read_config(path.parent / "config.json") if path.name == SINGLE else {}
-        return _checkpoint(spec, [path], config)
+        ckpt = _checkpoint(spec, [path], config)
+        if path.name == ADAPTER:
+            ckpt.adapter = read_adapter_config(path.parent)
+        return ckpt
     if not path.is_dir():
         raise SourceError(f"{spec}: not a file or directory")
     config = read_config(path / "config.json")
@@ -46,6 +52,11 @@ def open_local(spec: str, path: Path, options: SourceOptions) -> Checkpoint:
     single = path / SINGLE
     if single.is_file():
         return _checkpoint(spec, [single], config)
+    adapter = read_adapter_config(path)
+    if adapter is not None and (path / ADAPTER).is_file():
+        ckpt = _checkpoint(spec, [path / ADAPTER], config)
+        ckpt.adapter = adapter
+        return ckpt
     files = sorted(p for p in path.glob("*.safetensors") if p.is_file())
     if files:
         return _checkpoint(spec, files, config)

@@ -30,6 +30,7 @@ from opdgeo.metrics import spectral  # noqa: E402,F401
 from opdgeo.metrics import masks  # noqa: E402,F401
 from opdgeo.metrics import intruders  # noqa: E402,F401
 from opdgeo.metrics import update_size  # noqa: E402,F401
+from opdgeo.metrics import decoded  # noqa: E402,F401
 # isort: on
 
 __all__ = [

@@ -183,13 +183,14 @@ def stable_rank(pair: TensorPair) -> dict[str, float]:
     ‖ΔW‖_F² is accumulated in float64; σ₁ = ‖ΔW‖₂ comes from block Krylov power iteration
     on ΔW in float32 (``krylov-f32``; to 1e-6 relative change in the standard tier, 1e-4 in
     the fast tier) or from float64 SVD in the exact tier (see
-    :attr:`opdgeo.pair.TensorPair.delta_sigma1`). 1 for a rank-one update, min(m, n) for an
+    :attr:`opdgeo.pair.TensorPair.delta_sigma1`). For a LoRA adapter both norms come exactly
+    from the r x r core (``lowrank-core-f64``). 1 for a rank-one update, min(m, n) for an
     update with a flat spectrum; NaN when ΔW = 0.
     """
     if pair.identical or pair.delta_fro2 == 0:
         return {"stable_rank": NAN, "delta_sigma1": 0.0}
     sigma1 = pair.delta_sigma1
     return {
-        "stable_rank": pair.delta_fro2 / sigma1**2 if sigma1 > 0 else NAN,
+        "stable_rank": pair.update_fro2 / sigma1**2 if sigma1 > 0 else NAN,
         "delta_sigma1": sigma1,
     }
