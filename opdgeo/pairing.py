@@ -190,10 +190,12 @@ def plan_pairs(base: Checkpoint, tuned: Checkpoint, settings: Settings) -> Plan:
         if _in_scope(name, tuned.tensors[name], settings):
             plan.skipped.append(Skipped(name, "only in tuned", None, tuned.tensors[name].shape))
 
-    for side, ckpt in (("base", base), ("tuned", tuned)):
-        for name, reason in ckpt.consumed.items():
-            if _in_scope(name, TensorInfo(name, "F32", (), Path(), 0, 0), settings):
-                plan.skipped.append(Skipped(name, f"{reason} ({side})"))
+    for name in dict.fromkeys([*base.consumed, *tuned.consumed]):  # scales, adapter factors
+        if _in_scope(name, TensorInfo(name, "F32", (), Path(), 0, 0), settings):
+            reason = base.consumed.get(name) or tuned.consumed[name]
+            side = "" if name in base.consumed and name in tuned.consumed else (
+                " (base)" if name in base.consumed else " (tuned)")  # fmt: skip
+            plan.skipped.append(Skipped(name, reason + side))
     if not matches and not tied:
         raise NotComparableError(
             f"{base.label} and {tuned.label} share no tensor names; are they the same architecture?"

@@ -166,11 +166,17 @@ def document(
     }
 
 
-INSPECT_COLUMNS = ("tensor", "dtype", "shape", "numel", "nbytes", "module", "layer", "file")
+INSPECT_COLUMNS = (
+    "tensor", "dtype", "shape", "numel", "nbytes", "module", "layer", "file", "decoding",
+)  # fmt: skip
 
 
 def inspect_frame(ckpt: Checkpoint) -> pd.DataFrame:
-    """One row per tensor of a checkpoint, in file order, from its headers."""
+    """One row per tensor of a checkpoint, in file order, from its headers; ``decoding`` says
+    how a quantized weight, its scales or an adapter's factors are used ("" for plain)."""
+    from opdgeo.io import peft, quant
+
+    notes = {**quant.describe(ckpt), **peft.describe(ckpt)}
     names = sorted(ckpt.tensors, key=ckpt.file_position)
     return pd.DataFrame(
         [
@@ -183,6 +189,7 @@ def inspect_frame(ckpt: Checkpoint) -> pd.DataFrame:
                 "module": module_type(n),
                 "layer": layer_index(n),
                 "file": ckpt.tensors[n].file.name,
+                "decoding": notes.get(n, ""),
             }
             for n in names
         ],

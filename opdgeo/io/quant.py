@@ -331,8 +331,12 @@ def _decoded_shape(decoder: ScaledGrid | Mxfp4) -> tuple[int, ...]:
 
 
 def describe(ckpt: Checkpoint) -> dict[str, str]:
-    """For ``inspect``: how each quantization-related tensor is used, by stored name."""
-    found = find(ckpt)
+    """For ``inspect``: how each quantization-related tensor is used, by stored name (the
+    error itself on every tensor when the layout cannot be decoded)."""
+    try:
+        found = find(ckpt)
+    except QuantizationError as exc:
+        return dict.fromkeys(ckpt.tensors, str(exc))
     notes = dict(found.consumed)
     for name, decoder in found.decoders.items():
         notes[decoder.parts[0].name] = f"{decoder.method} -> {name} (float32)"

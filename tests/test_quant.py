@@ -1,0 +1,217 @@
+"""FP8 / compressed-tensors / MXFP4 weights are compared on their dequantized values."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import opdgeo
+from opdgeo.errors import EXIT_ERROR
+from opdgeo.io import open_checkpoint
+from opdgeo.io.quant import QuantizationError, dequantized
+from tests.quantfixtures import (
+    fp8_block,
+    fp8_channel,
+    fp8_dequant_reference,
+    mxfp4,
+    mxfp4_reference,
+    save,
+)
+
+FP8_CONFIG = {"quantization_config": {"quant_method": "fp8", "fmt": "e4m3",
+                                      "activation_scheme": "dynamic",
+                                      "weight_block_size": [128, 128]}}  # fmt: skip
+CT_CONFIG = {"quantization_config": {"quant_method": "compressed-tensors",
+                                     "format": "float-quantized"}}  # fmt: skip
+MX_CONFIG = {"quantization_config": {"quant_method": "mxfp4"}}
+COLUMNS = ("delta_fro", "base_fro", "max_abs_delta", "nss", "stable_rank", "delta_sigma1",
+           "angle_left_mean_deg", "unchanged_bf16")  # fmt: skip
+
+
+def _base(seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "model.embed_tokens.weight": (torch.randn(40, 136, generator=gen) * 0.02),
+        "model.layers.0.self_attn.q_proj.weight": torch.randn(200, 136, generator=gen) * 0.02,
+        "model.layers.0.mlp.up_proj.weight": torch.randn(264, 136, generator=gen) * 0.02,
+        "model.layers.0.input_layernorm.weight": torch.ones(136),
+    }
+
+
+def _bf16(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.to(torch.bfloat16) for k, v in tensors.items()}
+
+
+def _fp8_release(tensors: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """(FP8 release with weight_scale_inv, the same values stored as float32)."""
+    fp8, plain = {}, {}
+    for name, w in tensors.items():
+        if name.endswith("proj.weight"):
+            q, s = fp8_block(w)
+            fp8[name], fp8[name + "_scale_inv"] = q, s
+            plain[name] = fp8_dequant_reference(q, s)
+        else:
+            fp8[name] = plain[name] = w
+    return fp8, plain
+
+
+def _frame(base: Path, tuned: Path, **kw: object) -> tuple[dict, object]:
+    run = opdgeo.compare(str(base), str(tuned), **kw)[0]
+    return run.summary, run.tensors.set_index("tensor")
+
+
+def _same(a: object, b: object, names: list[str]) -> None:
+    for name in names:
+        for col in COLUMNS:
+            if col not in a.columns:  # type: ignore[attr-defined]
+                continue
+            x, y = float(a.loc[name, col]), float(b.loc[name, col])  # type: ignore[attr-defined]
+            assert (math.isnan(x) and math.isnan(y)) or x == pytest.approx(y, rel=1e-6, abs=1e-12), (
+                name, col, x, y)
+
+
+def test_fp8_block_dequantizes_with_partial_edge_blocks(tmp_path: Path) -> None:
+    w = _base()["model.layers.0.self_attn.q_proj.weight"]  # 200 x 136: edge blocks 72 x 8
+    q, s = fp8_block(w)
+    assert s.shape == (2, 2)
+    path = save(tmp_path / "fp8", {"model.layers.0.self_attn.q_proj.weight": q,
+                                   "model.layers.0.self_attn.q_proj.weight_scale_inv": s},
+                FP8_CONFIG)  # fmt: skip
+    ckpt = dequantized(open_checkpoint(str(path)))
+    got = ckpt.read("model.layers.0.self_attn.q_proj.weight")
+    assert got.dtype == torch.float32 and got.shape == (200, 136)
+    assert torch.equal(got, fp8_dequant_reference(q, s))
+    assert got[199, 135] == q[199, 135].float() * s[1, 1]  # last partial block's own scale
+    assert "model.layers.0.self_attn.q_proj.weight_scale_inv" in ckpt.consumed
+
+
+def test_fp8_release_equals_the_same_values_stored_dequantized(tmp_path: Path) -> None:
+    source = _base()
+    tuned = {k: v * 1.01 + 0.001 if k.endswith("proj.weight") else v for k, v in source.items()}
+    fp8, plain = _fp8_release(tuned)
+    base = save(tmp_path / "base", _bf16(source))
+    a_sum, a = _frame(base, save(tmp_path / "fp8", fp8, FP8_CONFIG))
+    b_sum, b = _frame(base, save(tmp_path / "plain", plain))
+    names = [n for n in a.index if not a.loc[n, "skipped"]]
+    assert "model.layers.0.self_attn.q_proj.weight" in names
+    _same(a, b, names)
+    assert a.loc["model.layers.0.self_attn.q_proj.weight", "dtype_tuned"] == "F8_E4M3"
+    assert "fp8-e4m3-block128x128" in a.loc["model.layers.0.self_attn.q_proj.weight", "method"]
+    scale = "model.layers.0.self_attn.q_proj.weight_scale_inv"
+    assert "quantization scale" in a.loc[scale, "skipped"]
+    assert a_sum["regime"] != "quantized"  # a fine-tune, then quantized
+
+
+def test_fp8_release_of_the_base_is_reported_as_quantized(tmp_path: Path) -> None:
+    source = _bf16(_base())
+    fp8, _ = _fp8_release({k: v.float() for k, v in source.items()})
+    summary, frame = _frame(save(tmp_path / "base", source), save(tmp_path / "fp8", fp8, FP8_CONFIG))
+    assert summary["regime"] == "quantized"
+    assert summary["quant_step_share"] == 1.0
+    assert summary["n_quantized_params"] == 200 * 136 + 264 * 136
+    assert "fp8-e4m3-block128x128" in summary["reasons"]
+    # one entry pushed a full step off the grid is no longer explained by rounding
+    q = fp8["model.layers.0.self_attn.q_proj.weight"].float()
+    q[0, 0] = q[0, 0] * 1.5 + 8
+    fp8["model.layers.0.self_attn.q_proj.weight"] = q.to(torch.float8_e4m3fn)
+    summary, frame = _frame(tmp_path / "base", save(tmp_path / "off", fp8, FP8_CONFIG))
+    row = frame.loc["model.layers.0.self_attn.q_proj.weight"]
+    assert row["quant_within_step"] == 200 * 136 - 1
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_compressed_tensors_scales(tmp_path: Path, per_channel: bool) -> None:
+    source = _base()
+    name = "model.layers.0.mlp.up_proj.weight"
+    w = source[name]
+    if per_channel:
+        q, s = fp8_channel(w)
+    else:
+        s = (w.abs().max() / 448.0).reshape(1)
+        q = (w / s).to(torch.float8_e4m3fn)
+    stored = {name: q, name.replace("weight", "weight_scale"): s,
+              name.replace("weight", "input_scale"): torch.ones(1)}  # fmt: skip
+    a_sum, a = _frame(save(tmp_path / "base", {name: w}), save(tmp_path / "ct", stored, CT_CONFIG))
+    _, b = _frame(tmp_path / "base", save(tmp_path / "plain", {name: q.float() * s}))
+    _same(a, b, [name])
+    layout = "channel" if per_channel else "tensor"
+    assert f"fp8-e4m3-{layout}" in a.loc[name, "method"]
+    assert "activation quantization scale" in a.loc["model.layers.0.mlp.up_proj.input_scale", "skipped"]
+    assert a_sum["regime"] == "quantized"
+
+
+def test_mxfp4_known_bytes() -> None:
+    """0x21: low nibble 1 (+0.5) is the even entry, high nibble 2 (+1.0) the odd one; scale
+    byte 128 is 2^(128 - 127) = 2; 0x9F: low 0xF (-6.0), high 0x9 (-0.5)."""
+    from opdgeo.io.checkpoint import TensorInfo
+    from opdgeo.io.quant import Mxfp4
+
+    blocks = torch.zeros(1, 1, 1, 16, dtype=torch.uint8)
+    blocks[0, 0, 0, 0], blocks[0, 0, 0, 1] = 0x21, 0x9F
+    scales = torch.full((1, 1, 1), 128, dtype=torch.uint8)
+    infos = (TensorInfo("x_blocks", "U8", (1, 1, 1, 16), Path(), 0, 16),
+             TensorInfo("x_scales", "U8", (1, 1, 1), Path(), 0, 1))  # fmt: skip
+    out = Mxfp4(infos).decode([blocks.reshape(-1), scales.reshape(-1)])
+    assert out.shape == (1, 32, 1)
+    assert out[0, :4, 0].tolist() == [1.0, 2.0, -12.0, -1.0]
+    assert torch.equal(out, mxfp4_reference(blocks, scales))
+
+
+def test_mxfp4_gpt_oss_experts_equal_stored_dequantized(tmp_path: Path) -> None:
+    e, h, i2 = 2, 64, 96  # gate_up_proj [E, H, 2I]; blocks [E, 2I, H/32, 16]
+    gen = torch.Generator().manual_seed(3)
+    dense = torch.randn(e, h, i2, generator=gen) * 0.02
+    blocks, scales = mxfp4(dense.transpose(1, 2))
+    assert blocks.shape == (e, i2, h // 32, 16) and scales.shape == (e, i2, h // 32)
+    prefix = "model.layers.0.mlp.experts."
+    quant = {prefix + "gate_up_proj_blocks": blocks, prefix + "gate_up_proj_scales": scales}
+    path = save(tmp_path / "mx", quant, MX_CONFIG)
+    ckpt = dequantized(open_checkpoint(str(path)))
+    got = ckpt.read(prefix + "gate_up_proj")
+    assert got.shape == (e, h, i2)
+    assert torch.equal(got, mxfp4_reference(blocks, scales))
+    base = save(tmp_path / "base", {prefix + "gate_up_proj": dense.to(torch.bfloat16)})
+    a_sum, a = _frame(base, path)
+    _, b = _frame(base, save(tmp_path / "plain", {prefix + "gate_up_proj": got}))
+    _same(a, b, [prefix + "gate_up_proj"])
+    assert a.loc[prefix + "gate_up_proj", "dtype_tuned"] == "MXFP4"
+    assert a_sum["quant_step_share"] == 1.0 and a_sum["regime"] == "quantized"
+
+
+def test_float_weight_beside_an_integer_sibling_is_compared(tmp_path: Path) -> None:
+    name = "model.layers.0.mlp.up_proj"
+    w = _base()[name + ".weight"]
+    side = {name + ".weight": w.to(torch.bfloat16),
+            name + ".qweight": torch.zeros(17, 264, dtype=torch.int32),
+            name + ".qzeros": torch.zeros(1, 33, dtype=torch.int32),
+            name + ".scales": torch.ones(1, 264, dtype=torch.float16)}  # fmt: skip
+    _, frame = _frame(save(tmp_path / "a", side), save(tmp_path / "b", side))
+    assert frame.loc[name + ".weight", "skipped"] == ""
+    assert "GPTQ/AWQ" in frame.loc[name + ".qweight", "skipped"]
+    assert "GPTQ/AWQ" in frame.loc[name + ".scales", "skipped"]
+
+
+def test_bad_scale_shape_and_unknown_method(tmp_path: Path) -> None:
+    w = _base()["model.layers.0.self_attn.q_proj.weight"]
+    q, _ = fp8_block(w)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    bad = save(tmp_path / "bad", {name: q, name + "_scale_inv": torch.ones(3, 3)}, FP8_CONFIG)
+    with pytest.raises(QuantizationError, match=r"scale_inv.*\[3, 3\].*fits no quantization layout"):
+        dequantized(open_checkpoint(str(bad)))
+    assert QuantizationError("x").exit_code == EXIT_ERROR
+    odd = save(tmp_path / "odd", {name: q, name + "_scale_inv": torch.ones(2, 2)},
+               {"quantization_config": {"quant_method": "fancy4"}})  # fmt: skip
+    with pytest.raises(QuantizationError, match="unknown quantization method 'fancy4'"):
+        dequantized(open_checkpoint(str(odd)))
+
+
+def test_inspect_names_quantization(tmp_path: Path) -> None:
+    fp8, _ = _fp8_release(_base())
+    info = opdgeo.inspect(str(save(tmp_path / "fp8", fp8, FP8_CONFIG)))
+    notes = dict(zip(info.frame["tensor"], info.frame["decoding"], strict=True))
+    assert notes["model.layers.0.self_attn.q_proj.weight"].startswith("fp8-e4m3-block128x128")
+    assert "quantization scale" in notes["model.layers.0.self_attn.q_proj.weight_scale_inv"]
+    assert notes["model.layers.0.input_layernorm.weight"] == ""
