@@ -203,7 +203,7 @@ def open_adapter(adapter: Checkpoint, base: Checkpoint) -> Checkpoint:
         for part in lora.parts:
             consumed[part.name] = f"LoRA factor of {lora.name} (composed)"
     for key, info in full.items():
-        name = by_canon.get(canonical(key), _module_name(key))
+        name = _base_name(_module_name(key), by_canon) or _module_name(key)
         tensors[name] = info
         decoders.pop(name, None)
     files = list(adapter.files) + [f for f in base.files if f not in adapter.files]
@@ -213,6 +213,17 @@ def open_adapter(adapter: Checkpoint, base: Checkpoint) -> Checkpoint:
         decoders=dict(decoders), consumed=consumed, adapter=adapter.adapter,
     )  # fmt: skip
     return view
+
+
+def _base_name(name: str, by_canon: dict[str, str]) -> str | None:
+    """The base tensor an adapter key names: same canonical name, else the one base name
+    that is a dotted suffix of it or has it as one (PEFT names modules inside the task
+    model, e.g. GPT-2's ``transformer.h.0...`` for a checkpoint's ``h.0...``)."""
+    key = canonical(name)
+    if key in by_canon:
+        return by_canon[key]
+    hits = [n for c, n in by_canon.items() if key.endswith("." + c) or c.endswith("." + key)]
+    return hits[0] if len(hits) == 1 else None
 
 
 def _compose(
@@ -228,7 +239,7 @@ def _compose(
     b = parts.get("lora_embedding_B" if embedding else "lora_B")
     if a is None or b is None:
         raise AdapterError(f"{where}: module {module} has only {sorted(parts)}; LoRA needs A and B")
-    name = by_canon.get(canonical(module + ".weight"))
+    name = _base_name(module + ".weight", by_canon)
     if name is None:
         raise AdapterError(f"{where}: the adapter targets {module}, which the base has no weight for")
     r, alpha = settings.rank_alpha(module)

@@ -1,0 +1,157 @@
+"""LoRA / PEFT adapters compared as the merged model they define (opdgeo.io.peft)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import opdgeo
+from opdgeo.io import open_checkpoint
+from opdgeo.io.peft import AdapterError, open_adapter, pattern_key
+from tests.quantfixtures import save, save_adapter
+
+P = "base_model.model."
+AGREE = ("delta_fro", "base_fro", "rel_norm", "stable_rank", "delta_sigma1", "unchanged_bf16")
+
+
+def _base(dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    out = {"model.embed_tokens.weight": torch.randn(50, 48, generator=gen) * 0.02,
+           "lm_head.weight": torch.randn(50, 48, generator=gen) * 0.02}  # fmt: skip
+    for i in range(2):
+        for proj, shape in (("q_proj", (48, 48)), ("v_proj", (24, 48)), ("o_proj", (48, 48))):
+            out[f"model.layers.{i}.self_attn.{proj}.weight"] = torch.randn(*shape, generator=gen) * 0.02
+    return {k: v.to(dtype) for k, v in out.items()}
+
+
+def _adapter(base: dict[str, torch.Tensor], config: dict) -> tuple[dict, dict]:
+    """(adapter tensors, merged state dict: W0 + s B A formed in float32 as opdgeo does)."""
+    gen = torch.Generator().manual_seed(1)
+    tensors, merged = {}, {k: v.clone() for k, v in base.items()}
+    for name, w in base.items():
+        module = name.removesuffix(".weight")
+        if not module.endswith(("q_proj", "v_proj")):
+            continue
+        r = config.get("rank_pattern", {}).get(module.split(".")[-1], config["r"])
+        alpha = config.get("alpha_pattern", {}).get(module.split(".")[-1], config["lora_alpha"])
+        s = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+        a = torch.randn(r, w.shape[1], generator=gen) * 0.05
+        b = torch.randn(w.shape[0], r, generator=gen) * 0.05
+        tensors[f"{P}{module}.lora_A.weight"] = a
+        tensors[f"{P}{module}.lora_B.weight"] = b
+        merged[name] = w.float() + (s * b) @ a
+    for module in config.get("modules_to_save", []):
+        name = f"{module}.weight"
+        tensors[P + name] = base[name] + 0.01
+        merged[name] = base[name] + 0.01
+    return tensors, merged
+
+
+CONFIGS = {
+    "plain": {"r": 4, "lora_alpha": 8},
+    "patterns+rslora+modules_to_save": {
+        "r": 4, "lora_alpha": 16, "use_rslora": True, "rank_pattern": {"v_proj": 2},
+        "alpha_pattern": {"v_proj": 3}, "modules_to_save": ["lm_head"],
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("which", list(CONFIGS))
+def test_adapter_agrees_with_the_merged_model(tmp_path: Path, which: str) -> None:
+    config = CONFIGS[which]
+    base = _base()
+    tensors, merged = _adapter(base, config)
+    base_dir = save(tmp_path / "base", base)
+    adapter = save_adapter(tmp_path / "adapter", tensors, config)
+    merged_dir = save(tmp_path / "merged", merged)
+    run_a = opdgeo.compare(str(base_dir), str(adapter))[0]
+    run_m = opdgeo.compare(str(base_dir), str(merged_dir))[0]
+    a, m = run_a.tensors.set_index("tensor"), run_m.tensors.set_index("tensor")
+    compared = [n for n in m.index if not m.loc[n, "skipped"]]
+    assert set(compared) <= set(a.index)
+    for name in compared:
+        for col in AGREE:
+            x, y = float(a.loc[name, col]), float(m.loc[name, col])
+            assert (math.isnan(x) and math.isnan(y)) or x == pytest.approx(y, rel=1e-6), (name, col)
+    assert a.loc[compared, "unchanged_bf16"].tolist() == m.loc[compared, "unchanged_bf16"].tolist()
+    assert run_a.summary["sparsity_bf16"] == run_m.summary["sparsity_bf16"]
+    assert run_a.summary["rel_norm"] == pytest.approx(run_m.summary["rel_norm"], rel=1e-6)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    v = "model.layers.1.self_attn.v_proj.weight"
+    assert a.loc[q, "lora_rank"] == 4
+    assert "lowrank-core-f64" in a.loc[q, "method"]
+    if which == "plain":
+        assert a.loc[q, "lora_scale"] == 2.0
+    else:
+        assert a.loc[q, "lora_scale"] == 8.0  # 16 / sqrt(4)
+        assert a.loc[v, "lora_rank"] == 2 and a.loc[v, "lora_scale"] == pytest.approx(3 / math.sqrt(2))
+        assert a.loc[v, "stable_rank"] <= 2.0 + 1e-9
+        assert a.loc["lm_head.weight", "skipped"] == ""
+    assert "LoRA factor" in a.loc[f"{P}model.layers.0.self_attn.q_proj.lora_A.weight", "skipped"]
+
+
+def test_fan_in_fan_out_and_exact_core(tmp_path: Path) -> None:
+    """GPT-2 Conv1D stores [in, out]: ΔW = (B A)ᵀ; σ₁ from the core equals the SVD's."""
+    gen = torch.Generator().manual_seed(2)
+    w = torch.randn(32, 96, generator=gen) * 0.02  # c_attn: in 32, out 96
+    a, b = torch.randn(3, 32, generator=gen), torch.randn(96, 3, generator=gen)
+    base = save(tmp_path / "base", {"h.0.attn.c_attn.weight": w})
+    adapter = save_adapter(tmp_path / "ad", {f"{P}transformer.h.0.attn.c_attn.lora_A.weight": a,
+                                             f"{P}transformer.h.0.attn.c_attn.lora_B.weight": b},
+                           {"r": 3, "lora_alpha": 6, "fan_in_fan_out": True})  # fmt: skip
+    view = open_adapter(open_checkpoint(str(adapter)), open_checkpoint(str(base)))
+    w1 = view.read("h.0.attn.c_attn.weight")
+    delta = (2.0 * b @ a).T
+    assert torch.allclose(w1, w + delta, atol=1e-6)
+    frame = opdgeo.compare(str(base), str(adapter), tier="exact")[0].tensors.set_index("tensor")
+    sigma = torch.linalg.svdvals(a.T.double() @ (2.0 * b).T.double())  # ΔW in float64
+    assert frame.loc["h.0.attn.c_attn.weight", "delta_sigma1"] == pytest.approx(float(sigma[0]), rel=1e-12)
+    srank = float((sigma**2).sum() / sigma[0] ** 2)
+    assert frame.loc["h.0.attn.c_attn.weight", "stable_rank"] == pytest.approx(srank, rel=1e-12)
+
+
+def test_dora_is_composed_as_peft_merges_it(tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(16, 24, generator=gen) * 0.02
+    a, b = torch.randn(2, 24, generator=gen), torch.randn(16, 2, generator=gen) * 0.01
+    mag = torch.rand(16, generator=gen) + 0.5
+    m = f"{P}model.layers.0.mlp.up_proj"
+    adapter = save_adapter(tmp_path / "ad", {m + ".lora_A.weight": a, m + ".lora_B.weight": b,
+                                             m + ".lora_magnitude_vector": mag},
+                           {"r": 2, "lora_alpha": 2, "use_dora": True})  # fmt: skip
+    base = save(tmp_path / "base", {"model.layers.0.mlp.up_proj.weight": w})
+    view = open_adapter(open_checkpoint(str(adapter)), open_checkpoint(str(base)))
+    merged = w + b @ a
+    expected = mag.reshape(-1, 1) / torch.linalg.norm(merged, dim=1, keepdim=True) * merged
+    assert torch.allclose(view.read("model.layers.0.mlp.up_proj.weight"), expected, atol=1e-7)
+
+
+def test_bad_adapters(tmp_path: Path) -> None:
+    base = save(tmp_path / "base", _base())
+    tensors, _ = _adapter(_base(), {"r": 4, "lora_alpha": 8})
+    no_config = save_adapter(tmp_path / "none", tensors, None)
+    with pytest.raises(AdapterError, match="no adapter_config.json"):
+        opdgeo.compare(str(base), str(no_config))
+    wrong_r = save_adapter(tmp_path / "r", tensors, {"r": 8, "lora_alpha": 8})
+    with pytest.raises(AdapterError, match=r"A \[4, 48\] and B \[48, 4\].*r = 8"):
+        opdgeo.compare(str(base), str(wrong_r))
+    ia3 = save_adapter(tmp_path / "ia3", tensors, {"r": 4, "lora_alpha": 8, "peft_type": "IA3"})
+    with pytest.raises(AdapterError, match="PEFT type IA3 is not supported"):
+        opdgeo.compare(str(base), str(ia3))
+
+
+def test_pattern_key_follows_peft() -> None:
+    assert pattern_key(["v_proj"], "model.layers.0.self_attn.v_proj") == "v_proj"
+    assert pattern_key(["layers.1.self_attn.q_proj"], "model.layers.1.self_attn.q_proj")
+    assert pattern_key(["q_proj"], "model.layers.0.self_attn.qq_proj") is None
+
+
+def test_inspect_shows_adapter_rank_and_scale(tmp_path: Path) -> None:
+    tensors, _ = _adapter(_base(), {"r": 4, "lora_alpha": 8})
+    info = opdgeo.inspect(str(save_adapter(tmp_path / "ad", tensors, {"r": 4, "lora_alpha": 8})))
+    notes = dict(zip(info.frame["tensor"], info.frame["decoding"], strict=True))
+    note = notes[f"{P}model.layers.0.self_attn.q_proj.lora_A.weight"]
+    assert note == "lora_A of model.layers.0.self_attn.q_proj (r=4, scale=2)"
