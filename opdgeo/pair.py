@@ -162,8 +162,7 @@ class TensorPair:
     ) -> None:
         if base.shape != tuned.shape:
             raise ValueError(f"shape mismatch {tuple(base.shape)} vs {tuple(tuned.shape)}")
-        self.decoded = (annotation(base), annotation(tuned))
-        """What decoders know about each side (quantization steps, LoRA factors), or None."""
+        self.decoded = (annotation(base), annotation(tuned))  # quantization steps, LoRA factors
         device = torch.device(settings.device)
         if base.device != device:  # pinned host memory makes these copies asynchronous
             base = base.to(device, non_blocking=True)
@@ -371,16 +370,16 @@ class TensorPair:
 
     @cached_property
     def lowrank_spectrum(self) -> torch.Tensor | None:
-        """Singular values of ΔW when the tuned side is a LoRA composition ΔW = L R (float64):
-        exactly those of the r x r core R_L R_Rᵀ from the QR factorisations L = Q_L R_L and
-        Rᵀ = Q_R R_R, since ΔW = Q_L (R_L R_Rᵀ) Q_Rᵀ with orthonormal Q's. None otherwise."""
+        """σ(ΔW) of a LoRA composition ΔW = L R (tuned side), float64: those of the r x r core
+        R_L R_Rᵀ (QR: L = Q_L R_L, Rᵀ = Q_R R_R, ΔW = Q_L R_L R_Rᵀ Q_Rᵀ). None otherwise."""
         decoded = self.decoded[1]
         if decoded is None or decoded.lowrank is None:
             return None
         left, right = (f.to(torch.float64) for f in decoded.lowrank)
         r_left = torch.linalg.qr(left, mode="r").R
         r_right = torch.linalg.qr(right.T, mode="r").R
-        return torch.linalg.svdvals(r_left @ r_right.T)
+        values: torch.Tensor = torch.linalg.svdvals(r_left @ r_right.T)
+        return values
 
     @property
     def update_fro2(self) -> float:

@@ -26,6 +26,7 @@ from opdgeo.io import Checkpoint
 from opdgeo.io.checkpoint import FLOAT_DTYPES, QUANTIZED_DTYPES, TensorInfo
 from opdgeo.naming import ATTENTION_TYPES, LINEAR_TYPES, canonical, layer_index, module_type
 
+
 @dataclass(frozen=True)
 class Pair:
     """One comparable tensor pair."""

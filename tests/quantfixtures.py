@@ -94,7 +94,9 @@ def save(path: Path, tensors: dict[str, torch.Tensor], config: dict | None = Non
 
 def save_adapter(path: Path, tensors: dict[str, torch.Tensor], config: dict | None) -> Path:
     path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "adapter_model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()}, str(path / "adapter_model.safetensors")
+    )
     if config is not None:
         full = {"peft_type": "LORA", "base_model_name_or_path": "base", "bias": "none", **config}
         (path / "adapter_config.json").write_text(json.dumps(full))

@@ -23,7 +23,9 @@ def _base(dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
            "lm_head.weight": torch.randn(50, 48, generator=gen) * 0.02}  # fmt: skip
     for i in range(2):
         for proj, shape in (("q_proj", (48, 48)), ("v_proj", (24, 48)), ("o_proj", (48, 48))):
-            out[f"model.layers.{i}.self_attn.{proj}.weight"] = torch.randn(*shape, generator=gen) * 0.02
+            out[f"model.layers.{i}.self_attn.{proj}.weight"] = (
+                torch.randn(*shape, generator=gen) * 0.02
+            )
     return {k: v.to(dtype) for k, v in out.items()}
 
 
@@ -87,7 +89,9 @@ def test_adapter_agrees_with_the_merged_model(tmp_path: Path, which: str) -> Non
         assert a.loc[q, "lora_scale"] == 2.0
     else:
         assert a.loc[q, "lora_scale"] == 8.0  # 16 / sqrt(4)
-        assert a.loc[v, "lora_rank"] == 2 and a.loc[v, "lora_scale"] == pytest.approx(3 / math.sqrt(2))
+        assert a.loc[v, "lora_rank"] == 2 and a.loc[v, "lora_scale"] == pytest.approx(
+            3 / math.sqrt(2)
+        )
         assert a.loc[v, "stable_rank"] <= 2.0 + 1e-9
         assert a.loc["lm_head.weight", "skipped"] == ""
     assert "LoRA factor" in a.loc[f"{P}model.layers.0.self_attn.q_proj.lora_A.weight", "skipped"]
@@ -108,7 +112,9 @@ def test_fan_in_fan_out_and_exact_core(tmp_path: Path) -> None:
     assert torch.allclose(w1, w + delta, atol=1e-6)
     frame = opdgeo.compare(str(base), str(adapter), tier="exact")[0].tensors.set_index("tensor")
     sigma = torch.linalg.svdvals(a.T.double() @ (2.0 * b).T.double())  # ΔW in float64
-    assert frame.loc["h.0.attn.c_attn.weight", "delta_sigma1"] == pytest.approx(float(sigma[0]), rel=1e-12)
+    assert frame.loc["h.0.attn.c_attn.weight", "delta_sigma1"] == pytest.approx(
+        float(sigma[0]), rel=1e-12
+    )
     srank = float((sigma**2).sum() / sigma[0] ** 2)
     assert frame.loc["h.0.attn.c_attn.weight", "stable_rank"] == pytest.approx(srank, rel=1e-12)
 

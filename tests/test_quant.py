@@ -69,8 +69,9 @@ def _same(a: object, b: object, names: list[str]) -> None:
             if col not in a.columns:  # type: ignore[attr-defined]
                 continue
             x, y = float(a.loc[name, col]), float(b.loc[name, col])  # type: ignore[attr-defined]
-            assert (math.isnan(x) and math.isnan(y)) or x == pytest.approx(y, rel=1e-6, abs=1e-12), (
-                name, col, x, y)
+            assert (math.isnan(x) and math.isnan(y)) or x == pytest.approx(
+                y, rel=1e-6, abs=1e-12
+            ), (name, col, x, y)
 
 
 def test_fp8_block_dequantizes_with_partial_edge_blocks(tmp_path: Path) -> None:
@@ -108,7 +109,9 @@ def test_fp8_release_equals_the_same_values_stored_dequantized(tmp_path: Path) -
 def test_fp8_release_of_the_base_is_reported_as_quantized(tmp_path: Path) -> None:
     source = _bf16(_base())
     fp8, _ = _fp8_release({k: v.float() for k, v in source.items()})
-    summary, frame = _frame(save(tmp_path / "base", source), save(tmp_path / "fp8", fp8, FP8_CONFIG))
+    summary, frame = _frame(
+        save(tmp_path / "base", source), save(tmp_path / "fp8", fp8, FP8_CONFIG)
+    )
     assert summary["regime"] == "quantized"
     assert summary["quant_step_share"] == 1.0
     assert summary["n_quantized_params"] == 200 * 136 + 264 * 136
@@ -139,7 +142,10 @@ def test_compressed_tensors_scales(tmp_path: Path, per_channel: bool) -> None:
     _same(a, b, [name])
     layout = "channel" if per_channel else "tensor"
     assert f"fp8-e4m3-{layout}" in a.loc[name, "method"]
-    assert "activation quantization scale" in a.loc["model.layers.0.mlp.up_proj.input_scale", "skipped"]
+    assert (
+        "activation quantization scale"
+        in a.loc["model.layers.0.mlp.up_proj.input_scale", "skipped"]
+    )
     assert a_sum["regime"] == "quantized"
 
 
@@ -199,7 +205,9 @@ def test_bad_scale_shape_and_unknown_method(tmp_path: Path) -> None:
     q, _ = fp8_block(w)
     name = "model.layers.0.self_attn.q_proj.weight"
     bad = save(tmp_path / "bad", {name: q, name + "_scale_inv": torch.ones(3, 3)}, FP8_CONFIG)
-    with pytest.raises(QuantizationError, match=r"scale_inv.*\[3, 3\].*fits no quantization layout"):
+    with pytest.raises(
+        QuantizationError, match=r"scale_inv.*\[3, 3\].*fits no quantization layout"
+    ):
         dequantized(open_checkpoint(str(bad)))
     assert QuantizationError("x").exit_code == EXIT_ERROR
     odd = save(tmp_path / "odd", {name: q, name + "_scale_inv": torch.ones(2, 2)},

@@ -112,9 +112,13 @@ class Decoder(Protocol):
     decoders live in :mod:`opdgeo.io.quant` and :mod:`opdgeo.io.peft`.
     """
 
-    parts: tuple[TensorInfo, ...]
-    method: str
-    """What the ``method`` column says about the decoding (e.g. ``fp8-e4m3-block128x128``)."""
+    @property
+    def parts(self) -> tuple[TensorInfo, ...]: ...
+
+    @property
+    def method(self) -> str:
+        """What the ``method`` column says about the decoding (``fp8-e4m3-block128x128``)."""
+        ...
 
     def decode(self, parts: list[torch.Tensor]) -> torch.Tensor: ...
 
@@ -196,7 +200,9 @@ class Checkpoint:
         infos = [
             part
             for name in names
-            for part in (self.decoders[name].parts if name in self.decoders else (self.tensors[name],))
+            for part in (
+                self.decoders[name].parts if name in self.decoders else (self.tensors[name],)
+            )
         ]
         for info in infos:
             shard = info.file
@@ -246,7 +252,9 @@ class Checkpoint:
             return tensor if rows is None else tensor[:rows]
         return self.read_info(self.tensors[name], rows, pin)
 
-    def read_info(self, info: TensorInfo, rows: int | None = None, pin: bool = False) -> torch.Tensor:
+    def read_info(
+        self, info: TensorInfo, rows: int | None = None, pin: bool = False
+    ) -> torch.Tensor:
         """Read the stored tensor ``info`` of this checkpoint (see :meth:`read`)."""
         tensor = self.source.read(info, rows, path=self._path(info.file), pin=pin)
         left = self._remaining.get(info.file)

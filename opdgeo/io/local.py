@@ -2,9 +2,10 @@
 
 A folder is resolved in this order: ``model.safetensors.index.json`` (sharded), then
 ``model.safetensors``, then a PEFT adapter (``adapter_config.json`` +
-``adapter_model.safetensors``, see :mod:`opdgeo.io.peft`), then the ``*.safetensors`` files it holds, then pickle weights (only
-with the opt-in, see :mod:`opdgeo.io.pickle`). Only headers are read here; tensor data is
-read one tensor at a time through :meth:`opdgeo.io.checkpoint.Checkpoint.read`.
+``adapter_model.safetensors``, see :mod:`opdgeo.io.peft`), then the ``*.safetensors`` files
+it holds, then pickle weights (only with the opt-in, see :mod:`opdgeo.io.pickle`). Only
+headers are read here; tensor data is read one tensor at a time through
+:meth:`opdgeo.io.checkpoint.Checkpoint.read`.
 """
 
 from __future__ import annotations

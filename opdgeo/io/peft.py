@@ -98,13 +98,17 @@ class Settings:
                 rslora=bool(config.get("use_rslora", False)),
                 fan_in_fan_out=bool(config.get("fan_in_fan_out", False)),
                 dora=bool(config.get("use_dora", False)),
-                rank_pattern={str(k): int(v) for k, v in (config.get("rank_pattern") or {}).items()},
+                rank_pattern={
+                    str(k): int(v) for k, v in (config.get("rank_pattern") or {}).items()
+                },
                 alpha_pattern={
                     str(k): float(v) for k, v in (config.get("alpha_pattern") or {}).items()
                 },
             )
         except (TypeError, ValueError, AttributeError):
-            raise AdapterError(f"{where}: {CONFIG} has a malformed r / lora_alpha / pattern") from None
+            raise AdapterError(
+                f"{where}: {CONFIG} has a malformed r / lora_alpha / pattern"
+            ) from None
 
     def rank_alpha(self, module: str) -> tuple[int, float]:
         rk = pattern_key(list(self.rank_pattern), module)
@@ -144,7 +148,9 @@ class Lora:
     method: str = "lora"
 
     def decode(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        a, b = (stored(i, t).to(torch.float32) for i, t in zip(self.parts[:2], parts[:2], strict=True))
+        a, b = (
+            stored(i, t).to(torch.float32) for i, t in zip(self.parts[:2], parts[:2], strict=True)
+        )
         left, right = (a.T, self.scale * b.T) if self.transpose else (self.scale * b, a)
         w1 = self.base.read(self.name).to(torch.float32)
         w1 = w1 + left @ right
@@ -241,7 +247,9 @@ def _compose(
         raise AdapterError(f"{where}: module {module} has only {sorted(parts)}; LoRA needs A and B")
     name = _base_name(module + ".weight", by_canon)
     if name is None:
-        raise AdapterError(f"{where}: the adapter targets {module}, which the base has no weight for")
+        raise AdapterError(
+            f"{where}: the adapter targets {module}, which the base has no weight for"
+        )
     r, alpha = settings.rank_alpha(module)
     if len(a.shape) != 2 or len(b.shape) != 2 or a.shape[0] != r or b.shape[1] != r:
         raise AdapterError(

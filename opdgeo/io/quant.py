@@ -48,7 +48,24 @@ FP8_FORMATS = {
 }
 """safetensors dtype -> (torch dtype, mantissa bits, smallest normal exponent, name)."""
 _STORED = {"U8": torch.uint8, "I8": torch.int8, "I32": torch.int32, **FLOAT_DTYPES}
-FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+FP4_VALUES = (
+    0.0,
+    0.5,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    4.0,
+    6.0,
+    -0.0,
+    -0.5,
+    -1.0,
+    -1.5,
+    -2.0,
+    -3.0,
+    -4.0,
+    -6.0,
+)
 """e2m1 code -> value (sign bit 3), as transformers' ``FP4_VALUES``."""
 MXFP4_GROUP = 32
 MXFP4_BIAS = 127
@@ -90,9 +107,9 @@ def _expand(scale: torch.Tensor, block: tuple[int, int], shape: tuple[int, ...])
     grid = scale.float().reshape(*shape[:-2], -(-m // block[0]), -(-n // block[1]))
     if grid.shape[-2:] == (1, 1):
         return grid.expand(shape)
-    return grid.repeat_interleave(block[0], dim=-2)[..., :m, :].repeat_interleave(
-        block[1], dim=-1
-    )[..., :n]
+    return grid.repeat_interleave(block[0], dim=-2)[..., :m, :].repeat_interleave(block[1], dim=-1)[
+        ..., :n
+    ]
 
 
 def _fp8_half_step(q: torch.Tensor, fmt: str) -> torch.Tensor:
@@ -176,7 +193,11 @@ def _block_hint(config: dict[str, Any]) -> tuple[int, int] | None:
                 weights = group.get("weights") if isinstance(group, dict) else None
                 if isinstance(weights, dict) and weights.get("block_structure"):
                     size = weights["block_structure"]
-    if isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size):
+    if (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(v, int) and v > 0 for v in size)
+    ):
         return size[0], size[1]
     return None
 
@@ -240,8 +261,11 @@ def find(ckpt: Checkpoint) -> Found:
                     if part is not None and not (other == ".weight" and part.is_float):
                         consumed[part.name] = reason
         if name.endswith("_blocks") and (scales := tensors.get(name[:-7] + "_scales")):
-            if info.dtype != "U8" or scales.dtype != "U8" or info.shape[-1:] != (16,) or (
-                scales.shape != info.shape[:-1]
+            if (
+                info.dtype != "U8"
+                or scales.dtype != "U8"
+                or info.shape[-1:] != (16,)
+                or (scales.shape != info.shape[:-1])
             ):
                 raise QuantizationError(
                     f"{where}: MXFP4 {name!r} {info.dtype} {list(info.shape)} with scales "
@@ -257,7 +281,9 @@ def find(ckpt: Checkpoint) -> Found:
             if scale is None:
                 if info.dtype == "I8":
                     continue  # an int8 weight without a known scale: skipped as non-float
-                block = (info.shape[-2], info.shape[-1]) if len(info.shape) >= 2 else (1, info.numel)
+                block = (
+                    (info.shape[-2], info.shape[-1]) if len(info.shape) >= 2 else (1, info.numel)
+                )
                 decoders[name] = ScaledGrid((info,), f"fp8-{fmt}-unscaled", block)
                 continue
             block = _grid_block(where, info, scale, hint)
@@ -341,4 +367,3 @@ def describe(ckpt: Checkpoint) -> dict[str, str]:
     for name, decoder in found.decoders.items():
         notes[decoder.parts[0].name] = f"{decoder.method} -> {name} (float32)"
     return notes
-
