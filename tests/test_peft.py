@@ -161,3 +161,32 @@ def test_inspect_shows_adapter_rank_and_scale(tmp_path: Path) -> None:
     notes = dict(zip(info.frame["tensor"], info.frame["decoding"], strict=True))
     note = notes[f"{P}model.layers.0.self_attn.q_proj.lora_A.weight"]
     assert note == "lora_A of model.layers.0.self_attn.q_proj (r=4, scale=2)"
+
+
+def test_hub_adapter_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An adapter repo on a (fake, local) Hub is composed like the same adapter folder."""
+    import huggingface_hub.constants as hf_constants
+
+    from tests.hubserver import SHA_A, FakeHub, repo_from_dir
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_ETAG_TIMEOUT", 3)
+    monkeypatch.setattr(hf_constants, "HF_HUB_DOWNLOAD_TIMEOUT", 3)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    config = {"r": 4, "lora_alpha": 8}
+    tensors, _ = _adapter(_base(), config)
+    base = save(tmp_path / "base", _base())
+    adapter = save_adapter(tmp_path / "adapter", tensors, config)
+    server = FakeHub()
+    server.repos = {"org/lora": repo_from_dir(adapter, sha=SHA_A)}
+    server.start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    try:
+        hub = opdgeo.compare(str(base), "org/lora", progress=False)[0]
+    finally:
+        server.stop()
+    local = opdgeo.compare(str(base), str(adapter))[0]
+    for column in ("rel_norm", "stable_rank", "sparsity_bf16", "lora_rank_max"):
+        assert hub.summary[column] == local.summary[column], column
