@@ -203,7 +203,7 @@ def open_adapter(adapter: Checkpoint, base: Checkpoint) -> Checkpoint:
         lora = _compose(where, module, parts, settings, reader, by_canon)
         tensors[lora.name] = dataclasses.replace(
             base.tensors[lora.name], dtype="F32",
-            nbytes=base.tensors[lora.name].nbytes + sum(p.nbytes for p in lora.parts),
+            nbytes=4 * base.tensors[lora.name].numel,  # the float32 W1 held in memory
         )  # fmt: skip
         decoders[lora.name] = lora
         for part in lora.parts:

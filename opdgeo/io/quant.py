@@ -132,22 +132,22 @@ class ScaledGrid:
         weight = stored(self.parts[0], parts[0])
         scale = stored(self.parts[1], parts[1]) if len(parts) > 1 else torch.ones(1)
         shape = self.parts[0].shape
-        q = weight.float().reshape(shape if len(shape) >= 2 else (1, -1))
+        grid_shape = shape if len(shape) >= 2 else (1, math.prod(shape))
+        out = weight.float().reshape(grid_shape)  # one float32 buffer, scaled in place
         if len(parts) > 2:
-            zero = stored(self.parts[2], parts[2])
-            q = q - _expand(zero, self.block, tuple(q.shape))
-        grid = _expand(scale, self.block, tuple(q.shape))
-        out = (q * grid).reshape(shape)
-        dtype = self.parts[0].dtype
+            out -= _expand(stored(self.parts[2], parts[2]), self.block, grid_shape)
+        out *= _expand(scale, self.block, grid_shape)
+        dtype, block = self.parts[0].dtype, self.block
 
-        def half_step() -> torch.Tensor:
+        def half_step() -> torch.Tensor:  # recomputed from the 1-byte codes and small scales
+            grid = _expand(scale, block, grid_shape).abs()
             if dtype in FP8_FORMATS:
-                step = _fp8_half_step(weight, dtype).reshape(grid.shape)
+                grid = grid * _fp8_half_step(weight, dtype).reshape(grid_shape)
             else:  # integers: a uniform grid of spacing 1
-                step = torch.full_like(grid, 0.5)
-            return (step * grid.abs()).reshape(shape)
+                grid = grid * 0.5
+            return grid.reshape(shape)
 
-        return annotate(out, Decoded(self.method, half_step=half_step))
+        return annotate(out.reshape(shape), Decoded(self.method, half_step=half_step))
 
 
 @dataclass(frozen=True)
@@ -159,19 +159,25 @@ class Mxfp4:
 
     def decode(self, parts: list[torch.Tensor]) -> torch.Tensor:
         blocks, scales = (stored(i, t) for i, t in zip(self.parts, parts, strict=True))
-        exponent = scales.to(torch.int32) - MXFP4_BIAS
         lut = torch.tensor(FP4_VALUES, dtype=torch.float32)
-        low, high = (blocks & 0x0F).long(), (blocks >> 4).long()
-        values = torch.stack((lut[low], lut[high]), dim=-1).flatten(-2)  # [..., G, 32]
-        out = _mx_layout(torch.ldexp(values, exponent.unsqueeze(-1)))
+        out = _mx_layout(_mx_values(blocks, scales, lut))
 
-        def half_step() -> torch.Tensor:
-            # e2m1 spacing: 0.5 below 2, 1 in [2, 4), 2 from 4 (codes 0-3, 4-5, 6-7)
-            spacing = torch.tensor((0.5, 0.5, 0.5, 0.5, 1.0, 1.0, 2.0, 2.0))
-            codes = torch.stack((low & 7, high & 7), dim=-1).flatten(-2)
-            return _mx_layout(torch.ldexp(spacing[codes] / 2, exponent.unsqueeze(-1)))
+        def half_step() -> torch.Tensor:  # recomputed from the packed codes
+            # e2m1 spacing: 0.5 below 2, 1 in [2, 4), 2 from 4 (codes 0-3, 4-5, 6-7), halved
+            half = torch.tensor((0.25, 0.25, 0.25, 0.25, 0.5, 0.5, 1.0, 1.0) * 2)
+            return _mx_layout(_mx_values(blocks, scales, half))
 
         return annotate(out, Decoded(self.method, half_step=half_step))
+
+
+def _mx_values(blocks: torch.Tensor, scales: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``table[code] · 2^(scale − 127)`` per entry, [..., G, 32]: the low nibble of each byte
+    is the even entry, the high nibble the odd one (convert_moe_packed_tensors)."""
+    values = torch.empty(*blocks.shape[:-1], 32, dtype=torch.float32)
+    values[..., 0::2] = table[(blocks & 0x0F).long()]
+    values[..., 1::2] = table[(blocks >> 4).long()]
+    exponent = scales.to(torch.int32) - MXFP4_BIAS
+    return torch.ldexp(values, exponent.unsqueeze(-1), out=values)
 
 
 def _mx_layout(values: torch.Tensor) -> torch.Tensor:
@@ -335,10 +341,9 @@ def dequantized(ckpt: Checkpoint) -> Checkpoint:
     for name, decoder in found.decoders.items():
         weight = decoder.parts[0]
         dtype = "MXFP4" if isinstance(decoder, Mxfp4) else weight.dtype
-        nbytes = sum(p.nbytes for p in decoder.parts)
-        ckpt.tensors[name] = TensorInfo(
-            name, dtype, _decoded_shape(decoder), weight.file, weight.start, nbytes
-        )
+        shape = _decoded_shape(decoder)
+        nbytes = 4 * math.prod(shape)  # what the decoded float32 tensor holds in memory
+        ckpt.tensors[name] = TensorInfo(name, dtype, shape, weight.file, weight.start, nbytes)
         ckpt.decoders[name] = decoder
     for name, reason in found.consumed.items():
         if name not in found.decoders:
