@@ -234,12 +234,13 @@ def render_inspect(console: Console, info: Inspection) -> None:
             f"{doc['cached_bytes'] / 1e9:.2f} GB cached"
         )
     table = Table(title=Text(title))
-    for col in ("tensor", "dtype", "shape", "numel", "file"):
+    decoding = bool(info.frame["decoding"].astype(bool).any())  # quantized weights, adapters
+    for col in ("tensor", "dtype", "shape", "numel", "file", *(("decoding",) if decoding else ())):
         table.add_column(col, justify="right" if col == "numel" else "left")
     for row in info.frame.itertuples():
         table.add_row(
             Text(printable(row.tensor)), str(row.dtype), str(row.shape), f"{row.numel:,}",
-            Text(printable(row.file)),
+            Text(printable(row.file)), *((Text(printable(row.decoding)),) if decoding else ()),
         )  # fmt: skip
     console.print(table)
 
