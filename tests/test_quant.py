@@ -223,3 +223,33 @@ def test_inspect_names_quantization(tmp_path: Path) -> None:
     assert notes["model.layers.0.self_attn.q_proj.weight"].startswith("fp8-e4m3-block128x128")
     assert "quantization scale" in notes["model.layers.0.self_attn.q_proj.weight_scale_inv"]
     assert notes["model.layers.0.input_layernorm.weight"] == ""
+
+
+@pytest.mark.parametrize(
+    ("fmt", "value", "half"),
+    [("F8_E4M3", 1.0, 1 / 16), ("F8_E4M3", 448.0, 16.0), ("F8_E4M3", 0.0, 2.0**-10),
+     ("F8_E5M2", 1.0, 1 / 8), ("F8_E5M2", 0.0, 2.0**-17)],
+)  # fmt: skip
+def test_fp8_half_step_known_answers(fmt: str, value: float, half: float) -> None:
+    """Half the spacing of the fp8 grid: e4m3 has 3 mantissa bits (1.0 -> 1.125), e5m2 two
+    (1.0 -> 1.25); below the smallest normal (2^-6, 2^-14) the subnormal spacing holds."""
+    from opdgeo.io.quant import FP8_FORMATS, _fp8_half_step
+
+    q = torch.tensor([value]).to(FP8_FORMATS[fmt][0])
+    assert float(_fp8_half_step(q, fmt)[0]) == half
+
+
+def test_cli_bad_scale_is_one_line_exit_1(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from opdgeo.cli import app
+
+    name = "model.layers.0.self_attn.q_proj.weight"
+    q, _ = fp8_block(_base()[name])
+    bad = save(tmp_path / "bad", {name: q, name + "_scale_inv": torch.ones(1, 5)}, FP8_CONFIG)
+    base = save(tmp_path / "base", {name: _base()[name]})
+    result = CliRunner().invoke(app, ["compare", str(base), str(bad)])
+    assert result.exit_code == EXIT_ERROR
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and "fits no quantization layout" in lines[-1]
+    assert "Traceback" not in result.stderr
