@@ -28,7 +28,7 @@ def quantization_verdict(summary: Mapping[str, Any], frame: pd.DataFrame) -> Ver
     if n_quant <= 0 or share is None or not math.isfinite(float(share)):
         return None
     rows = frame[(frame["skipped"] == "") & (~frame["tied"].astype(bool))]
-    plain = rows[rows["quant_params"].isna()]
+    plain = rows[rows["quant_params"].astype(float).fillna(0) == 0]
     changed = plain[plain["max_abs_delta"].astype(float).fillna(math.inf) > 0]
     if float(share) < MIN_SHARE or len(changed):
         return None

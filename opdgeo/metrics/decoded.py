@@ -43,10 +43,11 @@ def decoding(pair: TensorPair) -> dict[str, float]:
     counts the entries with ``|W1 − W0| ≤ h + 2⁻⁸ |W0|``, h being half the quantization step
     at that entry (the largest of the quantized sides): the entries a round-to-nearest
     quantization of W0 explains (the 2⁻⁸ |W0| allows for a bf16 base rounded from the
-    quantizer's float32 source). NaN elsewhere. The summary's ``quant_step_share`` is
-    Σ quant_within_step / Σ quant_params.
+    quantizer's float32 source). All four are 0 for tensors stored as plain floats. The
+    summary's ``quant_step_share`` is Σ quant_within_step / Σ quant_params (NaN without
+    quantized tensors).
     """
-    out = dict.fromkeys(("lora_rank", "lora_scale", "quant_params", "quant_within_step"), NAN)
+    out = dict.fromkeys(("lora_rank", "lora_scale", "quant_params", "quant_within_step"), 0.0)
     steps = []
     for decoded in pair.decoded:
         if decoded is None:
