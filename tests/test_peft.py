@@ -190,3 +190,15 @@ def test_hub_adapter_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     local = opdgeo.compare(str(base), str(adapter))[0]
     for column in ("rel_norm", "stable_rank", "sparsity_bf16", "lora_rank_max"):
         assert hub.summary[column] == local.summary[column], column
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_adapter_on_cuda_matches_cpu(tmp_path: Path) -> None:
+    config = {"r": 4, "lora_alpha": 8}
+    tensors, _ = _adapter(_base(), config)
+    base = save(tmp_path / "base", _base())
+    adapter = save_adapter(tmp_path / "adapter", tensors, config)
+    cpu = opdgeo.compare(str(base), str(adapter))[0].summary
+    gpu = opdgeo.compare(str(base), str(adapter), device="cuda")[0].summary
+    for column in ("rel_norm", "stable_rank", "sparsity_bf16", "lora_rank_max"):
+        assert gpu[column] == pytest.approx(cpu[column], rel=1e-6), column

@@ -253,3 +253,14 @@ def test_cli_bad_scale_is_one_line_exit_1(tmp_path: Path) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and "fits no quantization layout" in lines[-1]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fp8_on_cuda_matches_cpu(tmp_path: Path) -> None:
+    source = _bf16(_base())
+    fp8, _ = _fp8_release({k: v.float() for k, v in source.items()})
+    base, tuned = save(tmp_path / "base", source), save(tmp_path / "fp8", fp8, FP8_CONFIG)
+    cpu = opdgeo.compare(str(base), str(tuned))[0].summary
+    gpu = opdgeo.compare(str(base), str(tuned), device="cuda")[0].summary
+    assert gpu["regime"] == cpu["regime"] == "quantized"
+    assert gpu["quant_step_share"] == cpu["quant_step_share"]
