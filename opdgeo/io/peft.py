@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from opdgeo.errors import FormatError, SourceError
-from opdgeo.io.checkpoint import Checkpoint, SourceOptions, TensorInfo
+from opdgeo.io.checkpoint import Checkpoint, SourceOptions, TensorInfo, TensorSource
 from opdgeo.io.decoded import Decoded, annotate
 from opdgeo.io.quant import dequantized, stored
 from opdgeo.io.safetensors import TensorReader
@@ -214,11 +214,30 @@ def open_adapter(adapter: Checkpoint, base: Checkpoint) -> Checkpoint:
         decoders.pop(name, None)
     files = list(adapter.files) + [f for f in base.files if f not in adapter.files]
     view = Checkpoint(
-        adapter.label, tensors, files, adapter.source, base.config, fetcher=adapter.fetcher,
+        adapter.label, tensors, files, _Sources(adapter.source, reader.source), base.config,
+        fetcher=adapter.fetcher,
         check_header=adapter.check_header, shard_sizes=adapter.shard_sizes,
         decoders=dict(decoders), consumed=consumed, adapter=adapter.adapter,
     )  # fmt: skip
     return view
+
+
+@dataclass
+class _Sources:
+    """The adapter's reader (what the view reads) and the base copy's (closed with it)."""
+
+    main: TensorSource
+    other: TensorSource
+
+    def read(
+        self, info: TensorInfo, rows: int | None = None, path: Path | None = None,
+        pin: bool = False,
+    ) -> torch.Tensor:  # fmt: skip
+        return self.main.read(info, rows, path, pin)
+
+    def close(self) -> None:
+        self.main.close()
+        self.other.close()
 
 
 def _base_name(name: str, by_canon: dict[str, str]) -> str | None:
