@@ -264,3 +264,18 @@ def test_fp8_on_cuda_matches_cpu(tmp_path: Path) -> None:
     gpu = opdgeo.compare(str(base), str(tuned), device="cuda")[0].summary
     assert gpu["regime"] == cpu["regime"] == "quantized"
     assert gpu["quant_step_share"] == cpu["quant_step_share"]
+
+
+def test_fp8_fused_experts_keep_their_expert_axis(tmp_path: Path) -> None:
+    """A fused [E, m, n] FP8 tensor with [E, ⌈m/128⌉, ⌈n/128⌉] scales: each expert its own grid."""
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(3, 136, 200, generator=gen) * 0.02
+    q, s = zip(*(fp8_block(w[e]) for e in range(3)), strict=True)
+    name = "model.layers.0.mlp.experts.gate_up_proj"
+    path = save(tmp_path / "moe", {name: torch.stack(q), name + "_scale_inv": torch.stack(s)},
+                FP8_CONFIG)  # fmt: skip
+    ckpt = dequantized(open_checkpoint(str(path)))
+    got = ckpt.read(name)
+    assert got.shape == (3, 136, 200)
+    for e in range(3):
+        assert torch.equal(got[e], fp8_dequant_reference(q[e], s[e]))

@@ -257,7 +257,7 @@ def find(ckpt: Checkpoint) -> Found:
     decoders: dict[str, ScaledGrid | Mxfp4] = {}
     consumed: dict[str, str] = {}
     hint = _block_hint(ckpt.config)
-    for name, info in tensors.items():
+    for name in tensors:  # first the formats that are named but not decoded
         for marker, fmt, siblings in _UNDECODED:
             if name.endswith(marker):
                 stem = name.removesuffix(marker)
@@ -266,6 +266,9 @@ def find(ckpt: Checkpoint) -> Found:
                     part = tensors.get(stem + other)
                     if part is not None and not (other == ".weight" and part.is_float):
                         consumed[part.name] = reason
+    for name, info in tensors.items():
+        if name in consumed:
+            continue
         if name.endswith("_blocks") and (scales := tensors.get(name[:-7] + "_scales")):
             if (
                 info.dtype != "U8"
@@ -280,9 +283,11 @@ def find(ckpt: Checkpoint) -> Found:
                 )
             decoders[name[:-7]] = Mxfp4((info, scales))
             consumed[name] = consumed[scales.name] = f"MXFP4 part of {name[:-7]} (decoded)"
-        elif name.endswith(".weight") and info.dtype in ("F8_E4M3", "F8_E5M2", "I8"):
-            stem = name.removesuffix(".weight")
-            scale = tensors.get(stem + ".weight_scale_inv") or tensors.get(stem + ".weight_scale")
+        elif info.dtype in FP8_FORMATS or (info.dtype == "I8" and name.endswith(".weight")):
+            # x.weight -> x.weight_scale_inv / x.weight_scale; a fused x -> x_scale_inv / x_scale
+            # (transformers Fp8Dequantize._scale_pattern_for)
+            stem, sep = (name[:-7], ".weight_") if name.endswith(".weight") else (name, "_")
+            scale = tensors.get(stem + sep + "scale_inv") or tensors.get(stem + sep + "scale")
             fmt = FP8_FORMATS[info.dtype][3] if info.dtype in FP8_FORMATS else "int8"
             if scale is None:
                 if info.dtype == "I8":
@@ -295,7 +300,7 @@ def find(ckpt: Checkpoint) -> Found:
             block = _grid_block(where, info, scale, hint)
             layout = _layout_name(info, block)
             parts: tuple[TensorInfo, ...] = (info, scale)
-            zero = tensors.get(stem + ".weight_zero_point")
+            zero = tensors.get(stem + sep + "zero_point")
             if zero is not None:
                 parts = (*parts, zero)
             prefix = "fp8-" if info.dtype in FP8_FORMATS else ""
