@@ -8,13 +8,15 @@ unknown keys are an error, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from opdgeo.calibration import Calibration
 from opdgeo.errors import ConfigError
+from opdgeo.parsing import read_regular, toml_loads
 
 SCOPES = ("all", "linear", "attention")
 SPECTRAL_METHODS = ("gram", "svd")
@@ -101,10 +103,16 @@ class Settings:
             raise ConfigError(f"alpha must be in (0, 1), got {self.alpha}")
         if not 0.0 < self.energy_rank_frac <= 1.0:
             raise ConfigError(f"energy_rank_frac must be in (0, 1], got {self.energy_rank_frac}")
-        if self.atol < 0:
-            raise ConfigError(f"atol must be >= 0, got {self.atol}")
+        if not (0 <= self.atol < math.inf):
+            raise ConfigError(f"atol must be a finite number >= 0, got {self.atol}")
         if self.angle_k < 0 or self.mask_rank < 1:
             raise ConfigError("angle_k must be >= 0 and mask_rank >= 1")
+        for key in ("include", "exclude"):
+            pattern = getattr(self, key)
+            if pattern is not None:
+                if not isinstance(pattern, str):
+                    raise ConfigError(f"{key} must be a regular expression, got {pattern!r}")
+                _check_regex(pattern, key)
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be cpu or cuda, got {self.device!r}")
 
@@ -158,6 +166,12 @@ class Thresholds:
     contracting_fall: float = 0.25
     """trajectory: stable rank falling by more than this fraction -> contracting."""
 
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"thresholds: {f.name} must be a finite number, got {value!r}")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -166,6 +180,23 @@ class Config:
     settings: Settings = field(default_factory=Settings)
     thresholds: Thresholds = field(default_factory=Thresholds)
     calibration: Calibration = field(default_factory=Calibration)
+
+
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {"include": str, "exclude": str}
+"""Fields whose default (None) does not say their type."""
+
+
+def _type_name(expected: type | tuple[type, ...]) -> str:
+    if isinstance(expected, tuple):
+        return " or ".join(t.__name__ for t in expected)
+    return expected.__name__
+
+
+def _check_regex(pattern: str, where: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"{where} is not a valid regular expression ({exc})") from None
 
 
 def _build(cls: type[Any], table: dict[str, Any], where: str) -> Any:
@@ -180,8 +211,13 @@ def _build(cls: type[Any], table: dict[str, Any], where: str) -> Any:
             raise ConfigError(f"{where}: {key} must be {type(default).__name__}, got {value!r}")
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if default is not None and not isinstance(value, type(default)):
-            raise ConfigError(f"{where}: {key} must be {type(default).__name__}, got {value!r}")
+        expected = _FIELD_TYPES.get(key, type(default))
+        if not isinstance(value, expected):
+            raise ConfigError(f"{where}: {key} must be {_type_name(expected)}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
+        if key in ("include", "exclude") and value is not None:
+            _check_regex(value, f"{where}: {key}")
         values[key] = value
     return cls(**values)
 
@@ -203,22 +239,36 @@ def _metric_params(table: dict[str, Any], where: str) -> tuple[tuple[str, float 
     return tuple(out)
 
 
+MAX_TOML_BYTES = 10_000_000
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file that must be a regular file (a FIFO never blocks) of bounded nesting."""
+    try:
+        return toml_loads(read_regular(path, MAX_TOML_BYTES))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{what} {path} is {exc}" if "TOML" in str(exc) else
+                          f"{what} {path}: {exc}") from None  # fmt: skip
+
+
+def _table(data: dict[str, Any], key: str, path: Path | None) -> dict[str, Any]:
+    table = data.get(key, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: {key} must be a table ([{key}]), got {type(table).__name__}")
+    return table
+
+
 def load_config(path: Path | None = None, **overrides: Any) -> Config:
     """Read a TOML config (or the defaults) and apply non-None keyword overrides to settings."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    data: dict[str, Any] = read_toml(Path(path), "config file") if path is not None else {}
     unknown = sorted(set(data) - {"settings", "thresholds", "study", "calibration"})
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)}")
-    settings_table = dict(data.get("settings", {}))
+    settings_table = dict(_table(data, "settings", path))
     legacy = settings_table.pop("spectral_method", None)
     if legacy is not None and legacy not in SPECTRAL_METHODS:
         raise ConfigError(
@@ -230,7 +280,7 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
     settings_table.update({k: v for k, v in overrides.items() if v is not None})
     settings_table["metric_params"] = _metric_params(settings_table, f"{path} [settings]")
     settings = _build(Settings, settings_table, f"{path or 'options'} [settings]")
-    thresholds = _build(Thresholds, dict(data.get("thresholds", {})), f"{path} [thresholds]")
+    thresholds = _build(Thresholds, _table(data, "thresholds", path), f"{path} [thresholds]")
     calibration = _calibration(data.get("calibration"), f"{path} [calibration]")
     return Config(settings=settings, thresholds=thresholds, calibration=calibration)
 

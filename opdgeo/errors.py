@@ -41,6 +41,10 @@ class OfflineMissError(OpdgeoError):
     exit_code = EXIT_OFFLINE
 
 
+class MemoryLimitError(OpdgeoError):
+    """A tensor does not fit in the memory this process may use (checked before allocating)."""
+
+
 class OutputError(OpdgeoError):
     """A report, figure or state file cannot (or must not) be written where asked."""
 

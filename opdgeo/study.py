@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,12 +67,9 @@ def discover(directory: Path) -> list[RunSpec]:
 
 def load_study(path: Path) -> tuple[str, list[RunSpec]]:
     """Read ``[study]`` from a TOML file: ``base`` and ``[[study.runs]]`` with path/label/origin."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"study file not found: {path}") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read study file {path}: {exc}") from None
+    from opdgeo.config import read_toml
+
+    data = read_toml(path, "study file")
     study = data.get("study")
     if not isinstance(study, dict) or not isinstance(study.get("base"), str):
         raise ConfigError(f'{path}: needs a [study] table with base = "..."')

@@ -30,10 +30,14 @@ def open_checkpoint(spec: str, options: SourceOptions | None = None) -> Checkpoi
     """
     options = options or SourceOptions()
     path = Path(spec).expanduser()
-    if _exists(path):
-        from opdgeo.io.local import open_local
+    try:
+        if _exists(path):
+            from opdgeo.io.local import open_local
 
-        return open_local(spec, path, options)
+            return open_local(spec, path, options)
+    except PermissionError as exc:
+        where = exc.filename or spec
+        raise SourceError(f"cannot read {where}: permission denied") from None
     from opdgeo.io.hub import HubRepo, open_hub, parse_spec
 
     parsed = parse_spec(spec)

@@ -10,11 +10,11 @@ headers are read here; tensor data is read one tensor at a time through
 
 from __future__ import annotations
 
-import json
+import warnings
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from opdgeo.errors import SourceError
+from opdgeo.errors import FormatError, OpdgeoWarning, SourceError
 from opdgeo.io.checkpoint import (
     Checkpoint,
     SourceOptions,
@@ -25,6 +25,7 @@ from opdgeo.io.checkpoint import (
 from opdgeo.io.peft import read_adapter_config
 from opdgeo.io.pickle import PICKLE_SUFFIXES, open_pickles, pickle_files
 from opdgeo.io.safetensors import TensorReader, read_header
+from opdgeo.parsing import TooDeepError, json_loads, read_regular
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -75,22 +76,34 @@ def _checkpoint(spec: str, files: list[Path], config: dict[str, Any]) -> Checkpo
     return Checkpoint(spec, merge_shards(spec, headers), files, TensorReader(), config)
 
 
+MAX_JSON_BYTES = 50_000_000
+"""Largest config.json / index read (real ones are well under 1 MB)."""
+
+
 def read_config(path: Path) -> dict[str, Any]:
-    """``config.json`` as a dict; {} when absent or unreadable (it is optional)."""
+    """``config.json`` as a dict; {} when absent, unreadable, not a regular file (a FIFO never
+    blocks) or not JSON (it is optional; a warning says why it was ignored). A recursion bomb
+    (nesting deeper than :data:`opdgeo.parsing.MAX_DEPTH`) is a :class:`FormatError`."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json_loads(read_regular(path, MAX_JSON_BYTES))
+    except FileNotFoundError:
+        return {}
+    except TooDeepError as exc:
+        raise FormatError(f"{path}: {exc}") from None
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        warnings.warn(f"{path}: ignored ({reason})", OpdgeoWarning, stacklevel=2)
         return {}
     return data if isinstance(data, dict) else {}
 
 
 def _from_index(index: Path) -> tuple[dict[str, TensorInfo], list[Path]]:
     try:
-        data = json.loads(index.read_text(encoding="utf-8"))
+        data = json_loads(read_regular(index, MAX_JSON_BYTES))
     except OSError as exc:
         raise SourceError(f"cannot read {index}: {exc.strerror or exc}") from None
-    except ValueError:
-        raise SourceError(f"{index}: not valid JSON") from None
+    except ValueError as exc:
+        raise FormatError(f"{index}: {exc}") from None
     weight_map = check_weight_map(str(index), data)
     headers: dict[str, dict[str, TensorInfo]] = {}
     files: list[Path] = []

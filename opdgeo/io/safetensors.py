@@ -13,22 +13,32 @@ naming the file and the problem, never a crash or a huge allocation.
 from __future__ import annotations
 
 import io
-import json
 import math
 import struct
 from pathlib import Path
 
 import torch
 
-from opdgeo.errors import FormatError, SourceError
+from opdgeo.errors import FormatError, MemoryLimitError, SourceError
 from opdgeo.io.checkpoint import DTYPE_BYTES, FLOAT_DTYPES, TensorInfo
+from opdgeo.parsing import json_loads
 
 MAX_HEADER_BYTES = 100_000_000
 """Refuse headers above 100 MB (huggingface_hub refuses above 25 MB; real ones are < 1 MB)."""
 
 
+MAX_DIM = 2**63 - 1
+"""Largest dimension a tensor may have (torch sizes are int64; the format's are usize)."""
+
+
 def _fail(path: Path, problem: str) -> FormatError:
     return FormatError(f"{path}: not a valid safetensors file: {problem}")
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (header values can be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def header_length(path: Path, head: bytes, size: int) -> int:
@@ -61,9 +71,9 @@ def parse_header(path: Path, raw: bytes, size: int) -> tuple[dict[str, TensorInf
     """Validate the JSON header ``raw`` of a ``size``-byte file (from disk or a range read)."""
     n = len(raw)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(path, f"header is not JSON ({exc.__class__.__name__})") from None
+        header = json_loads(raw, unique=True)
+    except ValueError as exc:
+        raise _fail(path, f"header: {exc}") from None
     if not isinstance(header, dict):
         raise _fail(path, "header is not a JSON object")
     data_start = 8 + n
@@ -71,13 +81,13 @@ def parse_header(path: Path, raw: bytes, size: int) -> tuple[dict[str, TensorInf
     metadata = header.pop("__metadata__", None)
     if metadata is None:
         metadata = {}
-    if not isinstance(metadata, dict):
-        raise _fail(path, "__metadata__ is not an object")
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _fail(path, "__metadata__ is not an object of strings")
     infos: dict[str, TensorInfo] = {}
     for name, entry in header.items():
         infos[name] = _parse_entry(path, name, entry, data_start, data_size)
     _check_overlaps(path, infos)
-    return infos, {str(k): str(v) for k, v in metadata.items()}
+    return infos, dict(metadata)
 
 
 def _parse_entry(
@@ -88,18 +98,18 @@ def _parse_entry(
     dtype = entry.get("dtype")
     shape = entry.get("shape")
     offsets = entry.get("data_offsets")
-    if dtype not in DTYPE_BYTES:
-        raise _fail(path, f"tensor {name!r} has unknown dtype {dtype!r}")
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
+        raise _fail(path, f"tensor {name!r} has unknown dtype {_short(dtype)}")
     if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape
     ):
-        raise _fail(path, f"tensor {name!r} has an invalid shape {shape!r}")
+        raise _fail(path, f"tensor {name!r} has an invalid shape {_short(shape)}")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
         or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
     ):
-        raise _fail(path, f"tensor {name!r} has invalid data_offsets {offsets!r}")
+        raise _fail(path, f"tensor {name!r} has invalid data_offsets {_short(offsets)}")
     begin, end = offsets
     if not 0 <= begin <= end <= data_size:
         raise _fail(
@@ -120,6 +130,47 @@ def _check_overlaps(path: Path, infos: dict[str, TensorInfo]) -> None:
     for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:], strict=False):
         if start_b < end_a:
             raise _fail(path, f"tensors {name_a!r} and {name_b!r} overlap")
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: the smaller of the address-space limit's
+    headroom (``ulimit -v``) and MemAvailable + SwapFree; None when neither is known."""
+    import resource
+
+    limits: list[int] = []
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    fields: dict[str, int] = {}
+    for name in ("/proc/self/status", "/proc/meminfo"):
+        try:
+            with open(name, encoding="ascii") as fh:
+                for line in fh:
+                    key, _, rest = line.partition(":")
+                    if rest.strip().endswith("kB"):
+                        fields[key] = int(rest.split()[0]) * 1024
+        except (OSError, ValueError):
+            continue
+    if soft != resource.RLIM_INFINITY and "VmSize" in fields:
+        limits.append(soft - fields["VmSize"])
+    if "MemAvailable" in fields:
+        limits.append(fields["MemAvailable"] + fields.get("SwapFree", 0))
+    return max(0, min(limits)) if limits else None
+
+
+def _allocate(path: Path, info: TensorInfo, nbytes: int, pin: bool) -> torch.Tensor:
+    """A buffer of ``nbytes``, refused with one line (before allocating) when it cannot fit."""
+    free = available_memory() if nbytes > 2**28 else None
+    if free is not None and nbytes > free:
+        raise MemoryLimitError(
+            f"{path}: tensor {info.name!r} needs {nbytes / 2**30:.1f} GiB but only "
+            f"{free / 2**30:.1f} GiB of memory is available (free memory, or raise ulimit -v)"
+        )
+    try:
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
+    except (MemoryError, RuntimeError) as exc:
+        raise MemoryLimitError(
+            f"{path}: cannot allocate {nbytes / 2**30:.1f} GiB for tensor {info.name!r} "
+            f"({str(exc).splitlines()[0][:120]})"
+        ) from None
 
 
 class TensorReader:
@@ -161,7 +212,7 @@ class TensorReader:
                 raise ValueError(f"cannot take {rows} rows of {info.name} {shape}")
             shape = (rows, *shape[1:])
             nbytes = math.prod(shape) * DTYPE_BYTES[info.dtype]
-        buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
+        buf = _allocate(path, info, nbytes, pin)
         if nbytes:
             fh = self._handle(path)
             fh.seek(info.start)
