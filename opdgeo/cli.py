@@ -154,13 +154,28 @@ def batch(
             check_output_path(state_path, inputs)
         if resume and state_path is None:
             raise ConfigError("--resume needs --state PATH (or -o, whose state file it uses)")
-        log = studies.StateFile(state_path, resume) if state_path else None
+        log = None
+        if state_path is not None:
+            identity = studies.fingerprint(cfg.settings, inputs)
+            log = studies.StateFile(state_path, resume, identity)
+            for line in log.notes:
+                console.note(markup_safe(line))
         if not out.quiet:
             err().print(f"batch: {len(runs)} run(s) against {markup_safe(base_spec)}")
-        results = api.batch(
-            base_spec, runs, config=cfg, sources=src.options(out.quiet), state=log,
-            on_plan=console.print_plan, track=console.progress,
-        )  # fmt: skip
+        try:
+            results = api.batch(
+                base_spec, runs, config=cfg, sources=src.options(out.quiet), state=log,
+                on_plan=console.print_plan, track=console.progress,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            if log is None:
+                raise
+            log.close(finished=False)
+            err().print(
+                f"interrupted: no report was written; progress is kept in "
+                f"{markup_safe(log.path)}: rerun the same command with --resume to continue"
+            )
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         if log is not None:
             log.close(finished=True)
         console.print_notes(results)

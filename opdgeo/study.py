@@ -8,13 +8,22 @@ already done.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from opdgeo.errors import ConfigError, SourceError
-from opdgeo.records import TensorRecord
+from opdgeo.state import StateFile, fingerprint
+
+__all__ = [
+    "RunSpec",
+    "StateFile",
+    "discover",
+    "fingerprint",
+    "is_checkpoint_dir",
+    "load_study",
+    "parse_step",
+]
 
 _STEP_RE = re.compile(r"(?:checkpoint|global_step|iter|step)[-_]?(\d+)", re.IGNORECASE)
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
@@ -45,6 +54,13 @@ def discover(directory: Path) -> list[RunSpec]:
     """Checkpoints under ``directory``: .safetensors files, checkpoint directories, and their
     ``checkpoint-*`` / ``global_step*`` / ``iter_*`` subdirectories (one level down), ordered
     by parsed step number, then name."""
+    try:
+        return _discover(directory)
+    except PermissionError as exc:
+        raise SourceError(f"cannot read {exc.filename or directory}: permission denied") from None
+
+
+def _discover(directory: Path) -> list[RunSpec]:
     if not directory.is_dir():
         raise SourceError(f"not a directory: {directory}")
     found: list[RunSpec] = []
@@ -87,41 +103,3 @@ def load_study(path: Path) -> tuple[str, list[RunSpec]]:
         origin = run.get("origin")
         specs.append(RunSpec(run["path"], label, origin, parse_step(label)))
     return study["base"], specs
-
-
-class StateFile:
-    """Append-only JSON-lines log of per-tensor records, keyed by (origin label, run label)."""
-
-    def __init__(self, path: Path, resume: bool) -> None:
-        self.path = path
-        self.done: dict[tuple[str, str], list[TensorRecord]] = {}
-        if resume:
-            if not path.is_file():
-                raise ConfigError(f"--resume: no state file at {path}")
-            lines = path.read_text(encoding="utf-8").splitlines()
-            for n, line in enumerate(lines, 1):
-                try:
-                    entry = json.loads(line)
-                    key = (str(entry["base"]), str(entry["label"]))
-                    self.done.setdefault(key, []).append(TensorRecord.from_json(entry["record"]))
-                except (ValueError, KeyError, TypeError):
-                    if n == len(lines):
-                        break  # the last line, cut by the interruption
-                    raise ConfigError(f"{path}:{n}: not an opdgeo state record") from None
-        else:
-            path.write_text("", encoding="utf-8")
-        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-
-    def records(self, base: str, label: str) -> list[TensorRecord]:
-        """The records a resumed batch already has for run ``label`` against ``base``."""
-        return list(self.done.get((base, label), []))
-
-    def append(self, base: str, label: str, record: TensorRecord) -> None:
-        entry = {"base": base, "label": label, "record": record.to_json()}
-        self._fh.write(json.dumps(entry) + "\n")
-        self._fh.flush()
-
-    def close(self, finished: bool) -> None:
-        self._fh.close()
-        if finished:
-            self.path.unlink(missing_ok=True)
