@@ -177,6 +177,8 @@ def _checksum(tensors: dict[str, torch.Tensor], thresholds: str, method: str, ke
     h = hashlib.sha256(f"{key}|{method}|{thresholds}".encode())
     for name in sorted(tensors):
         t = tensors[name].contiguous()
+        if t.dim() and t.stride(-1) != 1:  # "contiguous" with a size-1 last dim, any stride
+            t = torch.empty(t.shape, dtype=t.dtype).copy_(t)
         h.update(f"|{name}|{t.dtype}|{list(t.shape)}|".encode())
         h.update(t.view(torch.uint8).reshape(-1).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()

@@ -59,7 +59,8 @@ def mask_overlap(pair: TensorPair) -> dict[str, float]:
     0.3), ties filled in index order so each mask holds exactly round(α·n) entries.
     ``overlap(M) = |M ∩ M_upd| / |M_upd|``; an update blind to the masks scores α
     (``overlap_baseline``). ``principal_notlow_overlap`` uses ``M_princ ∩ M_lowᶜ`` (PNT Fig. 5),
-    whose baseline is that mask's density. NaN when no entry changed visibly. The thresholds
+    whose baseline is that mask's density. NaN when no entry changed visibly, and for a mask
+    that holds no entry (``round(α·n) == 0``). The thresholds
     depend on W0 alone and are kept with its spectrum (shared across runs, base cache).
     """
     alpha = pair.settings.alpha
@@ -90,9 +91,8 @@ def mask_overlap(pair: TensorPair) -> dict[str, float]:
             "lowmag_overlap": NAN,
             "principal_notlow_overlap": NAN,
         }
-    return {
-        **result,
-        "principal_overlap": count(princ & visible) / n_vis,
-        "lowmag_overlap": count(low & visible) / n_vis,
-        "principal_notlow_overlap": count(notlow & visible) / n_vis,
-    }
+    out = {}
+    for key, mask in (("principal", princ), ("lowmag", low), ("principal_notlow", notlow)):
+        # an empty mask (round(alpha * n) == 0, e.g. alpha = 1e-9) has no overlap to measure
+        out[f"{key}_overlap"] = count(mask & visible) / n_vis if count(mask) else NAN
+    return {**result, **out}
