@@ -217,7 +217,7 @@ def _build(cls: type[Any], table: dict[str, Any], where: str) -> Any:
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
         if key in ("include", "exclude") and value is not None:
-            _check_regex(value, f"{where}: {key}")
+            _check_regex(str(value), f"{where}: {key}")
         values[key] = value
     return cls(**values)
 

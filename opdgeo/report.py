@@ -169,7 +169,7 @@ def document(
                 "summary": cleaned(r.summary),
                 "verdict": {
                     "regime": r.verdict.regime,
-                    "confidence": r.verdict.confidence,
+                    "confidence": clean(r.verdict.confidence),
                     "reasons": list(r.verdict.reasons),
                     "caveats": list(r.verdict.caveats),
                     "votes": dict(r.verdict.votes),

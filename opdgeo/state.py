@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from opdgeo.config import Settings
 from opdgeo.errors import ConfigError, OutputError
 from opdgeo.records import TensorRecord
 
@@ -52,10 +53,9 @@ def input_identity(spec: str) -> dict[str, list[int]] | str:
     return spec
 
 
-def fingerprint(settings: object, inputs: Sequence[str]) -> dict[str, Any]:
+def fingerprint(settings: Settings, inputs: Sequence[str]) -> dict[str, Any]:
     """The header of a state file: the numeric settings and the identity of every input."""
-    values = dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else {}
-    kept = {k: v for k, v in values.items() if k not in OPERATIONAL}  # type: ignore[union-attr]
+    kept = {k: v for k, v in dataclasses.asdict(settings).items() if k not in OPERATIONAL}
     data = {"settings": kept, "inputs": {spec: input_identity(spec) for spec in inputs}}
     normal: dict[str, Any] = json.loads(json.dumps(data))  # tuples as lists, as read back
     return normal

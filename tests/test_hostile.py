@@ -178,8 +178,13 @@ def sparse_pair(tmp_path: Path, nbytes: int) -> tuple[Path, Path]:
     """Two checkpoints each holding one F32 matrix of ``nbytes`` (sparse files: no disk used)."""
     side = math.isqrt(nbytes // 4)
     header = json.dumps(
-        {"model.layers.0.mlp.up_proj.weight": {"dtype": "F32", "shape": [side, side],
-                                               "data_offsets": [0, side * side * 4]}}  # fmt: skip
+        {
+            "model.layers.0.mlp.up_proj.weight": {
+                "dtype": "F32",
+                "shape": [side, side],
+                "data_offsets": [0, side * side * 4],
+            }
+        }  # fmt: skip
     ).encode()
     out = []
     for name in ("base", "tuned"):
@@ -302,3 +307,201 @@ def test_settings_and_thresholds_validate_in_python_too() -> None:
     with pytest.raises(ConfigError, match="locked_band"):
         Thresholds(locked_band=math.nan)
     assert Settings(include=r"q_proj", atol=0.0).include == "q_proj"
+
+
+# -- resume state ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def family(tmp_path: Path) -> dict[str, Path]:
+    runs = tmp_path / "runs"
+    return {
+        "base": write_checkpoint(tmp_path / "base", small()),
+        "runs": runs,
+        "a": write_checkpoint(runs / "a", nudged(small(), 1)),
+        "b": write_checkpoint(runs / "b", nudged(small(), 2)),
+        "out": tmp_path / "out.csv",
+        "state": tmp_path / "out.csv.state.jsonl",
+    }
+
+
+def batch(f: dict[str, Path], *extra: str) -> Result:
+    return invoke("batch", str(f["base"]), str(f["runs"]), "-o", str(f["out"]), *extra)
+
+
+def interrupted(f: dict[str, Path], monkeypatch: pytest.MonkeyPatch, after: int) -> Result:
+    """A batch cut by Ctrl-C after ``after`` records were written to its state file."""
+    from opdgeo.state import StateFile
+
+    real = StateFile.append
+    seen = {"n": 0}
+
+    def cut(self: StateFile, *args: object) -> None:
+        if seen["n"] == after:
+            raise KeyboardInterrupt
+        seen["n"] += 1
+        real(self, *args)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as m:
+        m.setattr(StateFile, "append", cut)
+        return batch(f)
+
+
+def records(state: Path) -> list[str]:
+    return state.read_text().splitlines()[1:]
+
+
+def test_resume_refuses_other_settings_or_inputs_and_dedups(
+    family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = invoke("batch", str(family["base"]), str(family["runs"]), "-f", "csv", "-q")
+    assert full.exit_code == 0, full.stderr
+    cut = interrupted(family, monkeypatch, after=4)
+    assert cut.exit_code == 130
+    assert "--resume" in cut.stderr and str(family["state"]) in cut.stderr
+    assert not family["out"].exists() and len(records(family["state"])) == 4
+    kept = family["state"].read_bytes()
+    # other settings: refused, naming the setting; the state file is untouched
+    one_line_error(batch(family, "--resume", "--tier", "fast"), EXIT_USAGE, "setting tier")
+    one_line_error(batch(family, "--resume", "--alpha", "0.2"), EXIT_USAGE, "setting alpha")
+    assert family["state"].read_bytes() == kept
+    # a run changed on disk since: refused, naming the input and the file
+    weights = family["a"] / "model.safetensors"
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    one_line_error(batch(family, "--resume"), EXIT_USAGE, f"input {family['a']}", "changed")
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    # a damaged record: its line number and the missing field
+    lines = kept.decode().splitlines()
+    entry = json.loads(lines[2])
+    del entry["record"]["numel"]
+    family["state"].write_text("\n".join([*lines[:2], json.dumps(entry), *lines[3:]]) + "\n")
+    one_line_error(batch(family, "--resume"), EXIT_USAGE, ":3:", "missing field 'numel'")
+    family["state"].write_text("\n".join([*lines[:2], "{not json", *lines[3:]]) + "\n")
+    one_line_error(batch(family, "--resume"), EXIT_USAGE, ":3:")
+    # every record twice (two batches appending to one file), then a line cut mid-write
+    family["state"].write_bytes(
+        kept + b"\n".join(kept.splitlines()[1:]) + b"\n" + lines[1][:9].encode()
+    )
+    resumed = batch(family, "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "4 (run, tensor) record(s) already done (4 duplicated line(s) ignored)" in resumed.stderr
+    assert not family["state"].exists()
+    got = family["out"].read_text().splitlines()
+    want = full.stdout.splitlines()
+    assert got[0] == want[0] and len(got) == len(want)
+    n_tensors = got[0].split(",").index("n_tensors")
+    assert [r.split(",")[n_tensors] for r in got] == [r.split(",")[n_tensors] for r in want]
+
+
+def test_resume_without_state_starts_fresh_and_the_state_is_locked(
+    family: dict[str, Path],
+) -> None:
+    from opdgeo.state import StateFile
+
+    holder = StateFile(family["state"], resume=False)
+    try:
+        result = batch(family)
+        one_line_error(result, EXIT_ERROR, "in use by another opdgeo batch")
+        assert family["state"].exists()
+    finally:
+        holder.close(finished=True)
+    result = batch(family, "--resume")
+    assert result.exit_code == 0, result.stderr
+    assert "no state file" in result.stderr and "starting fresh" in result.stderr
+    assert family["out"].is_file() and not family["state"].exists()
+
+
+def test_state_file_must_be_a_regular_file(family: dict[str, Path]) -> None:
+    os.mkfifo(family["state"])
+    one_line_error(batch(family, "--resume"), EXIT_ERROR, "not a regular file")
+
+
+# -- text from files reaching the terminal --------------------------------------------------
+
+HOSTILE_NAMES = (
+    "model.layers.0.self_attn.q_proj[/].weight",
+    "model.layers.0.mlp.[bold red]up_proj.weight",
+    "model.layers.0.x\x1b[31mred\x1b]0;title\x07.weight",
+    "model.layers.0.new\nline\r.weight",
+)
+
+
+def test_markup_ansi_and_newlines_from_files_are_escaped(tmp_path: Path) -> None:
+    tensors = {name: torch.randn(8, 8).bfloat16() for name in HOSTILE_NAMES}
+    base = write_checkpoint(tmp_path / "base[bold]", tensors)
+    extra = {"only\x1b[2J[bold red]in[/]tuned\n": torch.ones(2).bfloat16()}
+    runs = tmp_path / "r[/]uns"
+    tuned = write_checkpoint(runs / "t[red]1", {**nudged(tensors), **extra})
+    per_tensor = tmp_path / "pt.csv"
+    for args in (
+        ["compare", str(base), str(tuned), "-f", "table", "--per-tensor", str(per_tensor)],
+        ["batch", str(base), str(runs), "-f", "table"],
+        ["inspect", str(tuned), "-f", "table"],
+    ):
+        result = runner.invoke(app, args, color=True)
+        assert result.exit_code == 0, (args, result.stderr, result.exception)
+        text = result.stdout + result.stderr
+        assert "\x1b[31mred" not in text and "\x1b[2J" not in text and "\x07" not in text
+        assert "new\nline" not in text
+    assert "[red]1" in result.stdout or "t[red]" in result.stdout  # shown, not applied
+    # CSV keeps the exact bytes
+    import csv
+
+    with open(per_tensor, newline="", encoding="utf-8") as fh:
+        names = {row["tensor"] for row in csv.DictReader(fh)}
+    assert set(HOSTILE_NAMES) | set(extra) <= names
+    missing = tmp_path / "no\nsuch\x1b[31m"
+    line = one_line_error(invoke("compare", str(missing), str(tuned)), EXIT_ERROR)
+    assert "no\\nsuch\\x1b[31m" in line
+
+
+# -- empty and degenerate inputs ------------------------------------------------------------
+
+
+def test_empty_tensors_warn_nothing(tmp_path: Path) -> None:
+    from opdgeo import api
+    from opdgeo.config import load_config
+
+    tensors = {
+        "model.layers.0.mlp.up_proj.weight": torch.zeros(0, 8).bfloat16(),
+        "model.layers.0.self_attn.q_proj.weight": torch.zeros(8, 0).bfloat16(),
+        "model.layers.0.self_attn.v_proj.weight": torch.zeros(0, 0).bfloat16(),
+        "model.norm.weight": torch.zeros(0).bfloat16(),
+        "model.layers.0.self_attn.k_proj.weight": torch.randn(8, 8).bfloat16(),
+    }
+    base = write_checkpoint(tmp_path / "base", tensors)
+    tuned = write_checkpoint(tmp_path / "tuned", nudged(tensors))
+    for cache in (True, False):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            runs = api.compare(str(base), [str(tuned)], config=load_config(cache=cache))
+        assert [str(w.message) for w in caught] == []
+        assert runs[0].summary["n_tensors"] == 5
+    result = invoke("compare", str(base), str(tuned), "-f", "csv", "-q")
+    assert result.exit_code == 0 and result.stderr == "", result.stderr
+
+
+def test_nothing_to_classify_and_undefined_overlaps(tmp_path: Path) -> None:
+    from opdgeo import api
+    from opdgeo.config import load_config
+
+    flat = {f"model.layers.{i}.input_layernorm.weight": torch.randn(16) for i in range(3)}
+    flat = {k: v.bfloat16() for k, v in flat.items()}
+    base = write_checkpoint(tmp_path / "flat-base", flat)
+    tuned = write_checkpoint(tmp_path / "flat-tuned", nudged(flat))
+    result = invoke("compare", str(base), str(tuned), "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    run = json.loads(result.stdout)["runs"][0]
+    assert run["summary"]["regime"] == "indeterminate"  # not a label from bf16 sparsity alone
+    assert "nothing to classify" in run["verdict"]["reasons"][0]
+    assert run["verdict"]["regime"] == "indeterminate" and run["verdict"]["votes"] == {}
+    same = invoke("compare", str(base), str(base), "-f", "csv", "-q")  # unchanged stays so
+    assert same.exit_code == 0 and ",unchanged," in same.stdout
+    base2 = write_checkpoint(tmp_path / "base", small(rows=16))
+    tuned2 = write_checkpoint(tmp_path / "tuned", nudged(small(rows=16)))
+    (run2,) = api.compare(str(base2), [str(tuned2)], config=load_config(alpha=1e-9))
+    for key in ("principal_overlap", "lowmag_overlap", "principal_notlow_overlap"):
+        assert math.isnan(run2.summary[key]), key
+    (run3,) = api.compare(str(base2), [str(tuned2)], config=load_config(alpha=0.3))
+    assert 0 < run3.summary["lowmag_overlap"] < 1
