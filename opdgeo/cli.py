@@ -50,8 +50,8 @@ def user_errors() -> Iterator[None]:
             raise
         err().print(f"[red]error:[/] {markup_safe(exc)}", markup=True)
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        err().print("interrupted: no report was written")
+    except KeyboardInterrupt as exc:  # a message (already escaped) says what was kept
+        err().print(str(exc) or "interrupted: no report was written")
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
@@ -154,33 +154,16 @@ def batch(
             check_output_path(state_path, inputs)
         if resume and state_path is None:
             raise ConfigError("--resume needs --state PATH (or -o, whose state file it uses)")
-        log = None
-        if state_path is not None:
-            identity = studies.fingerprint(cfg.settings, inputs)
-            log = studies.StateFile(state_path, resume, identity)
-            for line in log.notes:
-                console.note(markup_safe(line))
-        if not out.quiet:
-            err().print(f"batch: {len(runs)} run(s) against {markup_safe(base_spec)}")
-        try:
+        with console.resumable(state_path, resume, cfg.settings, inputs) as log:
+            if not out.quiet:
+                err().print(f"batch: {len(runs)} run(s) against {markup_safe(base_spec)}")
             results = api.batch(
                 base_spec, runs, config=cfg, sources=src.options(out.quiet), state=log,
                 on_plan=console.print_plan, track=console.progress,
             )  # fmt: skip
-        except KeyboardInterrupt:
-            if log is None:
-                raise
-            log.close(finished=False)
-            err().print(
-                f"interrupted: no report was written; progress is kept in "
-                f"{markup_safe(log.path)}: rerun the same command with --resume to continue"
-            )
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        if log is not None:
-            log.close(finished=True)
-        console.print_notes(results)
-        console.emit(results, cfg, out.fmt, out.output, out.per_tensor, out.per_group)
-        console.write_plots(results, out.plot, inputs)
+            console.print_notes(results)
+            console.emit(results, cfg, out.fmt, out.output, out.per_tensor, out.per_group)
+            console.write_plots(results, out.plot, inputs)
 
 
 @app.command()

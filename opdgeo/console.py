@@ -19,11 +19,12 @@ from rich.console import Console
 from opdgeo.text import markup_safe
 
 if TYPE_CHECKING:
-    from opdgeo.config import Config
+    from opdgeo.config import Config, Settings
     from opdgeo.io import Checkpoint
     from opdgeo.lineage.records import LineageResult
     from opdgeo.pairing import Plan
     from opdgeo.report import RunResult
+    from opdgeo.state import StateFile
 
 
 @dataclass
@@ -95,6 +96,35 @@ def progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
     with bar:
         task = bar.add_task(markup_safe(label), total=total if total > 0 else None)
         yield lambda n: bar.advance(task, n)
+
+
+@contextlib.contextmanager
+def resumable(
+    path: Path | None, resume: bool, settings: Settings, inputs: Sequence[str]
+) -> Iterator[StateFile | None]:
+    """The state file of a batch (None without one): locked, checked against ``settings`` and
+    ``inputs`` on ``resume``, removed when the block completes, kept (and named in the
+    Ctrl-C message, with ``--resume``) when it does not."""
+    if path is None:
+        yield None
+        return
+    from opdgeo.state import StateFile, fingerprint
+
+    log = StateFile(path, resume, fingerprint(settings, inputs))
+    for line in log.notes:
+        note(markup_safe(line))
+    try:
+        yield log
+    except KeyboardInterrupt:
+        log.close(finished=False)
+        raise KeyboardInterrupt(
+            f"interrupted: no report was written; progress is kept in {markup_safe(path)}: "
+            "rerun the same command with --resume to continue"
+        ) from None
+    except BaseException:
+        log.close(finished=False)
+        raise
+    log.close(finished=True)
 
 
 def print_plan(base: Checkpoint, tuned: list[Checkpoint], plans: list[Plan]) -> None:
