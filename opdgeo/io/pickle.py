@@ -10,7 +10,6 @@ refused with a one-line error; its code is never executed.
 
 from __future__ import annotations
 
-import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -26,6 +25,7 @@ from opdgeo.io.checkpoint import (
     check_weight_map,
     merge_shards,
 )
+from opdgeo.parsing import json_loads, read_regular
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 PICKLE_INDEX = "pytorch_model.bin.index.json"
@@ -88,7 +88,7 @@ def pickle_files(folder: Path) -> list[Path]:
     index = folder / PICKLE_INDEX
     if index.is_file():
         try:
-            data = json.loads(index.read_text(encoding="utf-8"))
+            data = json_loads(read_regular(index))
         except (OSError, ValueError):
             raise SourceError(f"{index}: no weight_map of tensor name -> shard file") from None
         names = sorted(set(check_weight_map(str(index), data).values()))
