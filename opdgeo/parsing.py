@@ -23,9 +23,14 @@ from typing import Any
 MAX_DEPTH = 64
 """Deepest nesting of arrays/objects accepted (real headers, indexes and configs use < 10)."""
 
-_JSON_SKIP = re.compile(rb'"(?:[^"\\]|\\.)*"')
+# Strings (and TOML comments) are cut out before brackets are counted. Every string that
+# opens matches, up to its closing quote or the end (of the line, for TOML basic strings), so
+# the scan is linear even on unterminated strings full of escaped quotes (which make the
+# textbook pattern quadratic: minutes for 100 kB).
+_JSON_SKIP = re.compile(rb'"(?:[^"\\]|\\[\s\S]|\\\Z)*(?:"|\Z)')
 _TOML_SKIP = re.compile(
-    rb'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'|#[^\n]*'
+    rb'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:[^"\\\n]|\\[^\n]|\\(?=\n|\Z))*(?:"|(?=\n)|\Z)'
+    rb"|'[^'\n]*'|#[^\n]*"
 )
 _KINDS = {
     stat.S_IFIFO: "a FIFO",

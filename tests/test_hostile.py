@@ -13,6 +13,7 @@ import os
 import resource
 import signal
 import struct
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from typer.testing import CliRunner, Result
 from opdgeo.cli import app
 from opdgeo.config import Settings, Thresholds
 from opdgeo.errors import EXIT_ERROR, EXIT_USAGE, ConfigError
-from opdgeo.parsing import TooDeepError, json_loads, nesting_depth
+from opdgeo.parsing import TooDeepError, json_loads, nesting_depth, toml_loads
 from tests.conftest import write_checkpoint
 
 runner = CliRunner()
@@ -126,6 +127,7 @@ HEADERS: dict[str, tuple[bytes | dict[str, object], str]] = {
     ),
     "deep shape": ({"w": {**F32, "shape": json.loads("[" * 60 + "]" * 60)}}, "invalid shape"),
     "not UTF-8": (b'{"\xff\xfe":1}', "UTF-8"),
+    "unterminated string of escaped quotes": (b'{"a' + b'\\"[' * 300_000, "not valid JSON"),
 }
 
 
@@ -142,6 +144,13 @@ def test_depth_is_bounded_before_parsing() -> None:
     with pytest.raises(TooDeepError, match="1000000 levels"):
         json_loads(b"[" * 1_000_000 + b"]" * 1_000_000)
     assert json_loads(b"[" * 64 + b"]" * 64) == json.loads("[" * 64 + "]" * 64)
+    start = time.monotonic()  # linear on unterminated strings (a naive pattern is quadratic)
+    for text in (b'"a' + b'\\"{' * 300_000, b'"a' + b'\\"' * 300_000 + b"\\"):
+        assert nesting_depth(text) == 0
+    toml = b'x = "' + b'\\"[' * 300_000
+    with pytest.raises(ValueError, match="TOML"):
+        toml_loads(toml)
+    assert time.monotonic() - start < 20
     with pytest.raises(ValueError, match="duplicate key 'a'"):
         json_loads('{"a": 1, "b": {"a": 2, "a": 3}}', unique=True)
     assert json_loads('{"a": 1, "a": 2}') == {"a": 2}  # only headers refuse duplicates
