@@ -514,3 +514,31 @@ def test_nothing_to_classify_and_undefined_overlaps(tmp_path: Path) -> None:
         assert math.isnan(run2.summary[key]), key
     (run3,) = api.compare(str(base2), [str(tuned2)], config=load_config(alpha=0.3))
     assert 0 < run3.summary["lowmag_overlap"] < 1
+
+
+def test_hub_snapshot_read_as_a_local_folder(tmp_path: Path) -> None:
+    """huggingface_hub's cache: snapshots/<sha>/<file> are symlinks to ../../blobs/<hash>."""
+    from safetensors.torch import save_file
+
+    repo = tmp_path / "models--org--name"
+    blobs, snapshot = repo / "blobs", repo / "snapshots" / ("a" * 40)
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    tensors = small()
+    names = list(tensors)
+    weight_map = {}
+    for i, chunk in enumerate((names[:2], names[2:])):
+        shard = f"model-0000{i + 1}-of-00002.safetensors"
+        save_file({k: tensors[k] for k in chunk}, str(blobs / f"blob{i}"))
+        (snapshot / shard).symlink_to(f"../../blobs/blob{i}")
+        weight_map.update(dict.fromkeys(chunk, shard))
+    (blobs / "index").write_text(json.dumps({"weight_map": weight_map}))
+    (snapshot / "model.safetensors.index.json").symlink_to("../../blobs/index")
+    result = invoke("inspect", str(snapshot), "-f", "csv")
+    assert result.exit_code == 0, result.stderr
+    assert all(name in result.stdout for name in names)
+    from opdgeo.io import open_checkpoint
+
+    ckpt = open_checkpoint(str(snapshot))
+    assert torch.equal(ckpt.read(names[0]), tensors[names[0]])
+    ckpt.close()
