@@ -91,8 +91,11 @@ def mask_overlap(pair: TensorPair) -> dict[str, float]:
             "lowmag_overlap": NAN,
             "principal_notlow_overlap": NAN,
         }
-    out = {}
-    for key, mask in (("principal", princ), ("lowmag", low), ("principal_notlow", notlow)):
-        # an empty mask (round(alpha * n) == 0, e.g. alpha = 1e-9) has no overlap to measure
-        out[f"{key}_overlap"] = count(mask & visible) / n_vis if count(mask) else NAN
-    return {**result, **out}
+    # a mask that holds no entry (round(alpha * n) == 0, e.g. alpha = 1e-9) has no overlap
+    has_princ, has_low = bool(count(princ)), bool(count(low))
+    return {
+        **result,
+        "principal_overlap": count(princ & visible) / n_vis if has_princ else NAN,
+        "lowmag_overlap": count(low & visible) / n_vis if has_low else NAN,
+        "principal_notlow_overlap": count(notlow & visible) / n_vis if has_princ else NAN,
+    }
