@@ -108,6 +108,11 @@ class StateFile:
             else:
                 if resume:
                     self.notes.append(f"--resume: no state file at {path}; starting fresh")
+                elif existed and os.fstat(self._fh.fileno()).st_size > 0:
+                    self.notes.append(
+                        f"starting over: the state file {path} of an earlier batch is replaced "
+                        "(--resume continues it instead)"
+                    )
                 self._fh.truncate(0)
                 self._write({"opdgeo_state": VERSION, **self.fingerprint})
         except BaseException:
