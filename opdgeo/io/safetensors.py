@@ -73,7 +73,9 @@ def parse_header(path: Path, raw: bytes, size: int) -> tuple[dict[str, TensorInf
     try:
         header = json_loads(raw, unique=True)
     except ValueError as exc:
-        raise _fail(path, f"header: {exc}") from None
+        text = str(exc)
+        bad = text.startswith(("not valid JSON", "not UTF-8"))
+        raise _fail(path, f"header is not JSON ({text})" if bad else f"header: {text}") from None
     if not isinstance(header, dict):
         raise _fail(path, "header is not a JSON object")
     data_start = 8 + n
