@@ -544,3 +544,23 @@ def test_hub_snapshot_read_as_a_local_folder(tmp_path: Path) -> None:
     ckpt = open_checkpoint(str(snapshot))
     assert torch.equal(ckpt.read(names[0]), tensors[names[0]])
     ckpt.close()
+
+
+def test_huge_tensor_under_a_real_ulimit(tmp_path: Path) -> None:
+    """The same in a fresh process under ``ulimit -v`` 8 GiB (no monkeypatching)."""
+    import subprocess
+    import sys
+
+    base, tuned = sparse_pair(tmp_path, 16 * 2**30)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (8 * 2**30, resource.RLIM_INFINITY))
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-m", "opdgeo", "compare", str(base), str(tuned), "-f", "csv",
+         "--no-cache"],
+        capture_output=True, text=True, timeout=110, preexec_fn=limit, env=env,
+    )  # fmt: skip
+    assert done.returncode == EXIT_ERROR and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "needs 16.0 GiB" in done.stderr, done.stderr
