@@ -5,8 +5,9 @@ name and value. New columns may appear; timings and the version are not compared
 Two kinds of column change by design, and are compared by what they promise instead:
 ``method`` is a ``;``-joined list of ``metric=route`` entries, so a new metric adds an entry
 (``intruder_dims=no-full-W0-basis``): every recorded entry must still be there. The verdict's
-explanation (``confidence``, ``reasons``, ``caveats``) was redefined by the calibrated classifier
-(issue 13: confidence is a measured accuracy, reasons name abstentions); the ``regime`` itself must
+explanation (``confidence``, ``reasons``, ``caveats``, the JSON ``votes``) was redefined by the
+calibrated classifier (issue 13: confidence is a measured accuracy, reasons name abstentions,
+votes leave out abstaining features); the ``regime`` itself must
 stay what it was on the demo family in the standard tier, and the recorded ``regime`` (the
 papers' vote) is compared with ``regime_papers``.
 
@@ -61,7 +62,7 @@ def same(a: Any, b: Any) -> bool:
     return bool(a == b) or (pd.isna(a) and pd.isna(b))
 
 
-REDEFINED = frozenset({"confidence", "reasons", "caveats"})
+REDEFINED = frozenset({"confidence", "reasons", "caveats", "votes"})
 
 
 def keeps(column: str, got: Any, want: Any) -> bool:
