@@ -77,11 +77,13 @@ def _root(
 
 def _start(out: Outputs, inputs: list[str]) -> None:
     """Before any work: quiet mode, and refuse outputs that would land in a checkpoint."""
-    from opdgeo.outputs import check_output_path
+    from opdgeo.outputs import check_folder, check_output_path
 
     MODE.quiet = out.quiet
+    out.settle()
     for path in out.files():
         check_output_path(path, inputs)
+        check_folder(path if path.suffix != ".png" else path.parent)
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -107,8 +109,7 @@ def compare(
             on_plan=console.print_plan, track=console.progress,
         )  # fmt: skip
         console.print_notes(runs)
-        console.emit(runs, cfg, out.fmt, out.output, out.per_tensor, out.per_group)
-        console.write_plots(runs, out.plot, [base, *tuned])
+        console.deliver(runs, cfg, out, [base, *tuned])
 
 
 @app.command()
@@ -162,8 +163,7 @@ def batch(
                 on_plan=console.print_plan, track=console.progress,
             )  # fmt: skip
             console.print_notes(results)
-            console.emit(results, cfg, out.fmt, out.output, out.per_tensor, out.per_group)
-            console.write_plots(results, out.plot, inputs)
+            console.deliver(results, cfg, out, inputs)
 
 
 @app.command()
@@ -199,10 +199,7 @@ def trajectory(
             err().print(f"locking: {result.locking}")
             for fact in result.facts:
                 err().print(f"  - {fact}")
-        runs = result.runs
-        inputs = [base, *checkpoints]
-        console.emit(runs, cfg, out.fmt, out.output, out.per_tensor, out.per_group, True)
-        console.write_plots(runs, out.plot, inputs, trajectory=True)
+        console.deliver(result.runs, cfg, out, [base, *checkpoints], trajectory=True)
 
 
 @app.command()

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from opdgeo.config import Config, Settings
     from opdgeo.io import Checkpoint
     from opdgeo.lineage.records import LineageResult
+    from opdgeo.options import Outputs
     from opdgeo.pairing import Plan
     from opdgeo.report import RunResult
     from opdgeo.state import StateFile
@@ -219,14 +220,50 @@ def emit(
     else:
         text = render.json_text(report.document(runs, config, command_line()))
     if per_tensor:
-        outputs.write_output(per_tensor, render.csv_text(report.tensors_frame(runs)))
+        wrote(outputs.write_output(per_tensor, render.csv_text(report.tensors_frame(runs))))
     if per_group:
-        outputs.write_output(per_group, render.csv_text(report.groups_frame(runs)))
+        wrote(outputs.write_output(per_group, render.csv_text(report.groups_frame(runs))))
     if output:
-        outputs.write_output(output, text)
+        wrote(outputs.write_output(output, text))
     elif text:
         sys.stdout.write(text)
         sys.stdout.flush()
+
+
+def wrote(path: Path) -> None:
+    """``wrote PATH`` on stderr (not for stdout, not with -q)."""
+    if not MODE.quiet and str(path) != "-":
+        err().print(f"wrote {markup_safe(path)}")
+
+
+def deliver(
+    runs: Sequence[RunResult],
+    config: Config,
+    out: Outputs,
+    inputs: list[str],
+    trajectory: bool = False,
+) -> None:
+    """Everything compare / batch / trajectory write: the report, the per-tensor and
+    per-group CSVs, the HTML report and the figures."""
+    emit(runs, config, out.fmt, out.output, out.per_tensor, out.per_group, trajectory)
+    write_html(runs, config, out.html)
+    write_plots(runs, out.plot, inputs, trajectory)
+
+
+def write_html(runs: Sequence[RunResult], config: Config, path: Path | None) -> None:
+    """The self-contained HTML report (:mod:`opdgeo.html`) into ``path`` (``-``: stdout)."""
+    if path is None:
+        return
+    import dataclasses
+
+    from opdgeo import __version__, outputs, report
+    from opdgeo.html import html_report
+
+    thresholds = {f.name: getattr(config.thresholds, f.name)
+                  for f in dataclasses.fields(config.thresholds)}  # fmt: skip
+    page = html_report(runs, settings=report.settings_dict(config), thresholds=thresholds,
+                       command=command_line(), version=__version__)  # fmt: skip
+    wrote(outputs.write_output(path, page))
 
 
 def _table_text(

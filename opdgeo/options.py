@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from opdgeo.config import Config
     from opdgeo.io import SourceOptions
 
+STDOUT = "-"
+"""The output path that means standard output."""
 SOURCE_HELP = ".safetensors file, checkpoint directory, or Hub id org/name[@revision]."
 
 
@@ -47,6 +49,11 @@ class Scope(StrEnum):
     all = "all"
     linear = "linear"
     attention = "attention"
+
+
+SUFFIX_FORMATS = {".csv": Format.csv, ".json": Format.json, ".txt": Format.table,
+                  ".table": Format.table}  # fmt: skip
+"""The report format an ``-o`` suffix implies."""
 
 
 # -- option groups (declared once, spread into each command by @grouped) --------------------
@@ -146,16 +153,46 @@ class Outputs:
             "--plot", file_okay=False, help="Write figures (PNG + SVG) here; needs matplotlib."
         ),
     ] = None
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html", dir_okay=False, help="Write a self-contained HTML report here (to share)."
+        ),
+    ] = None
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress, notes or warnings on stderr.")
     ] = False
 
     def files(self) -> list[Path]:
         """The files this command will write (checked before any comparison runs)."""
-        paths = [self.output, self.per_tensor, self.per_group]
+        paths = [self.output, self.per_tensor, self.per_group, self.html]
         if self.plot is not None:
             paths.append(self.plot / "regime_map.png")
-        return [p for p in paths if p is not None]
+        return [p for p in paths if p is not None and str(p) != STDOUT]
+
+    def settle(self) -> None:
+        """Before any work: ``-o -`` means stdout; the format follows ``-o``'s suffix
+        (``.csv``, ``.json``, ``.txt``/``.table``), and an explicit ``--format`` that
+        contradicts it is a usage error; at most one output goes to stdout."""
+        if self.output is not None and str(self.output) == STDOUT:
+            self.output = None
+        suffix = self.output.suffix.lower() if self.output is not None else ""
+        implied = SUFFIX_FORMATS.get(suffix)
+        if implied is not None and self.fmt is not None and self.fmt is not implied:
+            raise ConfigError(
+                f"--format {self.fmt.value} contradicts -o {self.output} (a {suffix} file); "
+                "drop one of them or change the suffix"
+            )
+        self.fmt = self.fmt or implied
+        to_stdout = [name for name, path in (("--per-tensor", self.per_tensor),
+                     ("--per-group", self.per_group), ("--html", self.html))
+                     if path is not None and str(path) == STDOUT]  # fmt: skip
+        names = (["the report"] if self.output is None else []) + to_stdout
+        if len(names) > 1:
+            raise ConfigError(
+                f"{' and '.join(names)} would all go to stdout: give -o FILE for the report, "
+                "or a file for the others"
+            )
 
 
 @dataclass

@@ -13,7 +13,8 @@ Guarantees (README, "Safety"):
 * a missing folder is not created (as ``cp`` does not): the write is refused;
 * new files get the permissions ``0666 & ~umask`` (0644 under the usual umask), a replaced
   file keeps its own;
-* every failure is one :class:`OutputError` line (exit 1) naming the path and the cause.
+* every failure is one :class:`OutputError` line (exit 1) naming the path and the cause;
+* ``-`` is standard output (``-o -``, ``--per-tensor -``), as for every Unix tool.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,6 +81,9 @@ def write_output(path: Path | str, data: str | bytes) -> Path:
     """Write ``data`` to ``path`` with the guarantees of the module docstring; returns the path
     actually written (a symlink's target)."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
+    if str(path) == STDOUT:
+        _write_stdout(raw)
+        return Path(STDOUT)
     given = Path(path).expanduser()
     target = Path(os.path.realpath(given))
     try:
@@ -92,9 +97,7 @@ def write_output(path: Path | str, data: str | bytes) -> Path:
     if st is not None and not stat.S_ISREG(st.st_mode):
         _write_in_place(given, target, raw)
         return target
-    folder = target.parent
-    if not folder.is_dir():
-        raise OutputError(f"cannot write {path}: folder {folder} does not exist (create it first)")
+    folder = check_folder(path, target)
     mode = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask()
     tmp: str | None = None
     try:
@@ -111,6 +114,29 @@ def write_output(path: Path | str, data: str | bytes) -> Path:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
     return target
+
+
+def check_folder(path: Path | str, target: Path | None = None) -> Path:
+    """The folder that will hold ``path`` (or its resolved ``target``); a missing one is an
+    :class:`OutputError`, as ``cp`` refuses: opdgeo does not create folders for a file."""
+    if str(path) == STDOUT:
+        return Path(".")
+    folder = (target or Path(os.path.realpath(Path(path).expanduser()))).parent
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {path}: folder {folder} does not exist (create it first)")
+    return folder
+
+
+def _write_stdout(raw: bytes) -> None:
+    """``raw`` on standard output (the bytes as they are when stdout has a buffer)."""
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is not None:
+        buffer.write(raw)
+        buffer.flush()
+    else:
+        sys.stdout.write(raw.decode("utf-8"))
+        sys.stdout.flush()
 
 
 def _write_in_place(given: Path, target: Path, raw: bytes) -> None:
