@@ -41,9 +41,7 @@ def test_json_suffix_writes_json(ckpts: dict[str, Path], tmp_path: Path) -> None
     assert doc["runs"][0]["summary"]["run"] == str(ckpts["tuned"])
 
 
-def test_upper_case_csv_suffix_writes_csv(
-    ckpts: dict[str, Path], tmp_path: Path
-) -> None:
+def test_upper_case_csv_suffix_writes_csv(ckpts: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "rep.CSV"
     code, _, err = compare(ckpts, "-q", "-o", str(out))
     assert code == 0, err
