@@ -19,20 +19,13 @@ from typing import Annotated
 
 import typer
 
-from opdgeo import __version__
+from opdgeo import __version__, options
 from opdgeo.console import MODE, err, show_warning
 from opdgeo.errors import EXIT_ERROR, EXIT_INTERRUPTED, ConfigError, OpdgeoError
 from opdgeo.options import SOURCE_HELP, Analysis, Format, Outputs, Sources, grouped, regex
 from opdgeo.text import markup_safe, printable
 
-app = typer.Typer(
-    name="opdgeo",
-    help="Compare LLM checkpoints in parameter space: is a fine-tune SFT-, OPD- or RLVR-like?",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+app = typer.Typer(**options.APP)
 MODE.debug = os.environ.get("OPDGEO_DEBUG", "") not in ("", "0")
 
 
@@ -62,11 +55,12 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
+@grouped
 def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    debug: options.DEBUG = False,
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+        typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version"),
     ] = False,
 ) -> None:
     """opdgeo: parameter-space diagnostics of post-training (SFT / OPD / RLVR)."""
@@ -290,6 +284,7 @@ def lineage(
 
 
 @app.command()
+@grouped
 def demo(
     directory: Annotated[Path, typer.Argument(help="Where to write the checkpoints.")] = Path(
         "demo"
@@ -335,6 +330,7 @@ def demo(
 
 
 @app.command("cache")
+@grouped
 def cache_command(
     clear: Annotated[
         bool, typer.Option("--clear", help="Delete every entry opdgeo wrote in the cache.")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from opdgeo.console import err
+from opdgeo.console import MODE, err
 from opdgeo.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -240,11 +240,48 @@ class Sources:
 
 GROUPS = (Analysis, Outputs, Sources)
 F = TypeVar("F", bound=Callable[..., None])
+EXIT_CODES = (
+    "Exit codes: 0 success; 1 an error the message explains; 2 usage error; 3 checkpoints not "
+    "comparable; 4 Hub access (not found, gated, 401/403); 5 offline and not in the Hub cache; "
+    "130 interrupted. Shell completion: opdgeo --install-completion (bash, zsh, fish, "
+    "PowerShell)."
+)
+APP: dict[str, Any] = {
+    "name": "opdgeo",
+    "help": "Compare LLM checkpoints in parameter space: is a fine-tune SFT-, OPD- or RLVR-like?",
+    "epilog": EXIT_CODES,
+    "no_args_is_help": True,
+    "add_completion": True,
+    "pretty_exceptions_enable": False,
+    "context_settings": {"help_option_names": ["-h", "--help"], "max_content_width": 80},
+}
+"""The settings of the ``opdgeo`` typer app (:mod:`opdgeo.cli`)."""
+DEBUG = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+
+
+def _flags_without_value(option_class: Any) -> None:
+    """Show boolean flags in --help as flags, without the ``<bool>`` value column typer
+    gives them (typer 0.29 prints a type for every option)."""
+    shown = getattr(option_class, "display_type_rich", None)
+    if shown is None or getattr(shown, "opdgeo_flags", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        if getattr(self, "is_flag", False) and self.metavar is None:
+            return None
+        return typing.cast("str | None", shown(self, ctx))
+
+    display_type_rich.opdgeo_flags = True  # type: ignore[attr-defined]
+    option_class.display_type_rich = display_type_rich
+
+
+_flags_without_value(getattr(typer.core, "TyperOption", None))
 
 
 def grouped(fn: F) -> F:
     """Spread each option-group parameter of ``fn`` into its fields (one option each) for
-    typer, and gather them back into the group's dataclass when the command runs."""
+    typer, and gather them back into the group's dataclass when the command runs; add
+    ``--debug`` (so that it is accepted after the command too)."""
     hints = typing.get_type_hints(fn, include_extras=True)
     params: list[pyinspect.Parameter] = []
     spread: list[pyinspect.Parameter] = []
@@ -267,9 +304,15 @@ def grouped(fn: F) -> F:
         else:
             params.append(param.replace(annotation=annotation))
     params += spread  # the command's own parameters first, then the groups' options
+    own_debug = any(p.name == "debug" for p in params)
+    if not own_debug:
+        params.append(pyinspect.Parameter("debug", pyinspect.Parameter.KEYWORD_ONLY,
+                                          default=False, annotation=DEBUG))  # fmt: skip
 
     @functools.wraps(fn)
     def command(**kwargs: Any) -> None:
+        if not own_debug and kwargs.pop("debug"):
+            MODE.debug = True
         for name, (cls, names) in groups.items():
             kwargs[name] = cls(**{n: kwargs.pop(n) for n in names})
         fn(**kwargs)
