@@ -23,6 +23,7 @@ stream one at a time, keeping their shard order and disk bound).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from typing import Any
 
 from opdgeo import engine
 from opdgeo.config import Config, Settings
-from opdgeo.errors import ConfigError
+from opdgeo.errors import ConfigError, OpdgeoWarning
 from opdgeo.io import Checkpoint, SourceOptions, open_checkpoint
 from opdgeo.io.peft import open_run
 from opdgeo.io.quant import dequantized
@@ -45,7 +46,14 @@ from opdgeo.report import (
     inspect_document,
     inspect_frame,
 )
-from opdgeo.study import RunSpec, StateFile, discover, is_checkpoint_dir, parse_step
+from opdgeo.study import (
+    RunSpec,
+    StateFile,
+    discover,
+    is_checkpoint_dir,
+    parse_step,
+    same_checkpoint,
+)
 
 PlanHook = Callable[[Checkpoint, list[Checkpoint], list[Plan]], None]
 """``on_plan(base, runs, plans)``: called once per origin before any tensor is read."""
@@ -149,6 +157,13 @@ def batch(
     from pathlib import Path
 
     specs = discover(Path(runs)) if isinstance(runs, str) else list(runs)
+    if base is not None:
+        for spec in [s for s in specs if s.origin is None and same_checkpoint(s.path, base)]:
+            warnings.warn(f"batch: skipping {spec.label}: it is the base {base} itself",
+                          OpdgeoWarning, stacklevel=2)  # fmt: skip
+            specs.remove(spec)
+        if not specs:
+            raise ConfigError(f"no run to compare: the only checkpoint found is the base {base}")
     if len({r.label for r in specs}) != len(specs):
         raise ConfigError("run labels must be unique")
     if base is None and any(r.origin is None for r in specs):
@@ -183,7 +198,7 @@ def trajectory(
     if len(given) == 1 and only.is_dir() and not is_checkpoint_dir(only):
         specs = discover(only)
     else:
-        specs = [RunSpec(c, c, step=parse_step(c)) for c in given]
+        specs = _by_step([RunSpec(c, c, step=parse_step(c)) for c in given])
     observer = traj.TrajectoryObserver(
         len(specs), matrices or traj.DEFAULT_MATRICES, sim_k, hill_k,
         config.settings.spectral_method,
@@ -198,6 +213,37 @@ def trajectory(
         run.summary["locking"] = verdict if i == last else ""
         run.summary["locking_reasons"] = "; ".join(facts) if i == last else ""
     return TrajectoryResult(runs, verdict, facts)
+
+
+def _by_step(specs: list[RunSpec]) -> list[RunSpec]:
+    """Trajectory checkpoints in the order of their parsed steps when every name has one and
+    the given order disagrees (with a warning saying so); otherwise as given."""
+    steps = [s.step for s in specs]
+    if any(step is None for step in steps) or steps == sorted(steps):  # type: ignore[type-var]
+        return specs
+    if len(set(steps)) != len(steps):
+        raise ConfigError(
+            "trajectory: checkpoints repeat a step number ("
+            + ", ".join(f"{s.label}={s.step}" for s in specs) + "); give each step once"
+        )  # fmt: skip
+    ordered = sorted(specs, key=lambda s: s.step or 0)
+    warnings.warn(
+        "trajectory: checkpoints ordered by their parsed step, not the order given: "
+        + ", ".join(s.label for s in ordered), OpdgeoWarning, stacklevel=3,
+    )  # fmt: skip
+    return ordered
+
+
+def _same_weights(base: str, spec: RunSpec, result: RunResult) -> None:
+    """Warn when a run is the base itself (same path) or holds the same weights."""
+    if same_checkpoint(spec.path, base):
+        why = "is the base checkpoint itself (same path)"
+    elif result.summary.get("rel_norm") == 0.0 and result.summary.get("n_tensors"):
+        why = "has the same weights as the base (every compared tensor is identical)"
+    else:
+        return
+    warnings.warn(f"{spec.label} {why}: the comparison measures nothing", OpdgeoWarning,
+                  stacklevel=4)  # fmt: skip
 
 
 def inspect(source: str, *, sources: SourceOptions | None = None, **options: Any) -> Inspection:
@@ -247,6 +293,7 @@ def _execute(
         built = []
         for i, recs in zip(members, records, strict=True):
             result = build_run(recs, config)
+            _same_weights(origin, specs[i], result)
             if labelled:
                 result.summary.update(label=specs[i].label, step=specs[i].step)
             results[i] = result

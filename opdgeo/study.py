@@ -25,7 +25,7 @@ __all__ = [
     "parse_step",
 ]
 
-_STEP_RE = re.compile(r"(?:checkpoint|global_step|iter|step)[-_]?(\d+)", re.IGNORECASE)
+_STEP_RE = re.compile(r"(?:checkpoint|ckpt|global_step|iter|step)[-_]?(\d+)", re.IGNORECASE)
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 
 
@@ -41,7 +41,7 @@ class RunSpec:
 
 
 def parse_step(name: str) -> int | None:
-    """Step number from ``checkpoint-500``, ``global_step500``, ``iter_0005375``, ``step-7``."""
+    """Step number from ``checkpoint-500``, ``ckpt-500``, ``global_step500``, ``iter_0005375``, ``step-7``."""
     matches = _STEP_RE.findall(name)
     return int(matches[-1]) if matches else None
 
@@ -50,10 +50,31 @@ def is_checkpoint_dir(path: Path) -> bool:
     return any((path / w).is_file() for w in _WEIGHTS) or any(path.glob("*.safetensors"))
 
 
+def same_checkpoint(a: str, b: str) -> bool:
+    """Whether specs ``a`` and ``b`` name the same local checkpoint (after resolving links;
+    a folder and its ``model.safetensors`` count as the same)."""
+
+    def where(spec: str) -> Path | None:
+        path = Path(spec).expanduser()
+        try:
+            if not path.exists():
+                return None
+            path = path.resolve()
+        except OSError:
+            return None
+        return path.parent if path.is_file() and path.name in _WEIGHTS else path
+
+    left, right = where(a), where(b)
+    return left is not None and left == right
+
+
 def discover(directory: Path) -> list[RunSpec]:
     """Checkpoints under ``directory``: .safetensors files, checkpoint directories, and their
-    ``checkpoint-*`` / ``global_step*`` / ``iter_*`` subdirectories (one level down), ordered
-    by parsed step number, then name."""
+    ``checkpoint-*`` / ``global_step*`` / ``iter_*`` subdirectories (one level down).
+
+    Runs stay together: the checkpoints directly in ``directory`` first, ordered by parsed
+    step number, then name; then each run folder's checkpoints (folders by name), ordered by
+    step within the folder."""
     try:
         return _discover(directory)
     except PermissionError as exc:
@@ -63,22 +84,23 @@ def discover(directory: Path) -> list[RunSpec]:
 def _discover(directory: Path) -> list[RunSpec]:
     if not directory.is_dir():
         raise SourceError(f"not a directory: {directory}")
-    found: list[RunSpec] = []
+    found: list[tuple[str, RunSpec]] = []  # (run folder, "" for the top level; spec)
     for child in sorted(directory.iterdir()):
         if child.name.startswith("."):
             continue
         if child.is_file() and child.suffix == ".safetensors":
-            found.append(RunSpec(str(child), child.stem, step=parse_step(child.stem)))
+            found.append(("", RunSpec(str(child), child.stem, step=parse_step(child.stem))))
         elif child.is_dir() and is_checkpoint_dir(child):
-            found.append(RunSpec(str(child), child.name, step=parse_step(child.name)))
+            found.append(("", RunSpec(str(child), child.name, step=parse_step(child.name))))
         elif child.is_dir():
             for sub in sorted(child.iterdir()):
                 if sub.is_dir() and is_checkpoint_dir(sub):
                     label = f"{child.name}/{sub.name}"
-                    found.append(RunSpec(str(sub), label, step=parse_step(sub.name)))
+                    found.append((child.name, RunSpec(str(sub), label, step=parse_step(sub.name))))
     if not found:
         raise SourceError(f"no checkpoints found under {directory}")
-    return sorted(found, key=lambda r: (r.step is None, r.step or 0, r.label))
+    ordered = sorted(found, key=lambda f: (f[0], f[1].step is None, f[1].step or 0, f[1].label))
+    return [spec for _, spec in ordered]
 
 
 def load_study(path: Path) -> tuple[str, list[RunSpec]]:
