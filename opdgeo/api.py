@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -127,14 +127,17 @@ def compare(
     sources: SourceOptions | None = None,
     on_plan: PlanHook | None = None,
     track: Tracker = _untracked,
+    labels: Mapping[str, str] | None = None,
     **options: Any,
 ) -> list[RunResult]:
-    """Compare each of ``tuned`` (one spec or several) against ``base``; one result each."""
+    """Compare each of ``tuned`` (one spec or several) against ``base``; one result each.
+    ``labels`` maps a tuned spec to the name it is shown under (the ``label`` column)."""
     config, sources = configure(config, sources, **options)
-    specs = [RunSpec(path, path) for path in _specs(tuned)]
+    names = dict(labels or {})
+    specs = [RunSpec(path, names.get(path, path)) for path in _specs(tuned)]
     if not specs:
         raise ConfigError("give at least one tuned checkpoint")
-    return _execute(base, specs, config, sources, on_plan, track, labelled=False)
+    return _execute(base, specs, config, sources, on_plan, track, labelled=bool(names))
 
 
 def batch(

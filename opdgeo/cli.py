@@ -20,12 +20,14 @@ from typing import Annotated
 import typer
 
 from opdgeo import __version__, options
+from opdgeo.cli_config import config_app
 from opdgeo.console import MODE, err, show_warning
 from opdgeo.errors import EXIT_ERROR, EXIT_INTERRUPTED, ConfigError, OpdgeoError
 from opdgeo.options import SOURCE_HELP, Analysis, Format, Outputs, Sources, grouped, regex
 from opdgeo.text import markup_safe, printable
 
 app = typer.Typer(**options.APP)
+app.add_typer(config_app)
 MODE.debug = os.environ.get("OPDGEO_DEBUG", "") not in ("", "0")
 
 
@@ -91,6 +93,7 @@ def compare(
     analysis: Analysis,
     out: Outputs,
     src: Sources,
+    label: options.LABELS = None,
 ) -> None:
     """Compare each TUNED checkpoint against BASE, tensor by tensor, and name its regime."""
     from opdgeo import api, console
@@ -99,8 +102,8 @@ def compare(
         cfg = analysis.load()
         _start(out, [base, *tuned])
         runs = api.compare(
-            base, tuned, config=cfg, sources=src.options(out.quiet),
-            on_plan=console.print_plan, track=console.progress,
+            base, tuned, config=cfg, sources=src.options(out.quiet), on_plan=console.print_plan,
+            track=console.progress, labels=options.labels(label or [], tuned),
         )  # fmt: skip
         console.print_notes(runs)
         console.deliver(runs, cfg, out, [base, *tuned])

@@ -257,6 +257,25 @@ APP: dict[str, Any] = {
 }
 """The settings of the ``opdgeo`` typer app (:mod:`opdgeo.cli`)."""
 DEBUG = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+LABELS = Annotated[
+    list[str] | None,
+    typer.Option("--label", help="NAME=PATH: call the TUNED checkpoint PATH NAME (repeatable)."),
+]
+
+
+def labels(values: list[str], tuned: list[str]) -> dict[str, str]:
+    """``--label NAME=PATH`` values as {PATH: NAME}; PATH must be one of ``tuned``."""
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--label {value!r}: expected NAME=PATH")
+        if path not in tuned:
+            raise ConfigError(f"--label {value!r}: {path} is not one of the TUNED checkpoints")
+        if path in out or name in out.values():
+            raise ConfigError(f"--label {value!r}: that checkpoint or name is labelled twice")
+        out[path] = name
+    return out
 
 
 def _flags_without_value(option_class: Any) -> None:

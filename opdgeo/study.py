@@ -41,7 +41,8 @@ class RunSpec:
 
 
 def parse_step(name: str) -> int | None:
-    """Step number from ``checkpoint-500``, ``ckpt-500``, ``global_step500``, ``iter_0005375``, ``step-7``."""
+    """Step number from ``checkpoint-500``, ``ckpt-500``, ``global_step500``,
+    ``iter_0005375``, ``step-7`` (the last such number in ``name``)."""
     matches = _STEP_RE.findall(name)
     return int(matches[-1]) if matches else None
 

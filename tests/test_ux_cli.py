@@ -1,20 +1,25 @@
 """Command-line conventions (issue 16): -V, --debug after the command, exit codes and flags in
---help at 80 columns, shell completion."""
+--help at 80 columns, shell completion, ``config show``, ``--label NAME=PATH``."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from opdgeo.cli import app
+from opdgeo.config import Config, load_config
 from opdgeo.console import MODE
+from tests.conftest import perturb, tiny_model, write_checkpoint
 
 runner = CliRunner()
-COMMANDS = ("compare", "batch", "trajectory", "inspect", "lineage", "demo", "cache")
+COMMANDS = ("compare", "batch", "trajectory", "inspect", "lineage", "demo", "cache", "config show")
 
 
 def help_text(*args: str) -> str:
@@ -38,7 +43,7 @@ def test_help_lists_exit_codes_and_completion() -> None:
     assert "--install-completion" in text
 
 
-@pytest.mark.parametrize("command", [(), *((c,) for c in COMMANDS)])
+@pytest.mark.parametrize("command", [(), *(tuple(c.split()) for c in COMMANDS)])
 def test_help_fits_80_columns_and_shows_flags_as_flags(command: tuple[str, ...]) -> None:
     text = help_text(*command)
     assert max(len(line) for line in text.splitlines()) <= 80
@@ -52,3 +57,28 @@ def test_debug_is_accepted_after_the_command(monkeypatch: pytest.MonkeyPatch) ->
     result = runner.invoke(app, ["cache", "--cache-dir", "/nonexistent/opdgeo", "--debug"])
     assert "No such option" not in result.stderr
     assert MODE.debug
+
+
+def test_config_show_prints_the_defaults_as_toml(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["config", "show"])
+    assert result.exit_code == 0, result.stderr
+    path = tmp_path / "c.toml"
+    path.write_text(result.stdout)
+    assert load_config(path) == Config()
+    assert "[thresholds]" in result.stdout and "sparsity_rlvr_above = 0.65" in result.stdout
+    custom = tmp_path / "custom.toml"
+    custom.write_text("[settings]\nalpha = 0.2\n")
+    result = runner.invoke(app, ["config", "show", "-c", str(custom)])
+    assert "alpha = 0.2\n" in result.stdout
+
+
+def test_label_names_a_run(tmp_path: Path) -> None:
+    base = write_checkpoint(tmp_path / "base", tiny_model(layers=1))
+    tuned = write_checkpoint(tmp_path / "t", perturb(tiny_model(layers=1), 0.01))
+    args = ["compare", str(base), str(tuned), "--tier", "fast", "--no-cache", "-f", "csv"]
+    result = runner.invoke(app, [*args, "--label", f"my-sft={tuned}"])
+    assert result.exit_code == 0, result.stderr
+    frame = pd.read_csv(io.StringIO(result.stdout))
+    assert list(frame["label"]) == ["my-sft"] and list(frame["run"]) == [str(tuned)]
+    result = runner.invoke(app, [*args, "--label", f"x={tmp_path / 'other'}"])
+    assert result.exit_code == 2 and "is not one of the TUNED checkpoints" in result.stderr
