@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from opdgeo.render_fit import Column, print_fitted
 from opdgeo.report import RunResult
 from opdgeo.text import printable
 
@@ -93,33 +94,43 @@ def _regime(s: dict[str, Any]) -> Text:
 
 
 def render_table(console: Console, runs: Sequence[RunResult], settings_line: str) -> None:
-    """Print the human report: summary table, reasons, top modules, relative order, skipped."""
+    """Print the human report: summary table, reasons, top modules, relative order, skipped.
+    Tables fit the console (:mod:`opdgeo.render_fit`): numbers are never cut."""
     base = runs[0].summary["base"]
     fields = summary_fields()
-    table = Table(title=Text(f"opdgeo compare  base: {printable(base)}"), caption=settings_line)
+    title = f"opdgeo compare  base: {printable(base)}"
     if console.width >= WIDE_LAYOUT_COLUMNS:
-        table.add_column("run")
-        table.add_column("regime")
-        for header, _, _ in fields:
-            table.add_column(header, justify="right")
-        for run in runs:
-            s = run.summary
-            table.add_row(
-                Text(printable(s["run"])), _regime(s), *(fmt(s[key]) for _, key, fmt in fields)
-            )
+        columns = [Column("regime", [_regime(r.summary) for r in runs])]
+        columns += [Column(header, [fmt(r.summary[key]) for r in runs])
+                    for header, key, fmt in fields]  # fmt: skip
+        labels: list[str | Text] = [Text(printable(r.summary["run"])) for r in runs]
+        print_fitted(console, "run", labels, columns, title, settings_line)
     else:
-        table.add_column("")
-        for run in runs:
-            table.add_column(Text(printable(run.summary["run"])), justify="right")
-        table.add_row("regime", *(_regime(r.summary) for r in runs))
-        for header, key, fmt in fields:
-            table.add_row(header.replace("\n", " "), *(fmt(r.summary[key]) for r in runs))
-    console.print(table)
+        names = ["regime", *(header.replace("\n", " ") for header, _, _ in fields)]
+        columns = [
+            Column(printable(r.summary["run"]),
+                   [_regime(r.summary), *(fmt(r.summary[key]) for _, key, fmt in fields)])
+            for r in runs
+        ]  # fmt: skip
+        print_fitted(console, "", list(names), columns, title, settings_line)
     for run in runs:
         _render_reasons(console, run)
     if len(runs) > 1 and any("order_mean" in r.summary for r in runs):
         _render_order(console, runs)
     _render_skipped(console, runs)
+
+
+def concentration(modules: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], float]]:
+    """Module types with their update energy per parameter: share of the update energy over
+    share of the parameters (1 = as much as its size predicts), highest first."""
+    total = sum(int(g["n_params"]) for g in modules) or 1
+    out = []
+    for g in modules:
+        energy = math.nan if _missing(g.get("energy_share")) else float(g["energy_share"])
+        share = int(g["n_params"]) / total
+        ratio = energy / share if share > 0 else math.nan
+        out.append((g, ratio))
+    return sorted(out, key=lambda item: -item[1] if not math.isnan(item[1]) else math.inf)
 
 
 def _params(n: Any) -> str:
@@ -145,51 +156,33 @@ def _render_reasons(console: Console, run: RunResult) -> None:
         console.print(Text(f"  - {reason}"), soft_wrap=True)
     for caveat in run.verdict.caveats:
         console.print(Text(f"  ! {caveat}", style="yellow"), soft_wrap=True)
-    mods = sorted(
-        run.modules, key=lambda g: -(g["energy_share"] if not _missing(g["energy_share"]) else -1)
-    )
+    mods = concentration(run.modules)[:TOP_MODULES]
     if not mods:
         return
-    table = Table(
-        title="top-changed module types (by share of update energy)", title_justify="left"
-    )
-    columns = module_fields()
-    table.add_column("module", justify="left")
-    table.add_column("params", justify="right")
-    for header, _, _ in columns:
-        table.add_column(header, justify="right")
-    for g in mods[:TOP_MODULES]:
-        table.add_row(
-            Text(printable(g["group"])),
-            _params(g["n_params"]),
-            *(fmt(g[key]) for _, key, fmt in columns),
-        )
-    console.print(table)
+    columns = [Column("energy/param", [_ratio(x) for _, x in mods]),
+               Column("params", [_params(g["n_params"]) for g, _ in mods])]  # fmt: skip
+    columns += [Column(header, [fmt(g[key]) for g, _ in mods]) for header, key, fmt in
+                module_fields()]  # fmt: skip
+    print_fitted(console, "module", [Text(printable(g["group"])) for g, _ in mods], columns,
+                 "top-changed module types (per parameter: update energy share / parameter "
+                 "share)")  # fmt: skip
+
+
+def _ratio(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.2f}x"
 
 
 def _render_order(console: Console, runs: Sequence[RunResult]) -> None:
-    table = Table(
-        title="relative order on each feature (1 = most SFT-like; expected SFT < OPD < RLVR)",
-        title_justify="left",
-    )
-    columns = (
-        "order_sparsity_bf16",
-        "order_lowmag_enrichment",
-        "order_principal_angle_deg",
-        "order_nss",
-        "order_mean",
-    )
-    table.add_column("run")
-    for c in columns:
-        table.add_column(c.removeprefix("order_"), justify="right")
-    for run in runs:
-        s = run.summary
-        table.add_row(
-            Text(printable(s["run"])),
-            *("-" if _missing(s.get(c)) else _num(s.get(c)) for c in columns),
-        )
+    columns = ("order_sparsity_bf16", "order_lowmag_enrichment", "order_principal_angle_deg",
+               "order_nss", "order_mean")  # fmt: skip
     console.print()
-    console.print(table)
+    print_fitted(
+        console, "run", [Text(printable(r.summary["run"])) for r in runs],
+        [Column(c.removeprefix("order_"), ["-" if _missing(r.summary.get(c)) else
+                                           _num(r.summary.get(c)) for r in runs])
+         for c in columns],
+        "relative order on each feature (1 = most SFT-like; expected SFT < OPD < RLVR)",
+    )  # fmt: skip
     w = runs[0].summary.get("order_concordance")
     if isinstance(w, float) and not math.isnan(w):
         console.print(f"feature concordance (Kendall's W): {w:.2f}")
@@ -247,18 +240,14 @@ def render_inspect(console: Console, info: Inspection) -> None:
 
 def render_trajectory(console: Console, runs: Sequence[RunResult]) -> None:
     """Per-checkpoint trajectory columns and the locking verdict."""
-    table = Table(title="trajectory (cumulative update from the base)", title_justify="left")
     columns = ("step", "stable_rank", "update_norm", "hill_alpha", "sim_final",
                "jaccard_prev", "jaccard_final")  # fmt: skip
-    table.add_column("checkpoint")
-    for c in columns:
-        table.add_column(c.replace("_", " "), justify="right")
-    for run in runs:
-        s = run.summary
-        label = Text(printable(s.get("label", s["run"])))
-        table.add_row(label, *(_num(s.get(c)) for c in columns))
+    labels: list[str | Text] = [Text(printable(r.summary.get("label", r.summary["run"])))
+                                for r in runs]  # fmt: skip
     console.print()
-    console.print(table)
+    print_fitted(console, "checkpoint", labels,
+                 [Column(c.replace("_", " "), [_num(r.summary.get(c)) for r in runs])
+                  for c in columns], "trajectory (cumulative update from the base)")  # fmt: skip
     last = runs[-1].summary
     if last.get("locking"):
         console.print(f"locking: {last['locking']}  ({last.get('locking_reasons', '')})")
