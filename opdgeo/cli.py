@@ -79,7 +79,7 @@ def _start(out: Outputs, inputs: list[str]) -> None:
     out.settle()
     for path in out.files():
         check_output_path(path, inputs)
-        check_folder(path if path.suffix != ".png" else path.parent)
+        check_folder(path.parent if out.plot and path.parent == out.plot else path)
 
 
 # -- commands -------------------------------------------------------------------------------

@@ -45,8 +45,9 @@ def test_discover_files_dirs_and_step_subdirs(tmp_path: Path) -> None:
     )
     (tmp_path / "runs" / "notes").mkdir()
     labels = [r.label for r in discover(tmp_path / "runs")]
-    assert labels == ["rl/checkpoint-30", "rl/checkpoint-200", "rl/checkpoint-1000", "alpha",
-                      "single", "zeta"]  # fmt: skip
+    # top-level checkpoints first, then each run folder's checkpoints together, by step
+    assert labels == ["alpha", "single", "zeta", "rl/checkpoint-30", "rl/checkpoint-200",
+                      "rl/checkpoint-1000"]  # fmt: skip
 
 
 def test_batch_equals_individual_compares_and_decomposes_base_once(
