@@ -37,7 +37,8 @@ def _toml_value(value: Any) -> str:
 
 
 def config_toml(config: Config) -> str:
-    """``[settings]`` and ``[thresholds]`` of ``config`` as TOML (unset regexes commented)."""
+    """``[settings]``, ``[thresholds]`` and ``[calibration]`` of ``config`` as TOML (unset
+    regexes commented)."""
     lines = ["# opdgeo configuration (opdgeo config show); pass a copy with --config FILE", ""]
     lines.append("[settings]")
     for f in dataclasses.fields(config.settings):
@@ -51,6 +52,11 @@ def config_toml(config: Config) -> str:
     lines += ["", "[thresholds]"]
     lines += [f"{f.name} = {_toml_value(getattr(config.thresholds, f.name))}"
               for f in dataclasses.fields(config.thresholds)]  # fmt: skip
+    calibration = getattr(config, "calibration", None)
+    if calibration is not None:  # rule = [right, total] of the confidence's calibration
+        lines += ["", f"[calibration]  # {calibration.source}"]
+        lines += [f"{json.dumps(rule)} = [{right}, {total}]"
+                  for rule, (right, total) in calibration.rules.items()]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

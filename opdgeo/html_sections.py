@@ -63,8 +63,9 @@ def summary_section(runs: Sequence[RunResult]) -> str:
     return (
         f'<section id="summary"><h2>Summary</h2>{base_line}'
         f"{table(headers, rows, left=len(text_headers))}"
-        '<p class="note">confidence = share of the four classifier features that vote for '
-        "the label. Cells show 4 significant digits; hover a cell for its full value; the "
+        '<p class="note">confidence = how often the rule behind the label was right on the '
+        "calibration runs (a lower bound; the verdicts name the rule). Cells show 4 "
+        "significant digits; hover a cell for its full value; the "
         "appendix lists every summary column at full precision.</p>"
         "</section>"
     )

@@ -64,7 +64,9 @@ def test_config_show_prints_the_defaults_as_toml(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     path = tmp_path / "c.toml"
     path.write_text(result.stdout)
-    assert load_config(path) == Config()
+    loaded, default = load_config(path), Config()
+    assert (loaded.settings, loaded.thresholds) == (default.settings, default.thresholds)
+    assert dict(loaded.calibration.rules) == dict(default.calibration.rules)
     assert "[thresholds]" in result.stdout and "sparsity_rlvr_above = 0.65" in result.stdout
     custom = tmp_path / "custom.toml"
     custom.write_text("[settings]\nalpha = 0.2\n")
