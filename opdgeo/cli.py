@@ -62,7 +62,9 @@ def _root(
     debug: options.DEBUG = False,
     version: Annotated[
         bool,
-        typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version"),
+        typer.Option(
+            "--version", "-V", callback=_version, is_eager=True, help="Print the version."
+        ),
     ] = False,
 ) -> None:
     """opdgeo: parameter-space diagnostics of post-training (SFT / OPD / RLVR)."""
