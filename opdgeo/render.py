@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -153,9 +154,10 @@ def _render_reasons(console: Console, run: RunResult) -> None:
         )
     )
     for reason in run.verdict.reasons:
-        console.print(Text(f"  - {reason}"), soft_wrap=True)
+        console.print(Text(_hanging(reason, "  - ", console.width)), soft_wrap=True)
     for caveat in run.verdict.caveats:
-        console.print(Text(f"  ! {caveat}", style="yellow"), soft_wrap=True)
+        console.print(Text(_hanging(caveat, "  ! ", console.width), style="yellow"),
+                      soft_wrap=True)  # fmt: skip
     mods = concentration(run.modules)[:TOP_MODULES]
     if not mods:
         return
@@ -166,6 +168,13 @@ def _render_reasons(console: Console, run: RunResult) -> None:
     print_fitted(console, "module", [Text(printable(g["group"])) for g, _ in mods], columns,
                  "top-changed module types (per parameter: update energy share / parameter "
                  "share)")  # fmt: skip
+
+
+def _hanging(text: str, lead: str, width: int) -> str:
+    """``text`` after ``lead``, wrapped between words to ``width`` with a hanging indent."""
+    return textwrap.fill(text, width=max(width, 40), initial_indent=lead,
+                         subsequent_indent=" " * len(lead), break_long_words=False,
+                         break_on_hyphens=False)  # fmt: skip
 
 
 def _ratio(x: float) -> str:
