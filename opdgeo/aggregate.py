@@ -133,8 +133,14 @@ def summarize(records: Sequence[TensorRecord], frame: pd.DataFrame) -> dict[str,
 
 
 def groups(frame: pd.DataFrame, by: str) -> list[dict[str, Any]]:
-    """Pooled metrics per module type (``by="module"``) or per layer (``by="layer"``)."""
+    """Pooled metrics per module type (``by="module"``), per layer (``by="layer"``) or per
+    MoE expert (``by="expert"``: one row per layer x expert, group ``L3.E7``, with
+    ``expert_layer`` and ``expert`` columns; see :mod:`opdgeo.experts`)."""
     rows = compared(frame)
+    if by == "expert":
+        from opdgeo.experts import expert_groups
+
+        return expert_groups(rows, group_columns())
     keyed = rows[rows[by].notna()] if by == "layer" else rows
     columns = group_columns()
     out = []

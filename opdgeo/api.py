@@ -33,6 +33,7 @@ from opdgeo import engine
 from opdgeo.config import Config, Settings
 from opdgeo.errors import ConfigError, OpdgeoWarning
 from opdgeo.io import Checkpoint, SourceOptions, open_checkpoint
+from opdgeo.io.experts import split_experts
 from opdgeo.io.peft import open_run
 from opdgeo.io.quant import dequantized
 from opdgeo.pairing import Plan, plan_pairs
@@ -324,6 +325,8 @@ def _group(
         for spec in members:
             ckpts.append(open_run(spec.path, base_ckpt, sources))  # adapters, quantized weights
             opened.append(ckpts[-1])
+        for ckpt in opened:  # fused MoE experts become per-expert matrices
+            split_experts(ckpt)
         plans = [plan_pairs(base_ckpt, c, config.settings) for c in ckpts]
         if on_plan is not None:
             on_plan(base_ckpt, ckpts, plans)

@@ -180,7 +180,8 @@ def _checksum(tensors: dict[str, torch.Tensor], thresholds: str, method: str, ke
         if t.dim() and t.stride(-1) != 1:  # "contiguous" with a size-1 last dim, any stride
             t = torch.empty(t.shape, dtype=t.dtype).copy_(t)
         h.update(f"|{name}|{t.dtype}|{list(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).reshape(-1).numpy().tobytes() if t.numel() else b"")
+        # reshape first: a contiguous [n, 1] tensor may have stride (1, n), which view() refuses
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

@@ -128,7 +128,7 @@ def compare_many(
                 todo.setdefault(pair.base_name, []).append((i, pair))
     first = {p.base_name: p.tuned_name for pairs in todo.values() for i, p in pairs if i == 0}
 
-    def position(name: str) -> tuple[int, int, int]:
+    def position(name: str) -> tuple[int, ...]:
         # the first run's file order (its shards stream in sequence), then the base's
         if name in first:
             return (0, *runs[0].file_position(first[name]))
@@ -140,9 +140,15 @@ def compare_many(
         run.prepare([p.tuned_name for name in order for j, p in todo[name] if j == i])
     pin = torch.device(settings.device).type == "cuda"
 
+    # bytes each read brings in: a fused expert tensor counts in full with its first slice
+    brought = dict(zip(order, base.read_bytes(order), strict=True))
+    for i, run in enumerate(runs):
+        keys = [(name, p.tuned_name) for name in order for j, p in todo[name] if j == i]
+        for (name, _), n in zip(keys, run.read_bytes([t for _, t in keys]), strict=True):
+            brought[name] += n
+
     def size(name: str) -> int:
-        infos = [base.tensors[name]] + [runs[i].tensors[p.tuned_name] for i, p in todo[name]]
-        return sum(t.nbytes for t in infos)
+        return brought[name]
 
     def read(name: str) -> tuple[str, torch.Tensor, list[torch.Tensor]]:
         w0 = base.read(name, pin=pin)

@@ -126,7 +126,8 @@ def _in_scope(name: str, info: TensorInfo, settings: Settings) -> bool:
 def _dtype_problem(info: TensorInfo, ckpt: Checkpoint) -> str | None:
     """Why a tensor cannot be compared as stored (decoded tensors always can; a float tensor
     is compared whatever siblings it has, see :mod:`opdgeo.io.quant`)."""
-    if info.name in ckpt.decoders:
+    parent = getattr(info, "parent", None)  # an expert slice of a decoded fused tensor
+    if info.name in ckpt.decoders or (parent is not None and parent.name in ckpt.decoders):
         return None
     if info.dtype in QUANTIZED_DTYPES:
         return f"quantized dtype {info.dtype} without a decodable scale"

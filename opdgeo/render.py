@@ -116,6 +116,7 @@ def render_table(console: Console, runs: Sequence[RunResult], settings_line: str
         print_fitted(console, "", list(names), columns, title, settings_line)
     for run in runs:
         _render_reasons(console, run)
+        _render_experts(console, run)
     if len(runs) > 1 and any("order_mean" in r.summary for r in runs):
         _render_order(console, runs)
     _render_skipped(console, runs)
@@ -179,6 +180,24 @@ def _hanging(text: str, lead: str, width: int) -> str:
 
 def _ratio(x: float) -> str:
     return "-" if math.isnan(x) else f"{x:.2f}x"
+
+
+def _render_experts(console: Console, run: RunResult) -> None:
+    """One line on MoE experts: count, spread of the update, most- and least-changed."""
+    s = run.summary
+    if not s.get("n_experts"):
+        return
+    rel = {g["group"]: g.get("rel_norm") for g in run.experts}
+    most, least = s["expert_most_changed"], s["expert_least_changed"]
+    console.print(
+        Text(
+            f"experts: {s['n_experts']} per layer in {s['n_moe_layers']} MoE layer(s); the top "
+            f"10% hold {_pct(s['expert_energy_top10_share'])} of the expert update energy; "
+            f"most changed {most} (rel norm {_num(rel.get(most))}), least changed {least} "
+            f"(rel norm {_num(rel.get(least))})"
+        ),
+        soft_wrap=True,
+    )
 
 
 def _render_order(console: Console, runs: Sequence[RunResult]) -> None:
@@ -245,6 +264,14 @@ def render_inspect(console: Console, info: Inspection) -> None:
             Text(printable(row.file)), *((Text(printable(row.decoding)),) if decoding else ()),
         )  # fmt: skip
     console.print(table)
+    experts = doc.get("experts") or {}
+    if experts.get("n_moe_layers"):
+        details = sorted({b["detail"] for b in experts["blocks"] if b["detail"]})
+        console.print(Text(
+            f"experts: {experts['n_experts']} per layer in {experts['n_moe_layers']} MoE "
+            f"layer(s), {'+'.join(experts['layouts'])}"
+            + (f" ({'; '.join(details)})" if details else "")
+        ), soft_wrap=True)  # fmt: skip
 
 
 def render_trajectory(console: Console, runs: Sequence[RunResult]) -> None:

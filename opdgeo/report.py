@@ -17,7 +17,9 @@ import pandas as pd
 from opdgeo import __version__
 from opdgeo.aggregate import SCHEMA_VERSION, clean, frame_of, groups, summarize
 from opdgeo.config import Config
+from opdgeo.experts import expert_summary
 from opdgeo.io import Checkpoint
+from opdgeo.io.experts import describe as describe_experts
 from opdgeo.naming import layer_index, module_type
 from opdgeo.quantized import quantization_verdict
 from opdgeo.records import TensorRecord
@@ -52,6 +54,8 @@ class RunResult:
     tensors: pd.DataFrame
     modules: list[dict[str, Any]] = field(default_factory=list)
     layers: list[dict[str, Any]] = field(default_factory=list)
+    experts: list[dict[str, Any]] = field(default_factory=list)
+    """One row per MoE layer x expert (empty for dense models)."""
 
     @property
     def skipped(self) -> list[dict[str, str]]:
@@ -72,6 +76,8 @@ def build_run(records: Sequence[TensorRecord], config: Config) -> RunResult:
     """Summarise and classify one run from its per-tensor records."""
     frame = frame_of(records)
     summary = summarize(records, frame)
+    experts = groups(frame, "expert")
+    summary.update(expert_summary(experts))
     verdict = quantization_verdict(summary, frame) or classify(
         summary, config.thresholds, config.calibration
     )
@@ -85,7 +91,8 @@ def build_run(records: Sequence[TensorRecord], config: Config) -> RunResult:
         regime_papers=verdict.regime_papers,
         confidence_rule=verdict.rule,
     )
-    return RunResult(summary, verdict, frame, groups(frame, "module"), groups(frame, "layer"))
+    return RunResult(summary, verdict, frame, groups(frame, "module"), groups(frame, "layer"),
+                     experts)  # fmt: skip
 
 
 _DECIDED_WITHOUT_MATRICES = (
@@ -128,11 +135,11 @@ def tensors_frame(runs: Sequence[RunResult]) -> pd.DataFrame:
 
 
 def groups_frame(runs: Sequence[RunResult]) -> pd.DataFrame:
-    """Per-module-type and per-layer rows of all runs."""
+    """Per-module-type, per-layer and per-expert rows of all runs."""
     rows = [
         {"run": r.summary["run"], "base": r.summary["base"], **g}
         for r in runs
-        for g in (*r.modules, *r.layers)
+        for g in (*r.modules, *r.layers, *r.experts)
     ]
     return pd.DataFrame(rows)
 
@@ -178,6 +185,7 @@ def document(
                 },
                 "modules": [cleaned(g) for g in r.modules],
                 "layers": [cleaned(g) for g in r.layers],
+                "experts": [cleaned(g) for g in r.experts],
                 "skipped": r.skipped,
             }
             for r in runs
@@ -228,5 +236,6 @@ def inspect_document(ckpt: Checkpoint, frame: pd.DataFrame) -> dict[str, Any]:
         "files": [str(f) for f in ckpt.files],
         "remote_bytes": total,
         "cached_bytes": cached,
+        "experts": describe_experts(ckpt),
         "tensors": [{k: clean(v) for k, v in r.items()} for r in frame.to_dict(orient="records")],
     }

@@ -54,6 +54,35 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
+class SliceInfo(TensorInfo):
+    """One expert of a fused MoE tensor (:mod:`opdgeo.io.experts`): ``file``/``start`` are
+    the parent's, ``shape``/``nbytes`` the slice's; :meth:`cut` takes ``parent[index]``, every
+    ``step``-th of ``count`` entries along ``axis`` from ``offset``, transposed to ``[out, in]``
+    (a view; a non-contiguous slice is copied once)."""
+
+    parent: TensorInfo | None = None
+    index: int = 0
+    axis: int | None = None
+    offset: int = 0
+    count: int = 0
+    step: int = 1
+    transpose: bool = False
+    order: int = 0  # position among the parent's slices (their reads stay together)
+
+    def cut(self, parent: torch.Tensor) -> torch.Tensor:
+        x = parent[self.index]
+        if self.axis is not None:
+            where: list[slice] = [slice(None)] * x.dim()
+            where[self.axis] = slice(self.offset, self.offset + self.step * self.count, self.step)
+            x = x[tuple(where)]
+        if self.transpose and x.dim() == 2:
+            x = x.t()
+        if tuple(x.shape) != self.shape:
+            raise SourceError(f"{self.name}: slice has shape {tuple(x.shape)}, not {self.shape}")
+        return x if x.is_contiguous() else x.contiguous()
+
+
+@dataclass(frozen=True)
 class SourceOptions:
     """How checkpoints are opened: Hub access and the pickle opt-in."""
 
@@ -158,6 +187,9 @@ class Checkpoint:
     _remaining: dict[Path, int] = field(default_factory=dict, repr=False)
     _next: dict[Path, Path] = field(default_factory=dict, repr=False)
     _local: dict[Path, Path] = field(default_factory=dict, repr=False)
+    _parents: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    """Parent tensors of slices (fused experts) read and not yet fully sliced."""
+    _slices_left: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def n_params(self) -> int:
@@ -188,22 +220,42 @@ class Checkpoint:
         cached = sum(n for shard, n in self.shard_sizes.items() if fetcher.cached(str(shard)))
         return sum(self.shard_sizes.values()), cached
 
-    def file_position(self, name: str) -> tuple[int, int]:
-        """Sort key that orders tensors as they lie on disk (file, then offset)."""
+    def file_position(self, name: str) -> tuple[int, ...]:
+        """Sort key that orders tensors as they lie on disk (file, offset; a slice adds its
+        position among its parent's slices)."""
         info = self.tensors[name]
+        if isinstance(info, SliceInfo):
+            return self.files.index(info.file), info.start, info.order
         return self.files.index(info.file), info.start
+
+    def read_bytes(self, names: list[str]) -> list[int]:
+        """Bytes each of ``names`` (read in this order) brings into memory: a slice's first
+        read brings its whole parent, later slices of that parent nothing."""
+        seen: set[str] = set()
+        out = []
+        for info in (self.tensors[name] for name in names):
+            whole = info.parent if isinstance(info, SliceInfo) and info.parent else info
+            out.append(0 if whole.name in seen and whole is not info else whole.nbytes)
+            seen.add(whole.name)
+        return out
 
     def prepare(self, names: list[str]) -> None:
         """Announce the order of the coming reads (enables prefetch and release of shards)."""
         self._remaining = {}
+        self._slices_left = {}
+        self._parents = {}
         order: list[Path] = []
-        infos = [
-            part
-            for name in names
-            for part in (
-                self.decoders[name].parts if name in self.decoders else (self.tensors[name],)
-            )
-        ]
+        infos: list[TensorInfo] = []
+        for name in names:
+            info = self.tensors[name]
+            if isinstance(info, SliceInfo) and info.parent is not None:
+                left = self._slices_left.get(info.parent.name, 0)
+                self._slices_left[info.parent.name] = left + 1
+                if left:
+                    continue  # the parent is read once, with its first slice
+                info = info.parent
+            decoder = self.decoders.get(info.name)
+            infos.extend(decoder.parts if decoder is not None else (info,))
         for info in infos:
             shard = info.file
             if shard not in self._remaining:
@@ -230,6 +282,8 @@ class Checkpoint:
             return
         infos = self.check_header(local)
         for name, expected in self.tensors.items():
+            if isinstance(expected, SliceInfo) and expected.parent is not None:
+                name, expected = expected.parent.name, expected.parent
             if expected.file != shard:
                 continue
             got = infos.get(name)
@@ -246,11 +300,35 @@ class Checkpoint:
     def read(self, name: str, rows: int | None = None, pin: bool = False) -> torch.Tensor:
         """Read tensor ``name`` (optionally only its first ``rows`` rows); ``pin`` puts it in
         pinned (page-locked) host memory so that a GPU copy can run asynchronously."""
+        info = self.tensors[name]
+        if isinstance(info, SliceInfo) and info.parent is not None:
+            return info.cut(self._parent(info.parent, pin))
         decoder = self.decoders.get(name)
         if decoder is not None:
             tensor = decoder.decode([self.read_info(p) for p in decoder.parts])
             return tensor if rows is None else tensor[:rows]
-        return self.read_info(self.tensors[name], rows, pin)
+        return self.read_info(info, rows, pin)
+
+    def _parent(self, parent: TensorInfo, pin: bool) -> torch.Tensor:
+        """The parent of a slice: read once (through its decoder when it is decoded, as
+        dequantised MXFP4 experts are), kept until :meth:`prepare`'s count of its slices is
+        used up (without :meth:`prepare`, only the latest parent is kept)."""
+        tensor = self._parents.get(parent.name)
+        if tensor is None:
+            if parent.name not in self._slices_left:
+                self._parents.clear()
+            decoder = self.decoders.get(parent.name)
+            if decoder is not None:
+                tensor = decoder.decode([self.read_info(p) for p in decoder.parts])
+            else:
+                tensor = self.read_info(parent, None, pin)
+            self._parents[parent.name] = tensor
+        left = self._slices_left.get(parent.name)
+        if left is not None:
+            self._slices_left[parent.name] = left - 1
+            if left <= 1:
+                del self._parents[parent.name], self._slices_left[parent.name]
+        return tensor
 
     def read_info(
         self, info: TensorInfo, rows: int | None = None, pin: bool = False
