@@ -236,3 +236,28 @@ def test_cli_per_group_experts_and_inspect(make_checkpoint: Make, tmp_path: Path
     doc = json.loads(result.stdout)["experts"]
     assert (doc["n_moe_layers"], doc["n_experts"], doc["layouts"]) == (2, 4, ["fused"])
     assert describe(open_checkpoint(str(b)))["layouts"] == ["per-expert"]
+
+
+def test_mxfp4_gpt_oss_experts_are_split_after_decoding(tmp_path: Path) -> None:
+    """gpt-oss MXFP4 experts (``*_blocks`` / ``*_scales``) are decoded by opdgeo.io.quant to
+    the fused ``[E, H, 2I]`` float tensor, then split: same numbers as the decoded values
+    stored as float32."""
+    from tests.quantfixtures import mxfp4, mxfp4_reference, save
+
+    gen = torch.Generator().manual_seed(0)
+    e, h, i = 2, 32, 32
+    gub, gus = mxfp4(torch.randn(e, 2 * i, h, generator=gen))
+    dnb, dns = mxfp4(torch.randn(e, h, i, generator=gen))
+    p = "model.layers.0.mlp.experts."
+    cfg = {"model_type": "gpt_oss", "hidden_size": h}
+    gate_up, down = mxfp4_reference(gub, gus), mxfp4_reference(dnb, dns)
+    packed = save(tmp_path / "mx", {p + "gate_up_proj_blocks": gub, p + "gate_up_proj_scales": gus,
+                                    p + "down_proj_blocks": dnb, p + "down_proj_scales": dns},
+                  {**cfg, "quantization_config": {"quant_method": "mxfp4"}})  # fmt: skip
+    plain = save(tmp_path / "f32", {p + "gate_up_proj": gate_up, p + "down_proj": down}, cfg)
+    base = save(tmp_path / "base", {p + "gate_up_proj": gate_up * 1.01,
+                                    p + "down_proj": down * 1.01}, cfg)  # fmt: skip
+    want = _expert_rows(opdgeo.compare(str(base), str(plain), cache=False)[0])
+    got = _expert_rows(opdgeo.compare(str(base), str(packed), cache=False)[0])
+    assert len(want) == e * 3 and list(got.index) == list(want.index)
+    pd.testing.assert_frame_equal(got[METRICS], want[METRICS], check_exact=True)
