@@ -1,9 +1,9 @@
 """The ``scan`` kernel: every element-wise statistic of a tensor pair in one blocked pass.
 
-:func:`scan_pair` returns the :class:`~opdgeo.pair.ElementStats` that
-:attr:`opdgeo.pair.TensorPair.elementwise` computes (the three sparsities, ‖ΔW‖_F²,
-‖W0‖_F², max |ΔW|, non-finite entries), for the ``scan`` tier: no linear algebra, a first
-look at a large pair at close to the speed the files can be read.
+:func:`scan_pair` returns the :class:`ElementStats` of a tensor pair (the three sparsities,
+‖ΔW‖_F², ‖W0‖_F², max |ΔW|, non-finite entries). It is
+:attr:`opdgeo.pair.TensorPair.elementwise` in every tier, and all the ``scan`` tier computes:
+no linear algebra, a first look at a large pair at close to the speed the files can be read.
 
 How it is fast (bf16 pairs, the common case):
 
@@ -21,11 +21,11 @@ How it is fast (bf16 pairs, the common case):
 
 Counts are exact and equal :class:`ElementStats`'s: ``Δ == 0`` ⟺ the bf16 patterns are equal
 or both ±0 (``unchanged_bf16`` and ``exact_equal``), and ``sparsity_atol``'s bf16 comparison
-is the float32 range test ``|Δ| ≤ le`` / ``|Δ| ≤ lt`` of :func:`opdgeo.pair._atol_bounds`.
+is the float32 range test ``|Δ| ≤ le`` / ``|Δ| ≤ lt`` of :func:`_atol_bounds`.
 The maximum is exact. Sums of squares: float32 sums of 256 exact squares (a bf16 value's
 square is exact in float32), then float64 across rows; relative error ≤ 256·2⁻²⁴ ≈ 1.5e-5
-in the worst case and ~1e-8 in practice against the float64 sum (bench/KERNELS.md), the
-same scheme as :func:`opdgeo.pair.sumsq` without its square-root round trip. A block holding
+in the worst case and ~1e-8 in practice against the float64 sum (bench/KERNELS.md; the
+former float32 row-norm scheme was ~4e-8 on the demo family). A block holding
 NaN/Inf (or values whose squares overflow float32) gets non-finite row sums; such blocks,
 and every pair that is not bf16/bf16, go through the general path, the same code as
 ``TensorPair.elementwise`` (float64 norms, bf16 rounding of the difference as MUK's code).
@@ -33,18 +33,73 @@ and every pair that is not bf16/bf16, go through the general path, the same code
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
 import torch
 
-from opdgeo.pair import ElementStats, _atol_bounds, bf16_bits, bf16_unchanged
+_SIGN_MASK = 0x7FFF
+_BF16_INF = 0x7F80
+
+
+@dataclass
+class ElementStats:
+    """Counts and sums from the element-wise pass over a tensor pair."""
+
+    unchanged_bf16: int = 0
+    le_atol: int = 0
+    lt_atol: int = 0
+    exact_equal: int = 0
+    nonfinite: int = 0
+    delta_sq: float = 0.0
+    base_sq: float = 0.0
+    max_abs_delta: float = 0.0
+
+
+def bf16_bits(x: torch.Tensor) -> torch.Tensor:
+    """int16 bit patterns of ``x`` rounded to bf16 (round-to-nearest-even, as torch casts)."""
+    return (x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16)).view(torch.int16)
+
+
+def bf16_unchanged(a_bits: torch.Tensor, b_bits: torch.Tensor) -> torch.Tensor:
+    """Entries whose bf16 patterns are identical; +0 and −0 count as equal, NaN as changed."""
+    same = a_bits == b_bits
+    a_mag = a_bits & _SIGN_MASK
+    b_mag = b_bits & _SIGN_MASK
+    same |= (a_mag == 0) & (b_mag == 0)
+    same &= (a_mag <= _BF16_INF) & (b_mag <= _BF16_INF)
+    return same
+
+
+def _atol_bounds(atol: float) -> tuple[float, float]:
+    """float32 bounds ``(le, lt)`` with ``bf16(|d|) <= bf16(atol)`` ⟺ ``|d| <= le`` and
+    ``bf16(|d|) < bf16(atol)`` ⟺ ``|d| <= lt`` for float32 ``d`` (-1: nothing qualifies).
+
+    As in MUK's code (a bf16 tensor compared with a Python float) the comparison runs in
+    bf16, so ``atol`` is first rounded to bf16 (1e-5 becomes 1.0014e-5). bf16 rounding of
+    float32 is round-to-nearest-even on the upper 16 bits, so the largest float32 that
+    rounds to the bf16 pattern ``p`` (or below) has upper bits ``p`` and lower bits 0x8000
+    when ``p`` is even (the tie goes to ``p``) or 0x7FFF when ``p`` is odd.
+    """
+
+    def top(p: int) -> float:
+        if p < 0:
+            return -1.0
+        if p >= 0x7F80:
+            return math.inf
+        bits = (p << 16) | (0x8000 if p % 2 == 0 else 0x7FFF)
+        return float(torch.tensor([bits], dtype=torch.int32).view(torch.float32))
+
+    p = int(torch.tensor([atol], dtype=torch.float32).to(torch.bfloat16).view(torch.int16))
+    return top(p), top(p - 1)
+
 
 BLOCK = 1 << 15
 """Entries per block (32768: ATen runs element-wise ops of this size inline, and 128 KB of
 float32 per buffer keeps the working set in a 1 MB L2)."""
 _ROW = 256
-"""Entries per float32 row norm (as :func:`opdgeo.pair.sumsq`)."""
+"""Entries per float32 partial sum of squares (then summed in float64)."""
 _MIN_PER_WORKER = 1 << 20
 """Smallest share of a pair worth a second thread (4 MB of bf16 pairs)."""
 
@@ -87,7 +142,7 @@ def scan_pair(
         base_sq = sum(
             float(torch.linalg.vector_norm(b[i : i + _GENERAL], dtype=torch.float64)) ** 2
             for i in range(0, n, _GENERAL)
-        )  # as TensorPair.elementwise's early exit
+        )  # early exit: bit-identical tensors without NaN/Inf need only ‖W0‖_F
         return ElementStats(n, n, n if atol > 0 else 0, n, 0, 0.0, base_sq, 0.0)
     if not (b.dtype == t.dtype == torch.bfloat16) or b.device.type != "cpu":
         stats = ElementStats()
@@ -127,7 +182,7 @@ def scan_pair(
 
 
 _GENERAL = 1 << 22
-"""Entries per chunk of the general path (as :data:`opdgeo.pair.CHUNK`)."""
+"""Entries per chunk of the general path (16 MB of float32 temporaries)."""
 
 
 def _bit_identical(b: torch.Tensor, t: torch.Tensor) -> bool:
@@ -215,8 +270,9 @@ def _reduce(
 
 
 def _general(b: torch.Tensor, t: torch.Tensor, atol: float, stats: ElementStats) -> None:
-    """One chunk of the general path: the loop body of ``TensorPair.elementwise`` for pairs
-    that are not both bf16 (or bf16 chunks holding NaN/Inf/huge values), unchanged."""
+    """One chunk of the general path, for pairs that are not both bf16 (or bf16 blocks holding
+    NaN/Inf/huge values): bf16 bit comparison, float32/float64 norms, and ``sparsity_atol`` in
+    bf16 arithmetic as MUK's code."""
     wide = torch.float64 in (b.dtype, t.dtype)
     cd = torch.float64 if wide else torch.float32
     b_bits, t_bits = bf16_bits(b), bf16_bits(t)

@@ -19,10 +19,10 @@ this package runs.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from functools import cache
-from typing import Any
+from functools import cache, wraps
+from typing import Any, Protocol, TypeVar, cast
 
 import torch
 
@@ -44,6 +44,57 @@ other jobs running (load 7-8) two threads never paid off: 1.3-80x slower than on
 n = 64 ... 1536 and 2.2x slower at n = 3584 (61 GFlop; bench/KERNELS.md). So it runs on
 one thread up to n ≈ 9000 (1e12 flops; 70B models have n = 8192). Re-measure on idle
 cores (``bench/kernels.py --sections eig,threads --big``) before lowering it."""
+
+
+ENTRIES_AT_CUT = 1 << 20
+"""Entries of a tensor pair whose element-wise pass counts as :data:`SMALL_OP_FLOPS`: pairs
+from 1M entries (4 MB of bf16 pairs) up run on every thread, as :mod:`opdgeo.scan` splits
+them across workers from that size (``_MIN_PER_WORKER``)."""
+KRYLOV_FLOPS_PER_ENTRY = 4 * 16 * 10
+"""Flops per matrix entry of the fast tier's block Krylov σ₁ (two GEMMs of 16 columns per
+step, ~10 steps)."""
+
+
+def pair_flops(shape: tuple[int, ...], tier: str, spectral: bool) -> float:
+    """The arithmetic that decides the thread count of one tensor pair's analysis
+    (:func:`threads_for` around every metric of the pair): the element-wise pass scaled so
+    that :data:`ENTRIES_AT_CUT` entries reach :data:`SMALL_OP_FLOPS`; for 2-D matrices that
+    the spectral metrics decompose (``spectral``), plus two float64 Grams (standard, exact)
+    or the block Krylov σ₁ (fast). The ``scan`` tier has no linear algebra."""
+    numel = 1
+    for d in shape:
+        numel *= d
+    flops = numel * SMALL_OP_FLOPS / ENTRIES_AT_CUT
+    if not spectral or len(shape) != 2 or tier == "scan":
+        return flops
+    small, big = min(shape), max(shape)
+    if tier == "fast":
+        return max(flops, float(numel * KRYLOV_FLOPS_PER_ENTRY))
+    return max(flops, 4.0 * small * small * big)
+
+
+class _SizedPair(Protocol):
+    shape: tuple[int, ...]
+    module: str
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def sized_threads(fn: F) -> F:
+    """Decorate ``fn(pair, base, tuned, settings, ...)`` (the engine's ``analyze_pair``) to run
+    under :func:`threads_for` with :func:`pair_flops` of the pair: small pairs, every step of
+    their analysis included, on one thread."""
+
+    @wraps(fn)
+    def run(pair: _SizedPair, base: Any, tuned: Any, settings: Settings, *a: Any, **kw: Any) -> Any:
+        spectral = len(pair.shape) == 2 and (
+            pair.module not in ("embed", "lm_head") or settings.spectral_embeddings
+        )
+        with threads_for(pair_flops(pair.shape, settings.tier, spectral)):
+            return fn(pair, base, tuned, settings, *a, **kw)
+
+    return cast(F, run)
 
 
 @cache
