@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import torch
 
+from opdgeo.threads import configured_threads, threads_for
+
 _SIGN_MASK = 0x7FFF
 _BF16_INF = 0x7F80
 
@@ -118,12 +120,13 @@ class _Blocks:
 
 
 def default_workers() -> int:
-    """torch's thread count (the engine sets it from ``--threads``: physical cores by default).
+    """The process's thread count (the engine sets it from ``--threads``: physical cores by
+    default), whatever count the engine chose for the pair's linear algebra.
 
     On this 2-core VM with other jobs running (load 7), two workers were slower than one
     (bench/KERNELS.md, section "scan"): pass ``--threads 1`` on a busy machine.
     """
-    return max(1, torch.get_num_threads())
+    return max(1, configured_threads())
 
 
 def scan_pair(
@@ -160,25 +163,42 @@ def scan_pair(
     count = max(1, min(count, n // _MIN_PER_WORKER))
     bounds = [nblocks * i // count for i in range(count + 1)]
     spans = [(bounds[i], bounds[i + 1]) for i in range(count)]
-    if count == 1:
-        _fast_blocks(b, t, le, lt, out, *spans[0])
-    else:
-        errors: list[BaseException] = []
+    # torch's own threads off while the workers run: a block's operations (up to 3 x BLOCK
+    # entries) exceed ATen's parallel grain, and an OpenMP team per operation costs far more
+    # than the operation whenever another process holds a core. Worker threads start after
+    # this and inherit the count.
+    with threads_for(0.0):
+        if count == 1:
+            _fast_blocks(b, t, le, lt, out, *spans[0])
+        else:
+            _run_workers(b, t, le, lt, out, spans)
+        return _reduce(b, t, atol, le, lt, out)
 
-        def work(first: int, last: int) -> None:
-            try:
-                _fast_blocks(b, t, le, lt, out, first, last)
-            except BaseException as exc:  # pragma: no cover - re-raised below
-                errors.append(exc)
 
-        threads = [threading.Thread(target=work, args=span) for span in spans]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        if errors:  # pragma: no cover - torch kernels do not fail on valid tensors
-            raise errors[0]
-    return _reduce(b, t, atol, le, lt, out)
+def _run_workers(
+    b: torch.Tensor,
+    t: torch.Tensor,
+    le: float,
+    lt: float,
+    out: _Blocks,
+    spans: list[tuple[int, int]],
+) -> None:
+    """:func:`_fast_blocks` on each span in its own Python thread (torch releases the GIL)."""
+    errors: list[BaseException] = []
+
+    def work(first: int, last: int) -> None:
+        try:
+            _fast_blocks(b, t, le, lt, out, first, last)
+        except BaseException as exc:  # pragma: no cover - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=span) for span in spans]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:  # pragma: no cover - torch kernels do not fail on valid tensors
+        raise errors[0]
 
 
 _GENERAL = 1 << 22

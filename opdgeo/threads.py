@@ -46,31 +46,33 @@ one thread up to n ≈ 9000 (1e12 flops; 70B models have n = 8192). Re-measure o
 cores (``bench/kernels.py --sections eig,threads --big``) before lowering it."""
 
 
-ENTRIES_AT_CUT = 1 << 20
-"""Entries of a tensor pair whose element-wise pass counts as :data:`SMALL_OP_FLOPS`: pairs
-from 1M entries (4 MB of bf16 pairs) up run on every thread, as :mod:`opdgeo.scan` splits
-them across workers from that size (``_MIN_PER_WORKER``)."""
-KRYLOV_FLOPS_PER_ENTRY = 4 * 16 * 10
-"""Flops per matrix entry of the fast tier's block Krylov σ₁ (two GEMMs of 16 columns per
-step, ~10 steps)."""
+KRYLOV_GEMM_FLOPS_PER_ENTRY = 2 * 16
+"""Flops per matrix entry of one GEMM of the fast tier's block Krylov σ₁ (16 columns): the
+size of each operation, which is what decides whether a second thread pays off."""
+
+_configured: int | None = None
+"""The process's thread count as set by :func:`apply_threads` (``--threads``)."""
+
+
+def configured_threads() -> int:
+    """The thread count the process was configured with (:func:`apply_threads`), whatever
+    :func:`threads_for` has set for the operation now running; torch's count before that."""
+    return _configured or torch.get_num_threads()
 
 
 def pair_flops(shape: tuple[int, ...], tier: str, spectral: bool) -> float:
-    """The arithmetic that decides the thread count of one tensor pair's analysis
-    (:func:`threads_for` around every metric of the pair): the element-wise pass scaled so
-    that :data:`ENTRIES_AT_CUT` entries reach :data:`SMALL_OP_FLOPS`; for 2-D matrices that
-    the spectral metrics decompose (``spectral``), plus two float64 Grams (standard, exact)
-    or the block Krylov σ₁ (fast). The ``scan`` tier has no linear algebra."""
-    numel = 1
-    for d in shape:
-        numel *= d
-    flops = numel * SMALL_OP_FLOPS / ENTRIES_AT_CUT
+    """The size of the largest linear-algebra operations of one tensor pair's analysis, which
+    decides its thread count (:func:`threads_for` around every metric of the pair): two
+    float64 Grams of the smaller side (standard, exact: 4·min²·max) or one GEMM of the block
+    Krylov σ₁ (fast) for 2-D matrices that the spectral metrics decompose (``spectral``);
+    0 for everything else (the ``scan`` tier, vectors, embeddings). The element-wise pass
+    picks its own workers (:func:`opdgeo.scan.scan_pair`, from :func:`configured_threads`)."""
     if not spectral or len(shape) != 2 or tier == "scan":
-        return flops
+        return 0.0
     small, big = min(shape), max(shape)
     if tier == "fast":
-        return max(flops, float(numel * KRYLOV_FLOPS_PER_ENTRY))
-    return max(flops, 4.0 * small * small * big)
+        return float(small * big * KRYLOV_GEMM_FLOPS_PER_ENTRY)
+    return 4.0 * small * small * big
 
 
 class _SizedPair(Protocol):
@@ -167,9 +169,12 @@ def apply_threads(settings: Settings) -> int:
     0 means the physical cores, unless ``OMP_NUM_THREADS`` is set: then torch's own
     setting (which follows it) is kept, so schedulers and shared machines stay in control.
     """
+    global _configured
     if not settings.threads and os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
+        _configured = torch.get_num_threads()
+        return _configured
     threads = settings.threads or physical_cores()
+    _configured = threads
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads

@@ -16,7 +16,7 @@ from opdgeo.cli import app
 from opdgeo.config import Settings
 from opdgeo.io import open_checkpoint
 from opdgeo.pairing import plan_pairs
-from opdgeo.threads import SMALL_OP_FLOPS, pair_flops, threads_wanted
+from opdgeo.threads import pair_flops, threads_wanted
 from tests.conftest import perturb, tiny_model, write_checkpoint
 
 runner = CliRunner()
@@ -69,16 +69,27 @@ def test_scan_tier_in_settings_and_config() -> None:
 
 
 def test_pair_flops_by_size_and_tier() -> None:
-    # standard: two float64 Grams of the smaller side, 4·min²·max
-    assert pair_flops((256, 256), "standard", True) == pytest.approx(4 * 256**3)
+    # standard / exact: two float64 Grams of the smaller side, 4·min²·max
     assert pair_flops((1536, 8960), "exact", True) == pytest.approx(4 * 1536**2 * 8960)
-    # fast: the block Krylov σ₁, scan: the element-wise pass only (1M entries = the cut)
-    assert pair_flops((256, 256), "fast", True) == pytest.approx(256 * 256 * 640)
-    assert pair_flops((1024, 1024), "scan", True) == pytest.approx(SMALL_OP_FLOPS)
-    assert pair_flops((8, 8), "standard", False) == pytest.approx(64 * SMALL_OP_FLOPS / 2**20)
+    assert pair_flops((8960, 1536), "standard", True) == pytest.approx(4 * 1536**2 * 8960)
+    # fast: one GEMM of the 16-column block Krylov; scan, vectors, embeddings: no linear algebra
+    assert pair_flops((1536, 8960), "fast", True) == pytest.approx(32 * 1536 * 8960)
+    assert pair_flops((1536, 8960), "scan", True) == 0.0
+    assert pair_flops((151936, 896), "standard", False) == 0.0
+    assert pair_flops((896,), "standard", True) == 0.0
     assert threads_wanted(pair_flops((896, 896), "standard", True), 2) == 1  # 2.9 GFlop
     assert threads_wanted(pair_flops((896, 4864), "standard", True), 2) == 2  # 15.6 GFlop
-    assert threads_wanted(pair_flops((151936, 896), "scan", False), 2) == 2  # an embedding
+    assert threads_wanted(pair_flops((1536, 8960), "fast", True), 2) == 1  # 0.44 GFlop
+
+
+def test_scan_workers_follow_the_configured_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import opdgeo.threads as threads_mod
+    from opdgeo.scan import default_workers
+
+    monkeypatch.setattr(threads_mod, "_configured", 3)
+    with threads_mod.threads_for(0.0):  # a pair's linear algebra on one thread ...
+        assert torch.get_num_threads() == 1
+        assert default_workers() == 3  # ... its element-wise pass still on every worker
 
 
 def test_small_pairs_run_on_one_thread(pair: tuple[Path, Path]) -> None:
