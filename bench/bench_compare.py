@@ -210,6 +210,15 @@ def generate_pair(spec: Spec, folder: Path, seed: int = 0) -> tuple[Path, Path]:
 def ensure_pair(spec: Spec, workdir: Path, size: str, seed: int) -> tuple[Path, Path, float]:
     """Reuse the pair in ``workdir/size`` when its spec file matches, else generate it."""
     folder = workdir / size
+    part = folder / "base.part"
+    waited = False
+    while part.exists() and time.time() - part.stat().st_mtime < 120:
+        if not waited:  # another process is writing this pair: wait for it
+            print(f"{size}: waiting for another process generating {folder}", file=sys.stderr)
+        waited = True
+        time.sleep(10)
+    if waited:
+        time.sleep(5)  # its spec file follows the rename
     want = json.dumps({"spec": asdict(spec), "seed": seed, "version": 2}, sort_keys=True)
     spec_file = folder / "spec.json"
     paths = folder / "base.safetensors", folder / "tuned.safetensors"
