@@ -212,7 +212,7 @@ def ensure_pair(spec: Spec, workdir: Path, size: str, seed: int) -> tuple[Path, 
     folder = workdir / size
     part = folder / "base.part"
     waited = False
-    while part.exists() and time.time() - part.stat().st_mtime < 120:
+    while part.exists() and time.time() - part.stat().st_mtime < 1800:
         if not waited:  # another process is writing this pair: wait for it
             print(f"{size}: waiting for another process generating {folder}", file=sys.stderr)
         waited = True
