@@ -640,19 +640,20 @@ class Bench:
                 def clear() -> None:
                     shutil.rmtree(cache, ignore_errors=True)
 
-                self.measure(
-                    Measure(size, "standard+cache-cold", "standard", "warm", "cold", dev),
-                    "opdgeo",
-                    cargs,
-                    files,
-                    before_each=clear,
-                )
-                self.measure(
-                    Measure(size, "standard+cache-warm", "standard", "warm", "warm", dev),
-                    "opdgeo",
-                    cargs,
-                    files,
-                )
+                if not self.args.no_cache_variants:
+                    self.measure(
+                        Measure(size, "standard+cache-cold", "standard", "warm", "cold", dev),
+                        "opdgeo",
+                        cargs,
+                        files,
+                        before_each=clear,
+                    )
+                    self.measure(
+                        Measure(size, "standard+cache-warm", "standard", "warm", "warm", dev),
+                        "opdgeo",
+                        cargs,
+                        files,
+                    )
             # (4) exact
             if "exact" in tiers:
                 row = Measure(size, "exact", "exact", "warm", "off", dev)
@@ -1413,6 +1414,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-demo", action="store_true", help="skip timing `opdgeo demo`")
     p.add_argument(
+        "--no-cache-variants",
+        action="store_true",
+        help="time the standard tier without base cache only (no cache-cold / cache-warm runs)",
+    )
+    p.add_argument(
         "--delete-after",
         default="",
         help="comma list of sizes whose generated files are deleted at the end (e.g. 7b)",
@@ -1448,7 +1454,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for s in [
         *args.sizes,
         args.exact_max_size,
-        args.error_size,
+        *([args.error_size] if args.error_size else []),
         args.sample_from,
         args.baseline_max_size,
     ]:
