@@ -22,13 +22,13 @@ How it is fast (bf16 pairs, the common case):
 Counts are exact and equal :class:`ElementStats`'s: ``Δ == 0`` ⟺ the bf16 patterns are equal
 or both ±0 (``unchanged_bf16`` and ``exact_equal``), and ``sparsity_atol``'s bf16 comparison
 is the float32 range test ``|Δ| ≤ le`` / ``|Δ| ≤ lt`` of :func:`_atol_bounds`.
-The maximum is exact. Sums of squares: float32 sums of 256 exact squares (a bf16 value's
-square is exact in float32), then float64 across rows; relative error ≤ 256·2⁻²⁴ ≈ 1.5e-5
-in the worst case and ~1e-8 in practice against the float64 sum (bench/KERNELS.md; the
-former float32 row-norm scheme was ~4e-8 on the demo family). A block holding
-NaN/Inf (or values whose squares overflow float32) gets non-finite row sums; such blocks,
-and every pair that is not bf16/bf16, go through the general path, the same code as
-``TensorPair.elementwise`` (float64 norms, bf16 rounding of the difference as MUK's code).
+The maximum is exact. Sums of squares: float32 norms of rows of 256 entries, squared and
+summed in float64 (the entries past the last whole row in float64), the rows and arithmetic of
+the earlier ``sumsq`` so results match it to float64 rounding; relative error ≤ 256·2⁻²⁴ ≈ 1.5e-5
+in the worst case and ≤ 4e-8 in practice against the float64 sum (demo family). A block
+holding NaN/Inf (or values whose squares overflow float32) gets non-finite row norms; such
+blocks, and every pair that is not bf16/bf16, go through the general path (float64 norms,
+bf16 rounding of the difference as MUK's code).
 """
 
 from __future__ import annotations
@@ -114,8 +114,11 @@ class _Blocks:
     """nblocks x 3 float32 (exact integers): Δ == 0, |Δ| ≤ le, |Δ| ≤ lt."""
     max_abs: torch.Tensor
     """nblocks float32: max |Δ|."""
+    tail: torch.Tensor
+    """2 float64: Σ W0² and Σ Δ² of the entries past the last whole row of 256 (the pair's
+    last block only), in float64."""
     rows: torch.Tensor
-    """nblocks x 2 x (BLOCK / 256) float32: Σ W0² and Σ Δ² over rows of 256 entries (0 past
+    """nblocks x 2 x (BLOCK / 256) float32: ‖W0‖ and ‖Δ‖ over rows of 256 entries (0 past
     the end of a short block)."""
 
 
@@ -155,9 +158,10 @@ def scan_pair(
     le, lt = _atol_bounds(atol)
     nblocks = (n + BLOCK - 1) // BLOCK
     out = _Blocks(
-        torch.zeros(nblocks, 3, dtype=torch.float32),
-        torch.zeros(nblocks, dtype=torch.float32),
-        torch.zeros(nblocks, 2, BLOCK // _ROW, dtype=torch.float32),
+        counts=torch.zeros(nblocks, 3, dtype=torch.float32),
+        max_abs=torch.zeros(nblocks, dtype=torch.float32),
+        tail=torch.zeros(2, dtype=torch.float64),
+        rows=torch.zeros(nblocks, 2, BLOCK // _ROW, dtype=torch.float32),
     )
     count = workers or default_workers()
     count = max(1, min(count, n // _MIN_PER_WORKER))
@@ -223,7 +227,6 @@ def _fast_blocks(
     """
     n = b.numel()
     pair = torch.empty(2, BLOCK, dtype=torch.float32)  # [W0, Δ]
-    squares = torch.empty(2, BLOCK, dtype=torch.float32)
     y = torch.empty(BLOCK, dtype=torch.float32)
     a = torch.empty(BLOCK, dtype=torch.float32)
     hits = torch.empty(3, BLOCK, dtype=torch.float32)
@@ -235,7 +238,7 @@ def _fast_blocks(
         b_blocks = b[span].view(-1, BLOCK).unbind(0)
         t_blocks = t[span].view(-1, BLOCK).unbind(0)
         w0, delta = pair.unbind(0)
-        sums = squares.view(2, BLOCK // _ROW, _ROW)
+        row_view = pair.view(2, BLOCK // _ROW, _ROW)
         rows = out.rows[first:full_last].unbind(0)
         counts = out.counts[first:full_last].unbind(0)
         maxima = out.max_abs[first:full_last].unbind(0)
@@ -243,8 +246,7 @@ def _fast_blocks(
             w0.copy_(b_blocks[j])
             y.copy_(t_blocks[j])
             torch.sub(y, w0, out=delta)
-            torch.mul(pair, pair, out=squares)
-            torch.sum(sums, 2, out=rows[j])
+            torch.linalg.vector_norm(row_view, dim=2, out=rows[j])
             torch.abs(delta, out=a)
             torch.amax(a, 0, out=maxima[j])
             torch.le(a3, bounds, out=hits)  # the three comparisons in one operation
@@ -257,12 +259,13 @@ def _fast_blocks(
         torch.sub(t[i:].float(), xs, out=ds)
         torch.abs(ds, out=a[:size])
         torch.amax(a[:size], 0, out=out.max_abs[j])
+        whole = size // _ROW * _ROW
         for col, src in enumerate((xs, ds)):
-            part = src.square()
-            whole = size // _ROW * _ROW
-            out.rows[j, col, : size // _ROW] = part[:whole].view(-1, _ROW).sum(1)
+            out.rows[j, col, : size // _ROW] = torch.linalg.vector_norm(
+                src[:whole].view(-1, _ROW), dim=1
+            )
             if whole < size:
-                out.rows[j, col, size // _ROW] = part[whole:].sum()
+                out.tail[col] = torch.linalg.vector_norm(src[whole:], dtype=torch.float64) ** 2
         torch.le(a[:size].expand(3, size), bounds, out=hits[:, :size])
         torch.sum(hits[:, :size], 1, out=out.counts[j])
 
@@ -274,13 +277,17 @@ def _reduce(
     path (their fast-path numbers are discarded)."""
     stats = ElementStats()
     finite = torch.isfinite(out.rows).flatten(1).all(1)
+    if not bool(torch.isfinite(out.tail).all()):
+        finite[-1] = False
     good = finite.nonzero().squeeze(1)
     if good.numel():
         totals = out.counts.index_select(0, good).to(torch.int64).sum(0).tolist()
         stats.unchanged_bf16 = stats.exact_equal = int(totals[0])
         stats.le_atol = int(totals[1]) if le >= 0 else 0
         stats.lt_atol = int(totals[2]) if lt >= 0 else 0
-        sums = out.rows.index_select(0, good).double().sum((0, 2)).tolist()
+        sums = out.rows.index_select(0, good).double().square().sum((0, 2))
+        if bool(finite[-1]):
+            sums += out.tail
         stats.base_sq, stats.delta_sq = float(sums[0]), float(sums[1])
         stats.max_abs_delta = float(out.max_abs.index_select(0, good).max())
     for j in (~finite).nonzero().squeeze(1).tolist():
