@@ -25,7 +25,10 @@ from opdgeo.linalg import (
 )
 from opdgeo.scan import ElementStats, bf16_bits, bf16_unchanged, scan_pair
 
-__all__ = ["BufferPool", "ElementStats", "TensorPair", "bf16_bits", "bf16_unchanged"]
+CHUNK = 1 << 22
+"""Entries per chunk of chunked element-wise passes (16 MB of float32 temporaries)."""
+
+__all__ = ["CHUNK", "BufferPool", "ElementStats", "TensorPair", "bf16_bits", "bf16_unchanged"]
 
 
 class BufferPool:
