@@ -70,9 +70,12 @@ typecheck: install
 
 check: lint typecheck test
 
-# About 30 min on 2 idle cores (sizes tiny..Qwen2-1.5B shapes, naive baselines included);
-# add BENCH_ARGS="--sizes tiny,small" for a quick look, or --device cuda for bench/RESULTS-gpu.md.
-BENCH_ARGS ?= --sizes tiny,small,medium,large --exact-max-size small --error-size small
+# About 45 min on 2 idle cores (sizes tiny..Qwen2-1.5B shapes, naive baselines included, and
+# Qwen2.5-7B shapes with 2 of 28 layers, 6 GB in /tmp, deleted after; the standard tier and naive
+# timed on its first layer); the fast tier of commit ad1e1dd (before issue 15) is timed on small.
+# BENCH_ARGS="--sizes tiny,small" for a quick look, or --device cuda for bench/RESULTS-gpu.md.
+BENCH_ARGS ?= --sizes tiny,small,medium,large,7b --layers 2 --sample-from 7b --sample-layers 1 \
+	--exact-max-size small --error-size small --baseline ad1e1dd --delete-after 7b
 bench: install
 	$(PY) bench/bench_compare.py $(BENCH_ARGS)
 

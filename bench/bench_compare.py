@@ -5,11 +5,18 @@ Generates Qwen2-shaped bf16 checkpoint pairs (W0: spike + Marchenko-Pastur bulk 
 stored in bf16) at several sizes and measures, in the same run and on the same files:
 
 * ``read``      - a plain sequential read of both checkpoints (page cache evicted, then warm);
-* ``fast``      - ``opdgeo compare --tier fast`` (page cache cold and warm);
+* ``scan``      - ``opdgeo compare --tier scan`` (page cache cold and warm);
+* ``fast``      - ``opdgeo compare --tier fast`` (page cache cold and warm), and ``fast-before``
+  the same with the opdgeo of ``--baseline REV`` (a ``git archive`` of that commit);
 * ``standard``  - the default tier without base cache, with a cold and with a warm base cache;
 * ``exact``     - float64 / full SVD;
 * ``naive``     - what a user writes by hand: load both state dicts, ``torch.linalg.svd`` per
-  matrix (``full_matrices=False``), and ``naive-full`` the same with the defaults.
+  matrix (``full_matrices=False``), and ``naive-full`` the same with the defaults;
+* ``demo``      - ``opdgeo demo`` (writes and compares the synthetic family), once per run.
+
+Sizes from ``--sample-from`` up (default ``7b``) time the standard tier and naive on the first
+``--sample-layers`` layers only (plus embeddings and norms; ``--include``), the rest on the
+whole pair; the report gives the per-layer extrapolation to all layers and says so.
 
 Every measurement runs in a fresh child process wrapped by a launcher that reports its peak RSS
 (VmHWM), bytes read (``/proc/self/io``: ``read_bytes`` from disk, ``rchar`` all read calls) and
@@ -115,6 +122,7 @@ SIZES: dict[str, Spec] = {
     "small": Spec(hidden=896, inter=4864, kv=128, layers=4, vocab=32000),
     "medium": Spec(hidden=896, inter=4864, kv=128, layers=24, vocab=151936),  # Qwen2-0.5B
     "large": Spec(hidden=1536, inter=8960, kv=256, layers=28, vocab=151936),  # Qwen2-1.5B
+    "7b": Spec(hidden=3584, inter=18944, kv=512, layers=28, vocab=152064),  # Qwen2.5-7B
 }
 ORDER = list(SIZES)
 
@@ -202,6 +210,15 @@ def generate_pair(spec: Spec, folder: Path, seed: int = 0) -> tuple[Path, Path]:
 def ensure_pair(spec: Spec, workdir: Path, size: str, seed: int) -> tuple[Path, Path, float]:
     """Reuse the pair in ``workdir/size`` when its spec file matches, else generate it."""
     folder = workdir / size
+    part = folder / "base.part"
+    waited = False
+    while part.exists() and time.time() - part.stat().st_mtime < 1800:
+        if not waited:  # another process is writing this pair: wait for it
+            print(f"{size}: waiting for another process generating {folder}", file=sys.stderr)
+        waited = True
+        time.sleep(10)
+    if waited:
+        time.sleep(5)  # its spec file follows the rename
     want = json.dumps({"spec": asdict(spec), "seed": seed, "version": 2}, sort_keys=True)
     spec_file = folder / "spec.json"
     paths = folder / "base.safetensors", folder / "tuned.safetensors"
@@ -238,6 +255,15 @@ def evict(paths: Iterable[Path]) -> None:
             os.close(fd)
 
 
+def mem_available() -> int:
+    """MemAvailable in bytes (what the page cache can hold at most)."""
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def raw_read(paths: Sequence[Path]) -> tuple[float, int, int]:
     """Read ``paths`` sequentially in 8 MiB chunks; return (seconds, bytes, disk read_bytes)."""
     buf = bytearray(8 << 20)
@@ -263,19 +289,19 @@ LAUNCHER = r"""
 import json, sys, time
 out, mode, args = sys.argv[1], sys.argv[2], sys.argv[3:]
 rec = {"exit": 0, "run_s": None}
-t0 = None
+t0 = c0 = None
 try:
     import torch
     if mode == "opdgeo":
         import runpy
         import opdgeo.cli  # noqa: F401
         sys.argv = ["opdgeo", *args]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         runpy.run_module("opdgeo", run_name="__main__", alter_sys=True)
     else:
         import safetensors.torch  # noqa: F401
         code = args[0]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         exec(compile(code, "<naive>", "exec"), {"__name__": "__main__", "ARGS": args[1:]})
 except SystemExit as exc:
     rec["exit"] = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -285,6 +311,7 @@ except BaseException as exc:
 finally:
     if t0 is not None:
         rec["run_s"] = time.perf_counter() - t0
+        rec["cpu_s"] = time.process_time() - c0
     status = open("/proc/self/status").read()
     rec["vmhwm_kb"] = int(status.split("VmHWM:")[1].split()[0])
     for line in open("/proc/self/io"):
@@ -298,15 +325,24 @@ finally:
 sys.exit(rec["exit"])
 """
 
-# ARGS = [base, tuned, device, full_matrices ("0"/"1"), threads ("" = default)]
+# ARGS = [base, tuned, device, full_matrices ("0"/"1"), threads ("" = default), include regex
+# ("" = every tensor: both files loaded whole; else only matching tensors, read one by one)]
 NAIVE = r"""
+import re
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
-base, tuned, device, full, threads = ARGS
+base, tuned, device, full, threads, include = ARGS
 if threads:
     torch.set_num_threads(int(threads))
 full = full == "1"
-a, b = load_file(base), load_file(tuned)
+if include:
+    fa, fb = safe_open(base, "pt"), safe_open(tuned, "pt")
+    names = [n for n in fa.keys() if re.search(include, n)]
+    a = {n: fa.get_tensor(n) for n in names}
+    b = {n: fb.get_tensor(n) for n in names}
+else:
+    a, b = load_file(base), load_file(tuned)
 for name, w0 in a.items():
     if w0.dim() != 2 or "embed" in name or "lm_head" in name:
         continue
@@ -369,6 +405,7 @@ class Measure:
     status: str = "ok"  # ok | timeout | failed | skipped
     wall_s: float = math.nan
     run_s: float = math.nan
+    cpu_s: float = math.nan
     peak_rss_mb: float = math.nan
     gpu_peak_mb: float = math.nan
     read_bytes: float = math.nan
@@ -421,13 +458,36 @@ class Bench:
             [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
         )
         self.rows: list[Measure] = []
+        self.demo: Measure | None = None
+        self.specs: dict[str, Spec] = {}
+        self.samples: dict[str, tuple[int, int]] = {}
+        """size -> (layers timed, layers in the model) where standard / naive were sampled."""
+        self.before_env: dict[str, str] | None = None
+        if args.baseline:
+            old = Path(tempfile.mkdtemp(prefix="opdgeo-before-", dir=args.workdir))
+            archive = subprocess.run(
+                ["git", "-C", str(ROOT), "archive", args.baseline, "opdgeo"],
+                capture_output=True,
+                check=True,
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+            self.before_env = dict(self.env, PYTHONPATH=str(old))
+            self.before_dir = old
 
     # ---- opdgeo command lines
     def opdgeo_args(
-        self, a: Path, b: Path, tier: str, cache: str | None, per_tensor: Path | None
+        self,
+        a: Path,
+        b: Path,
+        tier: str,
+        cache: str | None,
+        per_tensor: Path | None,
+        include: str = "",
     ) -> list[str]:
         """Full ``opdgeo compare`` argument list; ``cache`` is a directory or None (off)."""
         out = ["compare", str(a), str(b), "--tier", tier, "-q", "--format", "csv"]
+        if include:
+            out += ["--include", include]
         out += ["--output", os.devnull]
         out += ["--no-cache"] if cache is None else ["--cache-dir", cache]
         if self.args.device != "cpu":
@@ -447,6 +507,7 @@ class Bench:
         files: Sequence[Path],
         timeout: float | None = None,
         before_each: Callable[[], None] | None = None,
+        env: dict[str, str] | None = None,
     ) -> Measure:
         """Run ``args`` ``--repeat`` times (evicting first for a cold page cache); keep the best."""
         if mode == "opdgeo":
@@ -459,7 +520,7 @@ class Bench:
                 before_each()
             if row.page_cache == "cold":
                 evict(files)
-            status, wall, rec, tail = run_child(mode, args, timeout, self.env)
+            status, wall, rec, tail = run_child(mode, args, timeout, env or self.env)
             row.repeats += 1
             if status != "ok":
                 row.status, row.wall_s, row.note = status, wall, tail[-300:]
@@ -473,6 +534,7 @@ class Bench:
         if best is not None:
             wall, run_s, rec = best
             row.wall_s, row.run_s = wall, run_s
+            row.cpu_s = float(rec.get("cpu_s", math.nan))
             row.peak_rss_mb = float(rec["vmhwm_kb"]) * 1024 / MB
             row.read_bytes = float(rec.get("read_bytes", math.nan))
             row.rchar = float(rec.get("rchar", math.nan))
@@ -532,41 +594,66 @@ class Bench:
             )
             for r in self.rows[-2:]:
                 print(f"  {size:7s} read/{r.page_cache:17s} {fmt_row(r)}", file=sys.stderr)
-            # (2) fast tier: cold and warm page cache
-            if "fast" in tiers:
-                args = self.opdgeo_args(a, b, "fast", None, None)
-                self.measure(
-                    Measure(size, "fast", "fast", "cold", "off", dev), "opdgeo", args, files
-                )
+            # (2) scan and fast tiers (and the fast tier before this work): cold and warm
+            pair_bytes = sum(p.stat().st_size for p in files)
+            fits = pair_bytes <= 0.6 * mem_available()
+            before_ok = ORDER.index(size) <= ORDER.index(self.args.baseline_max_size)
+            for tier, variant, env in (
+                ("scan", "scan", None),
+                ("fast", "fast", None),
+                ("fast", "fast-before", self.before_env),
+            ):
+                if tier not in tiers or (
+                    variant == "fast-before" and (env is None or not before_ok)
+                ):
+                    continue
+                args = self.opdgeo_args(a, b, tier, None, None)
+                limit = self.args.time_limit
+                if variant != "fast-before":  # the baseline: page cache warm only (time)
+                    self.measure(
+                        Measure(size, variant, tier, "cold", "off", dev),
+                        "opdgeo",
+                        args,
+                        files,
+                        timeout=limit,
+                        env=env,
+                    )
+                row = Measure(size, variant, tier, "warm", "off", dev)
+                if not fits:
+                    row.status, row.note = "skipped", "pair larger than the page cache"
+                    self.rows.append(row)
+                    continue
                 raw_read(files)
-                self.measure(
-                    Measure(size, "fast", "fast", "warm", "off", dev), "opdgeo", args, files
-                )
-            # (3) standard: base cache off, cold, warm
+                self.measure(row, "opdgeo", args, files, timeout=limit, env=env)
+            # (3) standard: base cache off, cold, warm (sampled layers on the largest sizes)
+            sample = self.sample_regex(size)
             if "standard" in tiers:
-                args = self.opdgeo_args(a, b, "standard", None, None)
+                if not fits:
+                    raw_read(files)  # as warm as the page cache allows
+                args = self.opdgeo_args(a, b, "standard", None, None, sample)
                 self.measure(
                     Measure(size, "standard", "standard", "warm", "off", dev), "opdgeo", args, files
                 )
                 cache = tmp / "cache"
-                cargs = self.opdgeo_args(a, b, "standard", str(cache), None)
+                cargs = self.opdgeo_args(a, b, "standard", str(cache), None, sample)
 
                 def clear() -> None:
                     shutil.rmtree(cache, ignore_errors=True)
 
-                self.measure(
-                    Measure(size, "standard+cache-cold", "standard", "warm", "cold", dev),
-                    "opdgeo",
-                    cargs,
-                    files,
-                    before_each=clear,
-                )
-                self.measure(
-                    Measure(size, "standard+cache-warm", "standard", "warm", "warm", dev),
-                    "opdgeo",
-                    cargs,
-                    files,
-                )
+                if not self.args.no_cache_variants:
+                    self.measure(
+                        Measure(size, "standard+cache-cold", "standard", "warm", "cold", dev),
+                        "opdgeo",
+                        cargs,
+                        files,
+                        before_each=clear,
+                    )
+                    self.measure(
+                        Measure(size, "standard+cache-warm", "standard", "warm", "warm", dev),
+                        "opdgeo",
+                        cargs,
+                        files,
+                    )
             # (4) exact
             if "exact" in tiers:
                 row = Measure(size, "exact", "exact", "warm", "off", dev)
@@ -592,7 +679,7 @@ class Bench:
                     row.status, row.note = "skipped", why
                     self.rows.append(row)
                     continue
-                nargs = [NAIVE, str(a), str(b), dev, full, str(self.args.threads or "")]
+                nargs = [NAIVE, str(a), str(b), dev, full, str(self.args.threads or ""), sample]
                 self.measure(row, "naive", nargs, files, timeout=self.args.time_limit)
                 row.command = (
                     "load_file x2; torch.linalg.svd(w.float()"
@@ -602,12 +689,40 @@ class Bench:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def sample_regex(self, size: str) -> str:
+        """``--include`` for the standard tier and naive: "" (everything) below
+        ``--sample-from``, else the first ``--sample-layers`` layers and every tensor outside
+        the layers (embeddings, final norm, lm_head)."""
+        if ORDER.index(size) < ORDER.index(self.args.sample_from):
+            return ""
+        layers = self.specs[size].layers
+        n = min(self.args.sample_layers, layers)
+        if n >= layers:
+            return ""
+        self.samples[size] = (n, SIZES[size].layers)
+        alt = "|".join(str(i) for i in range(n))
+        return rf"^(?!model\.layers\.)|^model\.layers\.({alt})\."
+
+    def demo_run(self) -> None:
+        """``opdgeo demo`` (generate the synthetic family, compare, report) in a child, with a
+        fresh base cache folder."""
+        folder = Path(tempfile.mkdtemp(prefix="opdgeo-demo-", dir=self.args.workdir))
+        env = dict(self.env, OPDGEO_CACHE_DIR=str(folder / "cache"))
+        args = ["demo", str(folder / "family"), "-q", "--format", "csv"]
+        row = Measure("demo", "demo", "standard", "warm", "cold", "cpu")
+        before = len(self.rows)
+        self.measure(row, "opdgeo", args, [], env=env)
+        del self.rows[before:]
+        row.command = "opdgeo demo DIR -q --format csv"
+        self.demo = row
+        shutil.rmtree(folder, ignore_errors=True)
+
     def error_run(self, size: str, a: Path, b: Path) -> dict[str, Path]:
         """Per-tensor CSVs of every tier on one size (untimed)."""
         out: dict[str, Path] = {}
         folder = Path(self.args.workdir) / f"per-tensor-{size}-{self.args.device}"
         folder.mkdir(parents=True, exist_ok=True)
-        for tier in ("fast", "standard", "exact"):
+        for tier in ("scan", "fast", "standard", "exact"):
             path = folder / f"{tier}.csv"
             args = self.opdgeo_args(a, b, tier, None, path)
             if args is None:
@@ -795,6 +910,152 @@ def ok(r: Measure | None) -> TypeGuard[Measure]:
     return r is not None and r.status == "ok"
 
 
+def variant_label(bench: Bench, r: Measure) -> str:
+    """The variant, with the sampled layers where the standard tier / naive were sampled."""
+    if r.size in bench.samples and r.variant.startswith(("standard", "naive")):
+        n, layers = bench.samples[r.size]
+        return f"{r.variant} (layers 0-{n - 1} of {layers})"
+    return r.variant
+
+
+def _met(ok_: bool) -> str:
+    return "met" if ok_ else "NOT met"
+
+
+def summary_lines(bench: Bench, info: dict[str, SizeInfo]) -> list[str]:
+    """One line per Done-when criterion of issue 15, each with its measured ratio."""
+    rows, out = bench.rows, []
+    sizes = list(info)
+    have = [
+        s for s in sizes if ok(find(rows, s, "naive")) and ORDER.index(s) <= ORDER.index("large")
+    ]
+    top = max(have, key=ORDER.index, default=None)
+    if top is not None:
+        naive = find(rows, top, "naive")
+        assert naive is not None
+        parts = []
+        for variant, target in (
+            ("standard", 0.0),
+            ("standard+cache-cold", 5.0),
+            ("standard+cache-warm", 10.0),
+        ):
+            r = find(rows, top, variant)
+            if not ok(r):
+                parts.append(f"{variant}: {r.status if r else 'not run'}")
+                continue
+            x = naive.run_s / r.run_s
+            goal = f" (target >= {target:g}x: {_met(x >= target)})" if target else ""
+            cpu = naive.cpu_s / r.cpu_s if r.cpu_s > 0 else math.nan
+            parts.append(f"{variant} {g(r.run_s)} s: **{x:.1f}x**{goal}, CPU time {cpu:.1f}x")
+        where = ""
+        if top in bench.samples:
+            n, layers = bench.samples[top]
+            where = (
+                f" (both on layers 0-{n - 1} of {layers} plus embeddings and norms: a per-layer "
+                "sample, the same tensors for both)"
+            )
+        out.append(f"- **{top}**{where}, naive {g(naive.run_s)} s vs " + "; ".join(parts) + ".")
+    # scan tier: cold vs plain cold read, warm GB/s (the largest size where each was measured)
+    for page in ("cold", "warm"):
+        have = [s for s in sizes if ok(find(rows, s, "scan", page))]
+        if not have:
+            continue
+        s = max(have, key=ORDER.index)
+        pair = info[s].pair_bytes
+        scan, read = find(rows, s, "scan", page), find(rows, s, "read", page)
+        assert scan is not None
+        gbps = pair / scan.run_s / GB
+        if page == "cold" and ok(read):
+            x = read.run_s / scan.run_s
+            out.append(
+                f"- scan tier at {s}, page cache cold: {g(gbps)} GB/s vs plain read "
+                f"{g(pair / read.run_s / GB)} GB/s: **{x:.2f}x** of the read (target >= 0.7x: "
+                f"{_met(x >= 0.7)}; eviction worked: {scan.evicted}/{read.evicted})."
+            )
+        elif page == "warm":
+            rd = f" (plain read {g(pair / read.run_s / GB)} GB/s)" if ok(read) else ""
+            out.append(
+                f"- scan tier at {s}, page cache warm: **{g(gbps)} GB/s**{rd} "
+                f"(target >= 2 GB/s: {_met(gbps >= 2)})."
+            )
+    # fast tier against the fast tier before this work
+    have = [s for s in sizes if ok(find(rows, s, "fast-before", "warm"))]
+    if have:
+        s = max(have, key=ORDER.index)
+        parts = []
+        for page in ("warm", "cold"):
+            now, before = find(rows, s, "fast", page), find(rows, s, "fast-before", page)
+            if ok(now) and ok(before):
+                x = before.run_s / now.run_s
+                parts.append(
+                    f"{page} page cache {g(now.run_s)} s vs {g(before.run_s)} s: **{x:.2f}x** "
+                    f"(target >= 3x: {_met(x >= 3)})"
+                )
+        out.append(
+            f"- fast tier at {s} against `--baseline {bench.args.baseline}`: "
+            + "; ".join(parts)
+            + "."
+        )
+    d = bench.demo
+    if d is not None:
+        if ok(d):
+            out.append(
+                f"- demo family (`opdgeo demo`: write 4 checkpoints, compare 3 runs, report): "
+                f"**{g(d.run_s)} s** after imports ({g(d.cpu_s)} s of CPU time, {g(d.wall_s)} s "
+                f"wall; target <= 3 s: {_met(d.run_s <= 3)})."
+            )
+        else:
+            out.append(f"- demo: {d.status} ({d.note}).")
+    for s, (n, layers) in bench.samples.items():
+        std, naive = find(rows, s, "standard"), find(rows, s, "naive")
+        if not ok(std):
+            out.append(f"- **{s}**: standard tier {std.status if std else 'not run'}.")
+            continue
+        est = std.run_s * layers / n
+        gen = bench.specs[s].layers
+        pair_note = (
+            f"the generated pair has the {s} shapes with {gen} of {layers} layers, and every "
+            f"tier ran on it; "
+            if gen < layers
+            else ""
+        )
+        line = (
+            f"- **{s}** ({info[s].params / 1e9:.2f} B params, {g(info[s].pair_bytes / GB)} GB "
+            f"pair; {pair_note}standard tier on layers 0-{n - 1} of {layers} (plus embeddings and "
+            "norms) "
+            f"{g(std.run_s)} s, peak RSS {g(std.peak_rss_mb)} MB; all {layers} layers estimated "
+            f"at ~{g(est)} s (per-layer scaling, not measured)"
+        )
+        if ok(naive):
+            line += (
+                f"; naive on the same layers {g(naive.run_s)} s (**{naive.run_s / std.run_s:.1f}x**"
+                f"; ~{g(naive.run_s * layers / n)} s for all layers, estimated)"
+            )
+        out.append(line + ".")
+    over = []
+    for s in sizes:
+        bound = info[s].rss_bound_mb
+        for r in rows:
+            if r.size == s and ok(r) and r.tier in ("scan", "fast", "standard"):
+                if r.variant != "fast-before" and r.peak_rss_mb > bound:
+                    over.append(f"{s} {r.variant} {g(r.peak_rss_mb)} MB > {bound:.0f} MB")
+    mine = [r for r in rows if ok(r) and r.tier in ("scan", "fast", "standard")]
+    mine = [r for r in mine if r.variant != "fast-before"]
+    worst = [
+        max((r.peak_rss_mb / info[s].rss_bound_mb for r in mine if r.size == s), default=math.nan)
+        for s in sizes
+    ]
+    out.append(
+        "- peak RSS bound (3 x largest float32 tensor + 1.5 GB) for the scan, fast and standard "
+        f"tiers at every size: {_met(not over)}"
+        + (f" ({'; '.join(over)})" if over else "")
+        + "; largest share of the bound per size: "
+        + ", ".join(f"{s} {w:.2f}" for s, w in zip(sizes, worst, strict=True))
+        + "."
+    )
+    return out
+
+
 def write_report(
     out: Path,
     bench: Bench,
@@ -823,50 +1084,15 @@ def write_report(
         "file each; W0 from `opdgeo.synthetic.base_matrix` (spikes over a Marchenko-Pastur bulk), "
         "W1 = bf16(W0 + noise of RMS 1.5e-5 + a rank-4 update of similar norm).",
         "`run s`: seconds after imports (torch and opdgeo/safetensors are imported before the "
-        "clock starts); `wall s`: the whole child process. Peak RSS: the child's VmHWM. "
+        "clock starts); `CPU s`: the process's CPU time over the same span (all threads; what "
+        "matters when other jobs share the cores); `wall s`: the whole child process. "
+        "Peak RSS: the child's VmHWM. "
         "`rchar`: bytes through read calls (page cache included, mmap not); `disk`: "
         "`read_bytes` actually read from the block device.",
         "",
     ]
-    # ---- headline
-    top = max((s for s in sizes if ok(find(rows, s, "standard"))), key=ORDER.index, default=None)
-    if top is not None:
-        std, naive = find(rows, top, "standard"), find(rows, top, "naive")
-        fast_c, fast_w = find(rows, top, "fast", "cold"), find(rows, top, "fast", "warm")
-        rd_c, rd_w = find(rows, top, "read", "cold"), find(rows, top, "read", "warm")
-        pair = float(info[top].pair_bytes)
-        lines += ["## Summary", ""]
-        if ok(naive) and std is not None and naive is not None:
-            ratio = naive.run_s / std.run_s
-            lines.append(
-                f"- **{top}**: standard tier {g(std.run_s)} s vs naive {g(naive.run_s)} s: "
-                f"**{ratio:.1f}x** faster (target >= 10x: {'met' if ratio >= 10 else 'not met'}); "
-                f"peak RSS {g(std.peak_rss_mb)} MB vs {g(naive.peak_rss_mb)} MB "
-                f"(naive/standard {naive.peak_rss_mb / std.peak_rss_mb:.2f}x)."
-            )
-        elif naive is not None:
-            lines.append(f"- **{top}**: naive baseline {naive.status} ({naive.note}).")
-        if ok(fast_w) and fast_w is not None and rd_w is not None and rd_c is not None:
-            fast_gbps = pair / fast_w.run_s / GB
-            line = (
-                f"- fast tier at {top}: {g(fast_gbps)} GB/s (page cache warm) vs plain read "
-                f"{g(pair / rd_w.run_s / GB)} GB/s warm ({fast_gbps * rd_w.run_s * GB / pair:.2f}x)"
-            )
-            if ok(fast_c) and fast_c is not None:
-                line += (
-                    f"; {g(pair / fast_c.run_s / GB)} GB/s cold vs plain read "
-                    f"{g(pair / rd_c.run_s / GB)} GB/s cold ({rd_c.run_s / fast_c.run_s:.2f}x; "
-                    f"page cache eviction worked: {rd_c.evicted})"
-                )
-            lines.append(line + ".")
-        bound = info[top].rss_bound_mb
-        if std is not None and ok(std):
-            lines.append(
-                f"- peak RSS bound at {top}: 3 x largest tensor in float32 + 1.5 GB = "
-                f"{bound:.0f} MB; standard tier {g(std.peak_rss_mb)} MB "
-                f"({'within' if std.peak_rss_mb <= bound else 'ABOVE'} the bound)."
-            )
-        lines.append("")
+    # ---- headline: every Done-when ratio of issue 15
+    lines += ["## Summary", "", *summary_lines(bench, info), ""]
     # ---- (A)
     lines += [
         "## (A) Time, peak RSS and bytes read per size and tier",
@@ -882,10 +1108,11 @@ def write_report(
         for r in rows:
             if r.size != s or r.variant == "read":
                 continue
+            label = variant_label(bench, r)
             if not ok(r):
                 wall = f"> {g(r.wall_s)}" if r.status == "timeout" else "-"
                 a_rows.append(
-                    [s, r.variant, r.page_cache, r.base_cache, f"{r.status}: {r.note}", "-", wall]
+                    [s, label, r.page_cache, r.base_cache, f"{r.status}: {r.note}", "-", "-", wall]
                     + ["-"] * 6
                 )
                 continue
@@ -893,14 +1120,17 @@ def write_report(
             if ok(naive) and naive is not None:
                 t_ratio = f"{naive.run_s / r.run_s:.2f}x"
                 m_ratio = f"{naive.peak_rss_mb / r.peak_rss_mb:.2f}x"
+            if r.variant.startswith("standard") and naive is not None and not ok(naive):
+                t_ratio = "-"
             a_rows.append(
                 [
                     s,
-                    r.variant,
+                    label,
                     r.page_cache,
                     r.base_cache,
                     "ok",
                     g(r.run_s),
+                    g(r.cpu_s),
                     g(r.wall_s),
                     g(r.peak_rss_mb),
                     g(r.rchar / MB),
@@ -918,6 +1148,7 @@ def write_report(
             "base cache",
             "status",
             "run s",
+            "CPU s",
             "wall s",
             "peak RSS MB",
             "rchar MB",
@@ -930,48 +1161,63 @@ def write_report(
     )
     # ---- (B)
     lines += [
-        "## (B) I/O: plain sequential read vs fast tier",
+        "## (B) I/O: plain sequential read vs the scan and fast tiers",
         "",
-        "GB/s = both checkpoints' bytes / seconds (fast tier: `run s`, imports excluded). "
-        "`evicted`: the cold run read >= 90 % of the bytes from disk (read_bytes), i.e. "
-        "`posix_fadvise(DONTNEED)` emptied the page cache.",
+        "GB/s = both checkpoints' bytes / seconds (opdgeo: `run s`, imports excluded). "
+        "`evicted`: the cold runs read >= 90 % of the bytes from disk (read_bytes), i.e. "
+        "`posix_fadvise(DONTNEED)` emptied the page cache. `fast before`: the fast tier of "
+        f"`--baseline {args.baseline}` on the same files. Warm runs are skipped where the pair "
+        "does not fit in the page cache.",
         "",
     ]
     b_rows = []
     for s in sizes:
         pair = float(info[s].pair_bytes)
-        rc, rw = find(rows, s, "read", "cold"), find(rows, s, "read", "warm")
-        fc, fw = find(rows, s, "fast", "cold"), find(rows, s, "fast", "warm")
 
         def gbps(r: Measure | None, pair: float = pair) -> float:
             return pair / r.run_s / GB if ok(r) else math.nan
 
+        def ratio(x: float, y: float) -> str:
+            return f"{x / y:.2f}" if math.isfinite(x) and math.isfinite(y) and y > 0 else "-"
+
+        got = {
+            (v, p): gbps(find(rows, s, v, p))
+            for v in ("read", "scan", "fast", "fast-before")
+            for p in ("cold", "warm")
+        }
+        cold = [find(rows, s, v, "cold") for v in ("read", "scan", "fast")]
+        evicted = "/".join(r.evicted if r is not None and ok(r) else "-" for r in cold)
         b_rows.append(
             [
                 s,
                 g(pair / GB),
-                g(gbps(rc)),
-                rc.evicted if rc else "-",
-                g(gbps(rw)),
-                g(gbps(fc)),
-                fc.evicted if fc and ok(fc) else "-",
-                g(gbps(fw)),
-                f"{gbps(fc) / gbps(rc):.2f}" if ok(fc) else "-",
-                f"{gbps(fw) / gbps(rw):.2f}" if ok(fw) else "-",
+                evicted,
+                *(
+                    g(got[v, p])
+                    for v in ("read", "scan", "fast", "fast-before")
+                    for p in ("cold", "warm")
+                ),
+                ratio(got["scan", "cold"], got["read", "cold"]),
+                ratio(got["fast", "cold"], got["fast-before", "cold"]),
+                ratio(got["fast", "warm"], got["fast-before", "warm"]),
             ]
         )
     lines += table(
         [
             "size",
             "pair GB",
+            "evicted read/scan/fast",
             "read cold GB/s",
-            "evicted",
             "read warm GB/s",
+            "scan cold GB/s",
+            "scan warm GB/s",
             "fast cold GB/s",
-            "fast evicted",
             "fast warm GB/s",
-            "fast/read cold",
-            "fast/read warm",
+            "fast before cold GB/s",
+            "fast before warm GB/s",
+            "scan/read cold",
+            "fast/before cold",
+            "fast/before warm",
         ],
         b_rows,
     )
@@ -983,7 +1229,7 @@ def write_report(
         "lm_head; the largest spectral matrix is listed too). Peak RSS in MB.",
         "",
     ]
-    variants = ["fast", "standard", "standard+cache-warm", "exact", "naive"]
+    variants = ["scan", "fast", "standard", "standard+cache-warm", "exact", "naive"]
     c_rows = []
     for s in sizes:
         it = info[s]
@@ -991,6 +1237,8 @@ def write_report(
         cells = []
         for v in variants:
             found = find(rows, s, v, "warm")
+            if not ok(found):
+                found = find(rows, s, v, "cold")
             cells.append(g(found.peak_rss_mb) if ok(found) else "-")
         std = find(rows, s, "standard")
         within = "-"
@@ -1021,6 +1269,22 @@ def write_report(
         ],
         c_rows,
     )
+    # ---- (E) demo, before (D) in the file order of the report
+    if bench.demo is not None:
+        d = bench.demo
+        lines += [
+            "## (E) The demo family",
+            "",
+            "`opdgeo demo` in a child process (writes the synthetic base + SFT/OPD/RLVR family "
+            "of 4 layers, hidden 128, then compares and reports; empty base cache): "
+            + (
+                f"{g(d.run_s)} s after imports ({g(d.cpu_s)} CPU s, {g(d.wall_s)} s wall), "
+                f"peak RSS {g(d.peak_rss_mb)} MB."
+                if ok(d)
+                else f"{d.status}: {d.note}."
+            ),
+            "",
+        ]
     # ---- (D)
     lines += [f"## (D) Per-metric error against the exact tier ({error_size or 'not run'})", ""]
     if errors:
@@ -1079,6 +1343,7 @@ def write_report(
         "status",
         "repeats",
         "run_s",
+        "cpu_s",
         "wall_s",
         "peak_rss_mb",
         "gpu_peak_mb",
@@ -1132,7 +1397,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The benchmark's command line."""
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--sizes", default="tiny,small,medium,large", help=f"comma list of {ORDER}")
-    p.add_argument("--tiers", default="fast,standard,exact", help="comma list of opdgeo tiers")
+    p.add_argument("--tiers", default="scan,fast,standard,exact", help="comma list of opdgeo tiers")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="git revision whose opdgeo is timed as fast-before (the fast tier before a change)",
+    )
+    p.add_argument(
+        "--sample-from",
+        default="7b",
+        help="smallest size whose standard tier and naive run on --sample-layers layers only",
+    )
+    p.add_argument("--sample-layers", type=int, default=1, help="layers timed on sampled sizes")
+    p.add_argument(
+        "--baseline-max-size", default="small", help="largest size timed with --baseline"
+    )
+    p.add_argument("--no-demo", action="store_true", help="skip timing `opdgeo demo`")
+    p.add_argument(
+        "--no-cache-variants",
+        action="store_true",
+        help="time the standard tier without base cache only (no cache-cold / cache-warm runs)",
+    )
+    p.add_argument(
+        "--delete-after",
+        default="",
+        help="comma list of sizes whose generated files are deleted at the end (e.g. 7b)",
+    )
     p.add_argument(
         "--out",
         default=None,
@@ -1161,14 +1451,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     args.tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
-    for s in [*args.sizes, args.exact_max_size, args.error_size]:
+    for s in [
+        *args.sizes,
+        args.exact_max_size,
+        *([args.error_size] if args.error_size else []),
+        args.sample_from,
+        args.baseline_max_size,
+    ]:
         if s not in SIZES:
             p.error(f"unknown size {s!r} (choose from {', '.join(ORDER)})")
     for s in (args.naive_max_size, args.naive_full_max_size):
         if s != "none" and s not in SIZES:
             p.error(f"unknown naive size limit {s!r} (a size or 'none')")
     for t in args.tiers:
-        if t not in ("fast", "standard", "exact"):
+        if t not in ("scan", "fast", "standard", "exact"):
             p.error(f"unknown tier {t!r}")
     args.sizes.sort(key=ORDER.index)
     if args.out is None:
@@ -1192,8 +1488,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     bench = Bench(args)
     info: dict[str, SizeInfo] = {}
     largest = args.sizes[-1]
+    # the per-metric errors first (untimed; the timed runs may not all finish on a busy machine)
+    errors: list[MetricError] = []
+    if args.error_size:
+        spec = spec_for(args.error_size, args.layers if args.error_size == largest else None)
+        a, b, _ = ensure_pair(spec, workdir, args.error_size, args.seed)
+        print(f"per-metric error on {args.error_size}", file=sys.stderr, flush=True)
+        errors = metric_errors(bench.error_run(args.error_size, a, b))
+    if not args.no_demo:
+        print("opdgeo demo", file=sys.stderr, flush=True)
+        bench.demo_run()
     for size in args.sizes:
         spec = spec_for(size, args.layers if size == largest else None)
+        bench.specs[size] = spec
+        if spec.layers < SIZES[size].layers:  # --layers: the shapes of size, fewer layers
+            bench.samples[size] = (spec.layers, SIZES[size].layers)
         a, b, gen_s = ensure_pair(spec, workdir, size, args.seed)
         pair = a.stat().st_size + b.stat().st_size
         info[size] = SizeInfo(
@@ -1209,15 +1518,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             flush=True,
         )
         bench.size_run(size, a, b)
-        write_report(Path(args.out), bench, info, [], None, started, load0)  # partial results
-    errors: list[MetricError] = []
-    if args.error_size:
-        spec = spec_for(args.error_size, args.layers if args.error_size == largest else None)
-        a, b, _ = ensure_pair(spec, workdir, args.error_size, args.seed)
-        print(f"per-metric error on {args.error_size}", file=sys.stderr, flush=True)
-        errors = metric_errors(bench.error_run(args.error_size, a, b))
+        write_report(Path(args.out), bench, info, errors, args.error_size, started, load0)
     write_report(Path(args.out), bench, info, errors, args.error_size, started, load0)
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.csv')}", file=sys.stderr)
+    if bench.before_env is not None:
+        shutil.rmtree(bench.before_dir, ignore_errors=True)
+    for size in filter(None, args.delete_after.split(",")):
+        shutil.rmtree(workdir / size.strip(), ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -52,18 +52,23 @@ def compared(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[(frame["skipped"] == "") & (~frame["tied"].astype(bool))]
 
 
-def _over(rows: pd.DataFrame, over: Over) -> pd.DataFrame:
+def _over(rows: pd.DataFrame, over: Over) -> np.ndarray:
+    """Boolean mask of the rows a summary pools over."""
     if over is Over.MATRICES:
-        return rows[rows["spectral_skipped"].isna()]
+        return np.asarray(rows["spectral_skipped"].isna().to_numpy(), dtype=bool)
     if over is Over.TWO_D:
-        return rows[rows["shape"].astype(str).str.count("x") == 1]
-    return rows
+        return np.asarray((rows["shape"].astype(str).str.count("x") == 1).to_numpy(), dtype=bool)
+    return np.ones(len(rows), dtype=bool)
 
 
-def _pool(values: pd.Series, numel: pd.Series, how: Pool, run_total_sq: float) -> float:
-    x = values.astype(float)
-    n = float(numel.astype(float).sum())
-    defined = x.dropna()
+def _floats(values: pd.Series) -> np.ndarray:
+    """A column as float64 (None / NaN as NaN)."""
+    return np.asarray(values.to_numpy(dtype=float, na_value=np.nan), dtype=float)
+
+
+def _pool(x: np.ndarray, numel: np.ndarray, how: Pool, run_total_sq: float) -> float:
+    defined = x[~np.isnan(x)]
+    n = float(numel.sum())
     if how is Pool.SUM:
         return float(defined.sum())
     if how is Pool.MAX:
@@ -71,11 +76,11 @@ def _pool(values: pd.Series, numel: pd.Series, how: Pool, run_total_sq: float) -
     if how is Pool.MEAN:
         return float(defined.mean()) if len(defined) else math.nan
     if how is Pool.MEDIAN:
-        return float(defined.median()) if len(defined) else math.nan
+        return float(np.median(defined)) if len(defined) else math.nan
     if how is Pool.PER_PARAM:
         return float(defined.sum()) / n if n > 0 else math.nan
     if how is Pool.WEIGHTED:
-        return float((x * numel.astype(float)).sum()) / n if n > 0 else math.nan
+        return float(np.nansum(x * numel)) / n if n > 0 else math.nan
     if how is Pool.RSS:
         return math.sqrt(float((defined**2).sum()))
     if how is Pool.SHARE_OF_SQUARES:
@@ -86,18 +91,23 @@ def _pool(values: pd.Series, numel: pd.Series, how: Pool, run_total_sq: float) -
 
 def pool(rows: pd.DataFrame, run_rows: pd.DataFrame | None = None) -> dict[str, Any]:
     """Pooled metrics over ``rows`` (already restricted to compared, untied tensors);
-    ``run_rows`` are the whole run's, for shares of the run (per-group rows)."""
-    numel = rows["numel"].astype(float)
+    ``run_rows`` are the whole run's, for shares of the run (per-group rows). Works on numpy
+    arrays (each column and row subset converted once): pandas indexing per summary made
+    pooling the slowest step of small comparisons."""
+    numel = _floats(rows["numel"])
     everything = rows if run_rows is None else run_rows
+    masks = {over: _over(rows, over) for over in Over}
     out: dict[str, Any] = {
         "n_tensors": len(rows),
         "n_params": int(numel.sum()),
-        "n_matrices": len(_over(rows, Over.MATRICES)),
+        "n_matrices": int(masks[Over.MATRICES].sum()),
     }
     for s in summaries():
-        part = _over(rows, s.over)
-        total_sq = float((everything[s.column].astype(float).dropna() ** 2).sum())
-        out[s.name] = _pool(part[s.column], part["numel"], s.pool, total_sq)
+        mask = masks[s.over]
+        total_sq = 0.0
+        if s.pool is Pool.SHARE_OF_SQUARES:
+            total_sq = float(np.nansum(_floats(everything[s.column]) ** 2))
+        out[s.name] = _pool(_floats(rows[s.column])[mask], numel[mask], s.pool, total_sq)
     for d in derived():
         out[d.name] = d.fn(out)
     out["n_nonfinite"] = int(rows["n_nonfinite"].fillna(0).sum())

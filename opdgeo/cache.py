@@ -56,14 +56,16 @@ from opdgeo.errors import OpdgeoError, OpdgeoWarning
 from opdgeo.io import Checkpoint
 from opdgeo.linalg import Spectrum, project_left, spectrum_from_vectors
 
-CACHE_VERSION = 2
-"""Bump when the stored layout or the numerics of a stored value change (2: checksums)."""
+CACHE_VERSION = 3
+"""Bump when the stored layout or the numerics of a stored value change (2: checksums; 3: the
+Gram route's top-k eigensolver, ``gram-mrrr-f64``)."""
 _TENSORS = frozenset({"s", "small", "other"})
 _REL_TOL = 1e-6
 
 
-METHODS = {"gram": "gram-eigh-f64", "svd": "svd-f64"}
-"""The decomposition method label each ``Settings.spectral_method`` produces."""
+METHODS = {"gram": ("gram-mrrr-f64", "gram-eigh-f64"), "svd": ("svd-f64",)}
+"""The decomposition method labels each ``Settings.spectral_method`` produces (the Gram route
+says ``gram-eigh-f64`` where the full ``eigh`` did the work: Grams of order < 224)."""
 
 
 @dataclass
@@ -84,7 +86,7 @@ class StoredBase:
 
     def serves(self, k: int, spectral_method: str) -> bool:
         """True when this entry holds at least ``k`` vectors made by ``spectral_method``."""
-        return self.k >= k and self.method == METHODS.get(spectral_method)
+        return self.k >= k and self.method in METHODS.get(spectral_method, ())
 
     def spectrum(self, w0: torch.Tensor, k: int) -> Spectrum:
         """W0's :class:`~opdgeo.linalg.Spectrum` with ``k`` vectors, rebuilt from this entry

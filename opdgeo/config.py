@@ -20,7 +20,7 @@ from opdgeo.parsing import read_regular, toml_loads
 
 SCOPES = ("all", "linear", "attention")
 SPECTRAL_METHODS = ("gram", "svd")
-TIERS = ("fast", "standard", "exact")
+TIERS = ("scan", "fast", "standard", "exact")
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,13 @@ class Settings:
     tier: str = "standard"
     """How much linear algebra runs (see :data:`TIERS`):
 
+    * ``scan`` - element-wise metrics only (the three sparsities, norms, max |dW|): no
+      linear algebra, reads overlapped with one blocked pass (:mod:`opdgeo.scan`); a first
+      look at a 70B pair at disk speed;
     * ``fast`` - element-wise metrics (sparsity, norms) and stable rank from block power
       iteration in float32; no decompositions, so it runs at the speed of the reads;
-    * ``standard`` - every metric; W0 and W1 spectra from float64 Gram + eigh (top-k vectors,
-      full singular values), sigma_1 of the update from a float32 Gram;
+    * ``standard`` - every metric; W0 and W1 spectra from the float64 Gram (all eigenvalues,
+      top-k eigenvectors by MRRR), sigma_1 of the update by block Krylov in float32;
     * ``exact`` - every metric from float64 full SVD (papers' reference numbers).
     """
     spectral_embeddings: bool = False

@@ -22,7 +22,7 @@ from opdgeo.pair import BufferPool, TensorPair
 from opdgeo.pairing import Pair, Plan
 from opdgeo.readahead import read_ahead
 from opdgeo.records import TensorRecord
-from opdgeo.threads import apply_threads
+from opdgeo.threads import apply_threads, sized_threads
 
 Observer = Callable[[int, Pair, TensorPair], None]
 """Called as ``observer(run index, pair, tensor_pair)`` while the pair's tensors are live."""
@@ -51,6 +51,7 @@ def check_device(settings: Settings) -> None:
         raise ConfigError("--device cuda was given but no CUDA device is available")
 
 
+@sized_threads  # small pairs on one thread (threads.py)
 def analyze_pair(
     pair: Pair,
     base: torch.Tensor,

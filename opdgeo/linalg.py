@@ -95,40 +95,40 @@ def spectrum_from_vectors(
 def spectrum(w: torch.Tensor, k: int, method: str = "gram") -> Spectrum:
     """Singular values of ``w`` and its top-``k`` singular vectors.
 
-    ``gram``: for m <= n, ``G = W Wᵀ`` (float64), ``G = U diag(s²) Uᵀ`` by ``eigh``, and
-    ``V_k = Wᵀ U_k diag(1/s_k)``; the transposed route when m > n. Cost ≈ 2·min²·max flops
-    + O(min³). Relative error of the top-k values ≈ 1e-12; tail values lose accuracy as
-    cond(W)² grows, which NSS (dominated by the largest values) tolerates.
-    ``gram-mrrr``: the same Gram matrix, all its eigenvalues but only the top-k eigenvectors
-    (:func:`opdgeo.linalg_eig.eigh_top`: one tridiagonal reduction, ``dsterf``, MRRR for k
-    vectors, back-transformation of k vectors); 2-4x faster than the full ``eigh`` at
-    k = min(m, n)/8 with the same accuracy (bench/KERNELS.md). Method ``gram-mrrr-f64``.
+    ``gram`` (the standard tier): for m <= n, ``G = W Wᵀ`` (float64), all eigenvalues of G but
+    only its top-k eigenvectors (:func:`opdgeo.linalg_eig.eigh_top`: one tridiagonal
+    reduction, ``dsterf``, MRRR for k vectors, Rayleigh-Ritz, back-transformation of k
+    vectors; method ``gram-mrrr-f64``, or ``gram-eigh-f64`` where the full ``eigh`` did the
+    work: Grams of order < 224, GPU tensors), and ``V_k = Wᵀ U_k diag(1/s_k)``; the transposed
+    route when m > n. 2-4x faster than the full ``eigh`` at k = min(m, n)/8 with the same
+    accuracy (bench/KERNELS.md). Cost ≈ 2·min²·max flops + 4/3·min³. Relative error of the
+    top-k values ≈ 1e-12; tail values lose accuracy as cond(W)² grows, which NSS (dominated
+    by the largest values) tolerates. ``gram-mrrr`` is the same route.
+    ``gram-eigh``: the same Gram matrix with ``torch.linalg.eigh`` (all n eigenvectors); the
+    route before the top-k solver, kept as a reference (``gram-eigh-f64``).
     ``svd``: ``torch.linalg.svd`` of the float64 matrix.
     """
     m, n = w.shape
     k = max(0, min(k, m, n))
-    if method == "gram-mrrr":
-        if m > n:
-            t = spectrum(w.T, k, method)
-            return Spectrum(t.s, t.v, t.u, t.method)
-        top = eigh_top(gram(w), k, overwrite=True)
-        s = top.values.clamp_min(0.0).sqrt()
-        s_max = float(s[0]) if s.numel() else 0.0
-        u = top.vectors
-        return Spectrum(s, u, _right_vectors(w, u, s[:k], s_max), f"gram-{top.method}-f64")
+    if method not in ("gram", "gram-mrrr", "gram-eigh", "svd"):
+        raise ValueError(f"unknown spectral method {method!r}")
     if method == "svd":
         u, s, vh = torch.linalg.svd(w.to(torch.float64), full_matrices=False)
         return Spectrum(s, u[:, :k].contiguous(), vh[:k].T.contiguous(), "svd-f64")
-    if method != "gram":
-        raise ValueError(f"unknown spectral method {method!r}")
     if m > n:
         t = spectrum(w.T, k, method)
         return Spectrum(t.s, t.v, t.u, t.method)
-    evals, evecs = torch.linalg.eigh(gram(w))
-    s = evals.flip(0).clamp_min(0.0).sqrt()
-    u = evecs.flip(1)[:, :k].contiguous()
+    if method == "gram-eigh":
+        evals, evecs = torch.linalg.eigh(gram(w))
+        s = evals.flip(0).clamp_min(0.0).sqrt()
+        u = evecs.flip(1)[:, :k].contiguous()
+        label = "eigh"
+    else:
+        top = eigh_top(gram(w), k, overwrite=True)
+        s = top.values.clamp_min(0.0).sqrt()
+        u, label = top.vectors, top.method
     s_max = float(s[0]) if s.numel() else 0.0
-    return Spectrum(s, u, _right_vectors(w, u, s[:k], s_max), "gram-eigh-f64")
+    return Spectrum(s, u, _right_vectors(w, u, s[:k], s_max), f"gram-{label}-f64")
 
 
 def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

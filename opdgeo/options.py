@@ -40,6 +40,7 @@ class Format(StrEnum):
 
 
 class Tier(StrEnum):
+    scan = "scan"
     fast = "fast"
     standard = "standard"
     exact = "exact"
@@ -78,8 +79,8 @@ class Analysis:
     tier: Annotated[
         Tier | None,
         typer.Option(
-            help="fast: sparsity, norms, stable rank only (I/O speed); standard: every metric "
-            "(float64 Gram + eigh); exact: float64 full SVD."
+            help="scan: sparsity, norms, max |dW| only (disk speed); fast: + stable rank; "
+            "standard: every metric (float64 Gram, top-k eigenvectors); exact: float64 full SVD."
         ),
     ] = None
     cache: Annotated[

@@ -10,7 +10,6 @@ compared against the same base tensor and stored in the on-disk base cache.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import cached_property
 
 import torch
@@ -20,30 +19,16 @@ from opdgeo.config import Settings
 from opdgeo.io.decoded import annotation
 from opdgeo.linalg import (
     Spectrum,
-    count,
     fraction_threshold,
     spectrum,
     top_singular_value_power,
 )
+from opdgeo.scan import ElementStats, bf16_bits, bf16_unchanged, scan_pair
 
 CHUNK = 1 << 22
-"""Entries per chunk of the element-wise pass (16 MB of float32 temporaries)."""
-_SIGN_MASK = 0x7FFF
-_BF16_INF = 0x7F80
+"""Entries per chunk of chunked element-wise passes (16 MB of float32 temporaries)."""
 
-
-@dataclass
-class ElementStats:
-    """Counts and sums from the element-wise pass over a tensor pair."""
-
-    unchanged_bf16: int = 0
-    le_atol: int = 0
-    lt_atol: int = 0
-    exact_equal: int = 0
-    nonfinite: int = 0
-    delta_sq: float = 0.0
-    base_sq: float = 0.0
-    max_abs_delta: float = 0.0
+__all__ = ["CHUNK", "BufferPool", "ElementStats", "TensorPair", "bf16_bits", "bf16_unchanged"]
 
 
 class BufferPool:
@@ -60,92 +45,6 @@ class BufferPool:
             buf = torch.empty(numel, dtype=torch.float32, device=self.device)
             self._slots[slot] = buf
         return buf[:numel].view(shape)
-
-
-def bf16_bits(x: torch.Tensor) -> torch.Tensor:
-    """int16 bit patterns of ``x`` rounded to bf16 (round-to-nearest-even, as torch casts)."""
-    return (x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16)).view(torch.int16)
-
-
-def bf16_unchanged(a_bits: torch.Tensor, b_bits: torch.Tensor) -> torch.Tensor:
-    """Entries whose bf16 patterns are identical; +0 and −0 count as equal, NaN as changed."""
-    same = a_bits == b_bits
-    a_mag = a_bits & _SIGN_MASK
-    b_mag = b_bits & _SIGN_MASK
-    same |= (a_mag == 0) & (b_mag == 0)
-    same &= (a_mag <= _BF16_INF) & (b_mag <= _BF16_INF)
-    return same
-
-
-_ROW = 256
-"""Entries per float32 partial sum of squares (then summed in float64); see :func:`sumsq`."""
-
-
-def sumsq(x: torch.Tensor) -> float:
-    """Σ x² of a float32 vector: float32 sums over rows of 256 entries, float64 across rows.
-
-    Relative error below 1e-6 (torch's float32 reductions are pairwise), at a twentieth of
-    the cost of converting to float64; a single float32 sum over millions of entries would
-    lose ~1e-4. NaN/Inf (or an overflowing square) make the result non-finite.
-    """
-    n = x.numel()
-    full = n - n % _ROW
-    rows = torch.linalg.vector_norm(x[:full].view(-1, _ROW), dim=1).double().square().sum()
-    tail = torch.linalg.vector_norm(x[full:], dtype=torch.float64) ** 2
-    return float(rows + tail)
-
-
-def _atol_bounds(atol: float) -> tuple[float, float]:
-    """float32 bounds ``(le, lt)`` with ``bf16(|d|) <= bf16(atol)`` ⟺ ``|d| <= le`` and
-    ``bf16(|d|) < bf16(atol)`` ⟺ ``|d| <= lt`` for float32 ``d`` (-1: nothing qualifies).
-
-    As in MUK's code (a bf16 tensor compared with a Python float) the comparison runs in
-    bf16, so ``atol`` is first rounded to bf16 (1e-5 becomes 1.0014e-5). bf16 rounding of
-    float32 is round-to-nearest-even on the upper 16 bits, so the largest float32 that
-    rounds to the bf16 pattern ``p`` (or below) has upper bits ``p`` and lower bits 0x8000
-    when ``p`` is even (the tie goes to ``p``) or 0x7FFF when ``p`` is odd.
-    """
-
-    def top(p: int) -> float:
-        if p < 0:
-            return -1.0
-        if p >= 0x7F80:
-            return math.inf
-        bits = (p << 16) | (0x8000 if p % 2 == 0 else 0x7FFF)
-        return float(torch.tensor([bits], dtype=torch.int32).view(torch.float32))
-
-    p = int(torch.tensor([atol], dtype=torch.float32).to(torch.bfloat16).view(torch.int16))
-    return top(p), top(p - 1)
-
-
-def _bf16_chunk(
-    b: torch.Tensor, t: torch.Tensor, le: float, lt: float, stats: ElementStats
-) -> bool:
-    """The element-wise pass for a chunk of two bf16 tensors without NaN/Inf; returns False
-    (adding nothing) when the chunk holds NaN/Inf or huge values, for the general path.
-
-    Exact for such chunks with fewer passes: the difference of two bf16 values is exact in
-    float32, so values are equal (bit patterns equal, or ±0) exactly when it is 0, and
-    ``sparsity_atol``'s bf16 comparison becomes a float32 range test (:func:`_atol_bounds`).
-    """
-    b_c, t_c = b.float(), t.float()
-    delta = t_c - b_c
-    delta_sq, base_sq = sumsq(delta), sumsq(b_c)
-    if not (math.isfinite(delta_sq) and math.isfinite(base_sq)):
-        return False  # NaN or Inf somewhere (or a square beyond float32): general path
-    equal = count(delta == 0)
-    stats.unchanged_bf16 += equal
-    stats.exact_equal += equal
-    for bound, attr in ((le, "le_atol"), (lt, "lt_atol")):
-        if bound >= 0:
-            inside = count(delta <= bound) - count(delta < -bound)
-            setattr(stats, attr, getattr(stats, attr) + inside)
-    stats.delta_sq += delta_sq
-    stats.base_sq += base_sq
-    if delta.numel():
-        low, high = torch.aminmax(delta)
-        stats.max_abs_delta = max(stats.max_abs_delta, -float(low), float(high))
-    return True
 
 
 class TensorPair:
@@ -242,51 +141,10 @@ class TensorPair:
 
     @cached_property
     def elementwise(self) -> ElementStats:
-        """One chunked pass over both tensors for every element-wise statistic.
-
-        Works on flat chunks of ``CHUNK`` entries, so its temporaries stay small whatever the
-        tensor size (an embedding matrix costs no full-size float32 copies). Bit comparisons
-        run on int16 views; NaN/Inf handling only runs on chunks that hold such values.
-        """
-        stats = ElementStats()
-        b_flat, t_flat = self.base.reshape(-1), self.tuned.reshape(-1)
-        atol = self.settings.atol
-        if self.numel and self.base.dtype == self.tuned.dtype and self.identical:
-            # early exit: bit-identical tensors without NaN/Inf need only ‖W0‖_F
-            if bool(torch.isfinite(b_flat).all()):
-                n = self.numel
-                base_sq = sum(
-                    float(torch.linalg.vector_norm(b_flat[i : i + CHUNK], dtype=torch.float64)) ** 2
-                    for i in range(0, n, CHUNK)
-                )
-                return ElementStats(n, n, n if atol > 0 else 0, n, 0, 0.0, base_sq, 0.0)
-        cd = self.compute_dtype
-        both_bf16 = self.base.dtype == self.tuned.dtype == torch.bfloat16
-        le, lt = _atol_bounds(atol)
-        for i in range(0, self.numel, CHUNK):
-            b, t = b_flat[i : i + CHUNK], t_flat[i : i + CHUNK]
-            if both_bf16 and _bf16_chunk(b, t, le, lt, stats):
-                continue
-            b_bits, t_bits = bf16_bits(b), bf16_bits(t)
-            unchanged = count(bf16_unchanged(b_bits, t_bits))
-            stats.unchanged_bf16 += unchanged
-            b_c, t_c = b.to(cd), t.to(cd)
-            bad = ~(torch.isfinite(b_c) & torch.isfinite(t_c))
-            n_bad = count(bad)
-            stats.nonfinite += n_bad
-            delta = torch.where(bad, 0.0, t_c - b_c) if n_bad else t_c - b_c
-            base = torch.where(bad, 0.0, b_c) if n_bad else b_c
-            # bf16 arithmetic as MUK's code: the exact difference of two bf16 values, rounded
-            d16 = t_bits.view(torch.bfloat16).float() - b_bits.view(torch.bfloat16).float()
-            d16 = d16.to(torch.bfloat16).abs_()
-            stats.le_atol += count(d16 <= atol)
-            stats.lt_atol += count(d16 < atol)
-            stats.exact_equal += count(b_c == t_c)
-            stats.delta_sq += float(torch.linalg.vector_norm(delta, dtype=torch.float64)) ** 2
-            stats.base_sq += float(torch.linalg.vector_norm(base, dtype=torch.float64)) ** 2
-            if delta.numel():
-                stats.max_abs_delta = max(stats.max_abs_delta, float(delta.abs().max()))
-        return stats
+        """Every element-wise statistic in one blocked pass (:func:`opdgeo.scan.scan_pair`:
+        bf16 pairs by exact float32 differences in cache-sized blocks, other dtypes and
+        blocks holding NaN/Inf by the general float32/float64 path)."""
+        return scan_pair(self.base, self.tuned, self.settings.atol)
 
     @cached_property
     def n_nonfinite(self) -> int:

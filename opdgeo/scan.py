@@ -1,9 +1,9 @@
 """The ``scan`` kernel: every element-wise statistic of a tensor pair in one blocked pass.
 
-:func:`scan_pair` returns the :class:`~opdgeo.pair.ElementStats` that
-:attr:`opdgeo.pair.TensorPair.elementwise` computes (the three sparsities, ‖ΔW‖_F²,
-‖W0‖_F², max |ΔW|, non-finite entries), for the ``scan`` tier: no linear algebra, a first
-look at a large pair at close to the speed the files can be read.
+:func:`scan_pair` returns the :class:`ElementStats` of a tensor pair (the three sparsities,
+‖ΔW‖_F², ‖W0‖_F², max |ΔW|, non-finite entries). It is
+:attr:`opdgeo.pair.TensorPair.elementwise` in every tier, and all the ``scan`` tier computes:
+no linear algebra, a first look at a large pair at close to the speed the files can be read.
 
 How it is fast (bf16 pairs, the common case):
 
@@ -21,30 +21,87 @@ How it is fast (bf16 pairs, the common case):
 
 Counts are exact and equal :class:`ElementStats`'s: ``Δ == 0`` ⟺ the bf16 patterns are equal
 or both ±0 (``unchanged_bf16`` and ``exact_equal``), and ``sparsity_atol``'s bf16 comparison
-is the float32 range test ``|Δ| ≤ le`` / ``|Δ| ≤ lt`` of :func:`opdgeo.pair._atol_bounds`.
-The maximum is exact. Sums of squares: float32 sums of 256 exact squares (a bf16 value's
-square is exact in float32), then float64 across rows; relative error ≤ 256·2⁻²⁴ ≈ 1.5e-5
-in the worst case and ~1e-8 in practice against the float64 sum (bench/KERNELS.md), the
-same scheme as :func:`opdgeo.pair.sumsq` without its square-root round trip. A block holding
-NaN/Inf (or values whose squares overflow float32) gets non-finite row sums; such blocks,
-and every pair that is not bf16/bf16, go through the general path, the same code as
-``TensorPair.elementwise`` (float64 norms, bf16 rounding of the difference as MUK's code).
+is the float32 range test ``|Δ| ≤ le`` / ``|Δ| ≤ lt`` of :func:`_atol_bounds`.
+The maximum is exact. Sums of squares: float32 norms of rows of 256 entries, squared and
+summed in float64 (the entries past the last whole row in float64), the rows and arithmetic of
+the earlier ``sumsq`` so results match it to float64 rounding; relative error ≤ 256·2⁻²⁴ ≈ 1.5e-5
+in the worst case and ≤ 4e-8 in practice against the float64 sum (demo family). A block
+holding NaN/Inf (or values whose squares overflow float32) gets non-finite row norms; such
+blocks, and every pair that is not bf16/bf16, go through the general path (float64 norms,
+bf16 rounding of the difference as MUK's code).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
 import torch
 
-from opdgeo.pair import ElementStats, _atol_bounds, bf16_bits, bf16_unchanged
+from opdgeo.threads import configured_threads, threads_for
+
+_SIGN_MASK = 0x7FFF
+_BF16_INF = 0x7F80
+
+
+@dataclass
+class ElementStats:
+    """Counts and sums from the element-wise pass over a tensor pair."""
+
+    unchanged_bf16: int = 0
+    le_atol: int = 0
+    lt_atol: int = 0
+    exact_equal: int = 0
+    nonfinite: int = 0
+    delta_sq: float = 0.0
+    base_sq: float = 0.0
+    max_abs_delta: float = 0.0
+
+
+def bf16_bits(x: torch.Tensor) -> torch.Tensor:
+    """int16 bit patterns of ``x`` rounded to bf16 (round-to-nearest-even, as torch casts)."""
+    return (x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16)).view(torch.int16)
+
+
+def bf16_unchanged(a_bits: torch.Tensor, b_bits: torch.Tensor) -> torch.Tensor:
+    """Entries whose bf16 patterns are identical; +0 and −0 count as equal, NaN as changed."""
+    same = a_bits == b_bits
+    a_mag = a_bits & _SIGN_MASK
+    b_mag = b_bits & _SIGN_MASK
+    same |= (a_mag == 0) & (b_mag == 0)
+    same &= (a_mag <= _BF16_INF) & (b_mag <= _BF16_INF)
+    return same
+
+
+def _atol_bounds(atol: float) -> tuple[float, float]:
+    """float32 bounds ``(le, lt)`` with ``bf16(|d|) <= bf16(atol)`` ⟺ ``|d| <= le`` and
+    ``bf16(|d|) < bf16(atol)`` ⟺ ``|d| <= lt`` for float32 ``d`` (-1: nothing qualifies).
+
+    As in MUK's code (a bf16 tensor compared with a Python float) the comparison runs in
+    bf16, so ``atol`` is first rounded to bf16 (1e-5 becomes 1.0014e-5). bf16 rounding of
+    float32 is round-to-nearest-even on the upper 16 bits, so the largest float32 that
+    rounds to the bf16 pattern ``p`` (or below) has upper bits ``p`` and lower bits 0x8000
+    when ``p`` is even (the tie goes to ``p``) or 0x7FFF when ``p`` is odd.
+    """
+
+    def top(p: int) -> float:
+        if p < 0:
+            return -1.0
+        if p >= 0x7F80:
+            return math.inf
+        bits = (p << 16) | (0x8000 if p % 2 == 0 else 0x7FFF)
+        return float(torch.tensor([bits], dtype=torch.int32).view(torch.float32))
+
+    p = int(torch.tensor([atol], dtype=torch.float32).to(torch.bfloat16).view(torch.int16))
+    return top(p), top(p - 1)
+
 
 BLOCK = 1 << 15
 """Entries per block (32768: ATen runs element-wise ops of this size inline, and 128 KB of
 float32 per buffer keeps the working set in a 1 MB L2)."""
 _ROW = 256
-"""Entries per float32 row norm (as :func:`opdgeo.pair.sumsq`)."""
+"""Entries per float32 partial sum of squares (then summed in float64)."""
 _MIN_PER_WORKER = 1 << 20
 """Smallest share of a pair worth a second thread (4 MB of bf16 pairs)."""
 
@@ -57,18 +114,22 @@ class _Blocks:
     """nblocks x 3 float32 (exact integers): Δ == 0, |Δ| ≤ le, |Δ| ≤ lt."""
     max_abs: torch.Tensor
     """nblocks float32: max |Δ|."""
+    tail: torch.Tensor
+    """2 float64: Σ W0² and Σ Δ² of the entries past the last whole row of 256 (the pair's
+    last block only), in float64."""
     rows: torch.Tensor
-    """nblocks x 2 x (BLOCK / 256) float32: Σ W0² and Σ Δ² over rows of 256 entries (0 past
+    """nblocks x 2 x (BLOCK / 256) float32: ‖W0‖ and ‖Δ‖ over rows of 256 entries (0 past
     the end of a short block)."""
 
 
 def default_workers() -> int:
-    """torch's thread count (the engine sets it from ``--threads``: physical cores by default).
+    """The process's thread count (the engine sets it from ``--threads``: physical cores by
+    default), whatever count the engine chose for the pair's linear algebra.
 
     On this 2-core VM with other jobs running (load 7), two workers were slower than one
     (bench/KERNELS.md, section "scan"): pass ``--threads 1`` on a busy machine.
     """
-    return max(1, torch.get_num_threads())
+    return max(1, configured_threads())
 
 
 def scan_pair(
@@ -87,7 +148,7 @@ def scan_pair(
         base_sq = sum(
             float(torch.linalg.vector_norm(b[i : i + _GENERAL], dtype=torch.float64)) ** 2
             for i in range(0, n, _GENERAL)
-        )  # as TensorPair.elementwise's early exit
+        )  # early exit: bit-identical tensors without NaN/Inf need only ‖W0‖_F
         return ElementStats(n, n, n if atol > 0 else 0, n, 0, 0.0, base_sq, 0.0)
     if not (b.dtype == t.dtype == torch.bfloat16) or b.device.type != "cpu":
         stats = ElementStats()
@@ -97,37 +158,55 @@ def scan_pair(
     le, lt = _atol_bounds(atol)
     nblocks = (n + BLOCK - 1) // BLOCK
     out = _Blocks(
-        torch.zeros(nblocks, 3, dtype=torch.float32),
-        torch.zeros(nblocks, dtype=torch.float32),
-        torch.zeros(nblocks, 2, BLOCK // _ROW, dtype=torch.float32),
+        counts=torch.zeros(nblocks, 3, dtype=torch.float32),
+        max_abs=torch.zeros(nblocks, dtype=torch.float32),
+        tail=torch.zeros(2, dtype=torch.float64),
+        rows=torch.zeros(nblocks, 2, BLOCK // _ROW, dtype=torch.float32),
     )
     count = workers or default_workers()
     count = max(1, min(count, n // _MIN_PER_WORKER))
     bounds = [nblocks * i // count for i in range(count + 1)]
     spans = [(bounds[i], bounds[i + 1]) for i in range(count)]
-    if count == 1:
-        _fast_blocks(b, t, le, lt, out, *spans[0])
-    else:
-        errors: list[BaseException] = []
+    # torch's own threads off while the workers run: a block's operations (up to 3 x BLOCK
+    # entries) exceed ATen's parallel grain, and an OpenMP team per operation costs far more
+    # than the operation whenever another process holds a core. Worker threads start after
+    # this and inherit the count.
+    with threads_for(0.0):
+        if count == 1:
+            _fast_blocks(b, t, le, lt, out, *spans[0])
+        else:
+            _run_workers(b, t, le, lt, out, spans)
+        return _reduce(b, t, atol, le, lt, out)
 
-        def work(first: int, last: int) -> None:
-            try:
-                _fast_blocks(b, t, le, lt, out, first, last)
-            except BaseException as exc:  # pragma: no cover - re-raised below
-                errors.append(exc)
 
-        threads = [threading.Thread(target=work, args=span) for span in spans]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        if errors:  # pragma: no cover - torch kernels do not fail on valid tensors
-            raise errors[0]
-    return _reduce(b, t, atol, le, lt, out)
+def _run_workers(
+    b: torch.Tensor,
+    t: torch.Tensor,
+    le: float,
+    lt: float,
+    out: _Blocks,
+    spans: list[tuple[int, int]],
+) -> None:
+    """:func:`_fast_blocks` on each span in its own Python thread (torch releases the GIL)."""
+    errors: list[BaseException] = []
+
+    def work(first: int, last: int) -> None:
+        try:
+            _fast_blocks(b, t, le, lt, out, first, last)
+        except BaseException as exc:  # pragma: no cover - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=span) for span in spans]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:  # pragma: no cover - torch kernels do not fail on valid tensors
+        raise errors[0]
 
 
 _GENERAL = 1 << 22
-"""Entries per chunk of the general path (as :data:`opdgeo.pair.CHUNK`)."""
+"""Entries per chunk of the general path (16 MB of float32 temporaries)."""
 
 
 def _bit_identical(b: torch.Tensor, t: torch.Tensor) -> bool:
@@ -148,7 +227,6 @@ def _fast_blocks(
     """
     n = b.numel()
     pair = torch.empty(2, BLOCK, dtype=torch.float32)  # [W0, Δ]
-    squares = torch.empty(2, BLOCK, dtype=torch.float32)
     y = torch.empty(BLOCK, dtype=torch.float32)
     a = torch.empty(BLOCK, dtype=torch.float32)
     hits = torch.empty(3, BLOCK, dtype=torch.float32)
@@ -160,7 +238,7 @@ def _fast_blocks(
         b_blocks = b[span].view(-1, BLOCK).unbind(0)
         t_blocks = t[span].view(-1, BLOCK).unbind(0)
         w0, delta = pair.unbind(0)
-        sums = squares.view(2, BLOCK // _ROW, _ROW)
+        row_view = pair.view(2, BLOCK // _ROW, _ROW)
         rows = out.rows[first:full_last].unbind(0)
         counts = out.counts[first:full_last].unbind(0)
         maxima = out.max_abs[first:full_last].unbind(0)
@@ -168,8 +246,7 @@ def _fast_blocks(
             w0.copy_(b_blocks[j])
             y.copy_(t_blocks[j])
             torch.sub(y, w0, out=delta)
-            torch.mul(pair, pair, out=squares)
-            torch.sum(sums, 2, out=rows[j])
+            torch.linalg.vector_norm(row_view, dim=2, out=rows[j])
             torch.abs(delta, out=a)
             torch.amax(a, 0, out=maxima[j])
             torch.le(a3, bounds, out=hits)  # the three comparisons in one operation
@@ -182,12 +259,13 @@ def _fast_blocks(
         torch.sub(t[i:].float(), xs, out=ds)
         torch.abs(ds, out=a[:size])
         torch.amax(a[:size], 0, out=out.max_abs[j])
+        whole = size // _ROW * _ROW
         for col, src in enumerate((xs, ds)):
-            part = src.square()
-            whole = size // _ROW * _ROW
-            out.rows[j, col, : size // _ROW] = part[:whole].view(-1, _ROW).sum(1)
+            out.rows[j, col, : size // _ROW] = torch.linalg.vector_norm(
+                src[:whole].view(-1, _ROW), dim=1
+            )
             if whole < size:
-                out.rows[j, col, size // _ROW] = part[whole:].sum()
+                out.tail[col] = torch.linalg.vector_norm(src[whole:], dtype=torch.float64) ** 2
         torch.le(a[:size].expand(3, size), bounds, out=hits[:, :size])
         torch.sum(hits[:, :size], 1, out=out.counts[j])
 
@@ -199,13 +277,17 @@ def _reduce(
     path (their fast-path numbers are discarded)."""
     stats = ElementStats()
     finite = torch.isfinite(out.rows).flatten(1).all(1)
+    if not bool(torch.isfinite(out.tail).all()):
+        finite[-1] = False
     good = finite.nonzero().squeeze(1)
     if good.numel():
         totals = out.counts.index_select(0, good).to(torch.int64).sum(0).tolist()
         stats.unchanged_bf16 = stats.exact_equal = int(totals[0])
         stats.le_atol = int(totals[1]) if le >= 0 else 0
         stats.lt_atol = int(totals[2]) if lt >= 0 else 0
-        sums = out.rows.index_select(0, good).double().sum((0, 2)).tolist()
+        sums = out.rows.index_select(0, good).double().square().sum((0, 2))
+        if bool(finite[-1]):
+            sums += out.tail
         stats.base_sq, stats.delta_sq = float(sums[0]), float(sums[1])
         stats.max_abs_delta = float(out.max_abs.index_select(0, good).max())
     for j in (~finite).nonzero().squeeze(1).tolist():
@@ -215,8 +297,9 @@ def _reduce(
 
 
 def _general(b: torch.Tensor, t: torch.Tensor, atol: float, stats: ElementStats) -> None:
-    """One chunk of the general path: the loop body of ``TensorPair.elementwise`` for pairs
-    that are not both bf16 (or bf16 chunks holding NaN/Inf/huge values), unchanged."""
+    """One chunk of the general path, for pairs that are not both bf16 (or bf16 blocks holding
+    NaN/Inf/huge values): bf16 bit comparison, float32/float64 norms, and ``sparsity_atol`` in
+    bf16 arithmetic as MUK's code."""
     wide = torch.float64 in (b.dtype, t.dtype)
     cd = torch.float64 if wide else torch.float32
     b_bits, t_bits = bf16_bits(b), bf16_bits(t)

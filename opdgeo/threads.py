@@ -19,10 +19,10 @@ this package runs.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from functools import cache
-from typing import Any
+from functools import cache, wraps
+from typing import Any, Protocol, TypeVar, cast
 
 import torch
 
@@ -44,6 +44,59 @@ other jobs running (load 7-8) two threads never paid off: 1.3-80x slower than on
 n = 64 ... 1536 and 2.2x slower at n = 3584 (61 GFlop; bench/KERNELS.md). So it runs on
 one thread up to n ≈ 9000 (1e12 flops; 70B models have n = 8192). Re-measure on idle
 cores (``bench/kernels.py --sections eig,threads --big``) before lowering it."""
+
+
+KRYLOV_GEMM_FLOPS_PER_ENTRY = 2 * 16
+"""Flops per matrix entry of one GEMM of the fast tier's block Krylov σ₁ (16 columns): the
+size of each operation, which is what decides whether a second thread pays off."""
+
+_configured: int | None = None
+"""The process's thread count as set by :func:`apply_threads` (``--threads``)."""
+
+
+def configured_threads() -> int:
+    """The thread count the process was configured with (:func:`apply_threads`), whatever
+    :func:`threads_for` has set for the operation now running; torch's count before that."""
+    return _configured or torch.get_num_threads()
+
+
+def pair_flops(shape: tuple[int, ...], tier: str, spectral: bool) -> float:
+    """The size of the largest linear-algebra operations of one tensor pair's analysis, which
+    decides its thread count (:func:`threads_for` around every metric of the pair): two
+    float64 Grams of the smaller side (standard, exact: 4·min²·max) or one GEMM of the block
+    Krylov σ₁ (fast) for 2-D matrices that the spectral metrics decompose (``spectral``);
+    0 for everything else (the ``scan`` tier, vectors, embeddings). The element-wise pass
+    picks its own workers (:func:`opdgeo.scan.scan_pair`, from :func:`configured_threads`)."""
+    if not spectral or len(shape) != 2 or tier == "scan":
+        return 0.0
+    small, big = min(shape), max(shape)
+    if tier == "fast":
+        return float(small * big * KRYLOV_GEMM_FLOPS_PER_ENTRY)
+    return 4.0 * small * small * big
+
+
+class _SizedPair(Protocol):
+    shape: tuple[int, ...]
+    module: str
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def sized_threads(fn: F) -> F:
+    """Decorate ``fn(pair, base, tuned, settings, ...)`` (the engine's ``analyze_pair``) to run
+    under :func:`threads_for` with :func:`pair_flops` of the pair: small pairs, every step of
+    their analysis included, on one thread."""
+
+    @wraps(fn)
+    def run(pair: _SizedPair, base: Any, tuned: Any, settings: Settings, *a: Any, **kw: Any) -> Any:
+        spectral = len(pair.shape) == 2 and (
+            pair.module not in ("embed", "lm_head") or settings.spectral_embeddings
+        )
+        with threads_for(pair_flops(pair.shape, settings.tier, spectral)):
+            return fn(pair, base, tuned, settings, *a, **kw)
+
+    return cast(F, run)
 
 
 @cache
@@ -116,9 +169,12 @@ def apply_threads(settings: Settings) -> int:
     0 means the physical cores, unless ``OMP_NUM_THREADS`` is set: then torch's own
     setting (which follows it) is kept, so schedulers and shared machines stay in control.
     """
+    global _configured
     if not settings.threads and os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
+        _configured = torch.get_num_threads()
+        return _configured
     threads = settings.threads or physical_cores()
+    _configured = threads
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads

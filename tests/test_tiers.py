@@ -220,7 +220,7 @@ def test_settings_tier_mapping() -> None:
     # the method follows the tier; the legacy key is mapped by load_config (config files)
     assert dataclasses.replace(Settings(tier="exact"), tier="standard").spectral_method == "gram"
     assert Settings(tier="fast").spectral_method == "gram"
-    with pytest.raises(ConfigError, match="tier must be one of fast, standard, exact"):
+    with pytest.raises(ConfigError, match="tier must be one of scan, fast, standard, exact"):
         Settings(tier="quick")
     with pytest.raises(ConfigError):
         Settings(threads=-1)
@@ -242,7 +242,7 @@ def test_explicit_tier_beats_a_legacy_config_key(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--tier", "quick"], "Invalid value"),
-        (["--config", "CONFIG"], "tier must be one of fast, standard, exact, got 'quick'"),
+        (["--config", "CONFIG"], "tier must be one of scan, fast, standard, exact, got 'quick'"),
     ],
 )
 def test_invalid_tier_is_a_usage_error(

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 MetricFn = Callable[["TensorPair"], dict[str, float]]
 KFn = Callable[["TensorPair"], int]
-ALL_TIERS = ("fast", "standard", "exact")
+ALL_TIERS = ("scan", "fast", "standard", "exact")
 
 
 class Pool(StrEnum):

@@ -1,7 +1,8 @@
 """Spectral diagnostics of 2-D weight matrices (papers.md D4, D5, D7, D8).
 
-All decompositions come from :class:`opdgeo.pair.TensorPair` (float64 Gram + eigh by
-default, float64 SVD with ``spectral_method = "svd"``); the ``method`` column records which.
+All decompositions come from :class:`opdgeo.pair.TensorPair` (float64 Gram, all eigenvalues
+and the top-k eigenvectors, by default; float64 SVD in the exact tier); the ``method`` column
+records which (``gram-mrrr-f64``; ``gram-eigh-f64`` for Grams of order < 224; ``svd-f64``).
 """
 
 from __future__ import annotations
@@ -172,6 +173,7 @@ def principal_energy(pair: TensorPair) -> dict[str, float]:
     "stable_rank",
     columns=("stable_rank", "delta_sigma1"),
     matrix_only=True,
+    tiers=("fast", *FULL_TIERS),
     summaries=(
         Summary("stable_rank", "stable_rank", Pool.MEAN, M, group=True,
                 label="stable\nrank", group_label="stable rank"),
