@@ -274,7 +274,12 @@ def test_failed_writes_are_one_line_and_leave_nothing(
             def write(self, data: bytes) -> int:
                 raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(outputs.os, "fdopen", Full)
+        def fdopen(fd: int, mode: str = "r", *args: object, **kwargs: object) -> object:
+            if "w" not in mode:  # reads (config.json, headers) go through os.fdopen too
+                return real_fdopen(fd, mode, *args, **kwargs)  # type: ignore[call-overload]
+            return Full(fd, mode)
+
+        monkeypatch.setattr(outputs.os, "fdopen", fdopen)
         want = "No space left on device"
     elif failure == "enospc-rename":
 
