@@ -15,25 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from opdgeo.errors import ConfigError
 from opdgeo.lineage.output import lineage_matrix
 from opdgeo.lineage.records import LineageResult
 from opdgeo.outputs import make_folder, write_output
+from opdgeo.plots_common import pyplot
 
 CAP = 50.0
 MARK = {"same-weights": "=", "derived": "D", "independent": "I", "inconclusive": "?"}
 
 
 def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ConfigError(
-            "--plot needs matplotlib: pip install 'opdgeo[plot]' (or pip install matplotlib)"
-        ) from None
+    plt = pyplot()
     plt.rcParams["svg.hashsalt"] = "opdgeo"
     return plt
 
