@@ -201,8 +201,15 @@ def _special(row: Mapping[str, Any], t: Thresholds) -> Verdict | None:
         caveat = ("these checkpoints do not look like a fine-tune of one another",)
         confidence = 1.0 if len(why) == 3 else 0.75
         return Verdict(UNRELATED, confidence, tuple(why), caveat, {}, UNRELATED, "unrelated")
-    if "n_matrices" in row and not _num(row, "n_matrices") and math.isnan(sparsity):
-        none = ("no 2-D weight matrix was compared: nothing to classify",)
+    if (
+        "n_matrices" in row
+        and not _num(row, "n_matrices")
+        and math.isnan(
+            _num(row, "rel_norm_median")  # pooled over 2-D tensors: NaN when there is none
+        )
+    ):  # 1-D tensors only: their bf16 sparsity alone must not cast a vote
+        none = ("no 2-D weight matrix was compared (only 1-D or scalar tensors): nothing to "
+                "classify",)  # fmt: skip
         return Verdict(INDETERMINATE, 0.0, none, regime_papers=INDETERMINATE, rule="no matrices")
     return None
 
@@ -276,6 +283,15 @@ def classify(
         caveats.append(
             "float32-stored checkpoints show little bf16 sparsity whatever the algorithm "
             "(RAZOR 2509.04259 §6); sparsity_bf16 did not vote"
+        )
+    if (
+        "sparsity_bf16" in votes
+        and "update_ulp_ratio" in row
+        and math.isnan(_num(row, "update_ulp_ratio"))
+    ):
+        caveats.append(
+            "update size not measured (update_ulp_ratio: not in the scan tier): bf16 sparsity "
+            "voted without the check that it is not explained by update size alone"
         )
     regime_papers = _plurality(papers) if papers else INDETERMINATE
     label, agreeing, why = _decide(votes)

@@ -23,7 +23,7 @@ from opdgeo.io.experts import describe as describe_experts
 from opdgeo.naming import layer_index, module_type
 from opdgeo.quantized import quantization_verdict
 from opdgeo.records import TensorRecord
-from opdgeo.regimes import INDETERMINATE, Locking, Regime, Verdict, classify, relative_order
+from opdgeo.regimes import Locking, Regime, Verdict, classify, relative_order
 
 CONTRACT_COLUMNS = (
     "run",
@@ -81,8 +81,6 @@ def build_run(records: Sequence[TensorRecord], config: Config) -> RunResult:
     verdict = quantization_verdict(summary, frame) or classify(
         summary, config.thresholds, config.calibration
     )
-    if summary.get("n_matrices") == 0 and verdict.regime not in _DECIDED_WITHOUT_MATRICES:
-        verdict = nothing_to_classify()
     summary.update(
         regime=verdict.regime,
         confidence=verdict.confidence,
@@ -93,23 +91,6 @@ def build_run(records: Sequence[TensorRecord], config: Config) -> RunResult:
     )
     return RunResult(summary, verdict, frame, groups(frame, "module"), groups(frame, "layer"),
                      experts)  # fmt: skip
-
-
-_DECIDED_WITHOUT_MATRICES = (
-    Regime.UNCHANGED,
-    Regime.UNRELATED,
-    Regime.INDETERMINATE,
-    Regime.QUANTIZED,
-)
-
-
-def nothing_to_classify() -> Verdict:
-    """The verdict of a run whose compared tensors hold no 2-D matrix (only norms, biases,
-    scalars): the regime features are measured on matrices, so there is nothing to classify
-    (``classify`` says so itself only when sparsity is unmeasured too; this guard covers the
-    1-D tensors whose bf16 sparsity alone would otherwise cast a vote)."""
-    why = ("no 2-D weight matrix was compared (only 1-D or scalar tensors): nothing to classify",)
-    return Verdict(INDETERMINATE, 0.0, why, regime_papers=INDETERMINATE, rule="no matrices")
 
 
 def add_relative_order(runs: Sequence[RunResult]) -> None:

@@ -185,9 +185,12 @@ def test_every_feature_abstaining_is_indeterminate() -> None:
 
 
 def test_nothing_to_classify_without_matrices() -> None:
-    verdict = classify(row(n_matrices=0, sparsity_bf16=math.nan))
-    assert verdict.regime == INDETERMINATE
+    verdict = classify(row(n_matrices=0, sparsity_bf16=0.9, rel_norm_median=math.nan))
+    assert verdict.regime == INDETERMINATE and not verdict.votes  # 1-D sparsity does not vote
     assert "nothing to classify" in verdict.reasons[0]
+    # the scan tier runs no matrix metric, but its 2-D tensors are there: sparsity votes
+    scan = classify(row(n_matrices=0, sparsity_bf16=0.9, rel_norm_median=1e-3))
+    assert scan.votes == {"sparsity_bf16": RLVR}
 
 
 def test_confidence_is_the_rules_measured_accuracy() -> None:

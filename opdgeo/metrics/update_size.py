@@ -60,6 +60,7 @@ def _energy_ratio(pooled: Mapping[str, float]) -> float:
 @metric(
     "update_ulp_ratio",
     columns=("update_ulp_ratio",),
+    tiers=("fast", "standard", "exact"),  # the scan tier reads at disk speed: no gathers / medians
     summaries=(
         Summary("update_ulp_ratio", "update_ulp_ratio", Pool.MEDIAN, Over.TWO_D, group=True),
     ),
