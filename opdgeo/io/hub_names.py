@@ -37,11 +37,7 @@ def parse_spec(spec: str) -> tuple[str, str | None] | None:
     """``org/name[@rev]`` -> (repo_id, revision or None); None when ``spec`` is not a Hub id
     (huggingface_hub's ``validate_repo_id`` decides; a bare ``name`` is taken as a path)."""
     match = _SPEC_RE.match(spec)
-    if not match:
-        return None
-    try:
-        validate_repo_id(match.group("repo"))
-    except HFValidationError:
+    if not match or hub_id_problem(spec):
         return None
     return match.group("repo"), match.group("rev")
 
