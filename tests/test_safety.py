@@ -121,11 +121,14 @@ def test_clear_never_follows_a_symlinked_subfolder_or_entry(
     paths = fill_cache(ckpts, store)
     victim = model_folder(tmp_path / "victim")
     before = tree(victim)
-    (store / "ff").symlink_to(victim, target_is_directory=True)
+    # a shard-like name (two hex digits) that no entry's shard uses: entries' keys are hashes
+    used = {p.parent.name for p in paths}
+    shard = store / next(f"{i:02x}" for i in range(256) if f"{i:02x}" not in used)
+    shard.symlink_to(victim, target_is_directory=True)
     result = runner.invoke(app, ["cache", "--clear", "--cache-dir", str(store)])
     assert result.exit_code == 1 and "refusing to clear" in result.stderr
     assert tree(victim) == before and all(p.exists() for p in paths)
-    (store / "ff").unlink()
+    shard.unlink()
     # a symlink named like an entry, pointing at a model file
     link = paths[0].parent / ("e" * 2 + "0" * 62 + ".safetensors")
     link.symlink_to(victim / "model.safetensors")
