@@ -10,6 +10,7 @@ import torch
 from opdgeo.config import Settings
 from opdgeo.metrics.update_size import (
     _angle_per_rel_norm,
+    _changed_ratios,
     _drift_ratio,
     _energy_ratio,
     half_spacing,
@@ -74,3 +75,65 @@ def test_derived_ratios() -> None:
     assert math.isnan(_drift_ratio({"nss": 0.1, "rel_norm": 0.0}))
     assert math.isnan(_energy_ratio({"principal_energy": math.nan,
                                      "principal_energy_baseline": 0.01}))  # fmt: skip
+
+
+def _reference(w0: torch.Tensor, w1: torch.Tensor) -> float:
+    """The definition, written out: every changed finite entry's ratio, then kthvalue."""
+    r = _changed_ratios(w0.reshape(-1), w1.reshape(-1), torch.float32)
+    return float(torch.kthvalue(r, (r.numel() + 1) // 2).values) if r.numel() else math.nan
+
+
+CASES = ["steps", "cross-binade", "far-jumps", "zeros-subnormal", "nonfinite", "chunks"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bf16_histogram_median_equals_the_definition(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bf16 route (a histogram of the ratios' bits, no sort) gives exactly the value of
+    the general route (gather the changed entries, kthvalue), whatever the values."""
+    g = torch.Generator().manual_seed(len(case))
+    w0 = (0.02 * torch.randn(96, 80, generator=g)).to(torch.bfloat16)
+    noise = torch.randn(96, 80, generator=g)
+    w1 = (w0.float() + 3e-4 * noise).to(torch.bfloat16)
+    if case == "cross-binade":  # sign flips and far jumps: ratios with many significant bits
+        w1 = torch.where(noise > 1.0, -0.7 * w0.float() + 1e-3, w1.float()).to(torch.bfloat16)
+    elif case == "far-jumps":  # most ratios need more than 8 bits: the median's bin is re-read
+        w1 = (-0.3 * w0.float() + 1e-3 * noise).to(torch.bfloat16)
+    elif case == "zeros-subnormal":
+        w0 = w0.clone()
+        w0[:10] = 0.0
+        w0[10:20] = torch.tensor(3e-39).to(torch.bfloat16)  # bf16 subnormal
+        w0[20:30] = torch.tensor(2.0**-120).to(torch.bfloat16)  # half spacing subnormal
+        w1 = (w0.float() + 1e-38 * noise).to(torch.bfloat16)
+        w1[:5] = 0.01  # zero to a real value: ratio beyond float32 -> inf
+    elif case == "nonfinite":
+        w1 = w1.clone()
+        w1[3, 4] = float("inf")
+        w0 = w0.clone()
+        w0[50, 1] = float("nan")
+    elif case == "chunks":  # several chunks, and one with a NaN among them
+        monkeypatch.setattr("opdgeo.metrics.update_size.CHUNK", 1000)
+        w1 = w1.clone()
+        w1[40, 7] = float("nan")
+    got = update_ulp_ratio(_pair(w0, w1))["update_ulp_ratio"]
+    assert got == _reference(w0, w1) or (math.isinf(got) and math.isinf(_reference(w0, w1)))
+    assert math.isfinite(got) or case == "zeros-subnormal"
+
+
+def test_fast_tier_reads_a_strided_sample_of_large_tensors() -> None:
+    from opdgeo.metrics.update_size import SAMPLE, _sample_stride
+
+    assert _sample_stride(896 * 4864, 896) % 2 == 1  # 896 = 2^7 * 7: odd, not a multiple of 7
+    assert _sample_stride(896 * 4864, 896) % 7 != 0
+    g = torch.Generator().manual_seed(3)
+    w0 = (0.02 * torch.randn(1024, 640, generator=g)).to(torch.bfloat16)
+    steps = torch.randint(1, 4, (1024, 640), generator=g).float()
+    w1 = (w0.float() * (1 + steps * 2.0**-7)).to(torch.bfloat16)
+    exact = update_ulp_ratio(TensorPair(w0, w1, Settings(tier="standard")))["update_ulp_ratio"]
+    fast_pair = TensorPair(w0, w1, Settings(tier="fast"))
+    fast_pair.active = "update_ulp_ratio"
+    fast = update_ulp_ratio(fast_pair)["update_ulp_ratio"]
+    assert w0.numel() > 2 * SAMPLE
+    assert fast_pair.metric_methods["update_ulp_ratio"] == {"ulp-sample-1/3"}  # 2 divides 640
+    assert fast == pytest.approx(exact, rel=0.1)
