@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from opdgeo.threads import threads_for
+
 HIDDEN, KV, INTER, VOCAB, LAYERS = 128, 64, 352, 512, 4
 SPIKES = 8
 
@@ -79,9 +81,20 @@ def make_base(seed: int = 0) -> dict[str, torch.Tensor]:
     return out
 
 
-def _off_spikes(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+Svd = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _svd(w: torch.Tensor, svd: Svd | None) -> Svd:
+    """``svd`` when the caller already has ``w``'s thin SVD (one per matrix, not four)."""
+    if svd is not None:
+        return svd
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    return u, s, vh
+
+
+def _off_spikes(w: torch.Tensor, g: torch.Tensor, svd: Svd | None = None) -> torch.Tensor:
     """Project ``g`` off the top-SPIKES left and right singular directions of ``w``."""
-    u, _, vh = torch.linalg.svd(w, full_matrices=False)
+    u, _, vh = _svd(w, svd)
     uk, vk = u[:, :SPIKES], vh[:SPIKES].T
     g = g - uk @ (uk.T @ g)
     out: torch.Tensor = g - (g @ vk) @ vk.T
@@ -93,36 +106,45 @@ def _scaled(g: torch.Tensor, w: torch.Tensor, rel: float) -> torch.Tensor:
     return out
 
 
-def sft_update(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def sft_update(w: torch.Tensor, gen: torch.Generator, svd: Svd | None = None) -> torch.Tensor:
     """Dense and principal: grow the spikes by 8 % and add dense noise (8 % of the entry RMS)."""
-    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    u, s, vh = _svd(w, svd)
     principal = (u[:, :SPIKES] * (0.08 * s[:SPIKES])) @ vh[:SPIKES]
     noise = torch.randn(w.shape, generator=gen, dtype=w.dtype) * 0.08 * w.std()
     out: torch.Tensor = principal + noise
     return out
 
 
-def opd_update(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def opd_update(w: torch.Tensor, gen: torch.Generator, svd: Svd | None = None) -> torch.Tensor:
     """Rank-16, off the spikes, mostly inside the bulk's leading directions; ‖ΔW‖ = 0.3 % ‖W‖."""
     m, n = w.shape
-    u, _, vh = torch.linalg.svd(w, full_matrices=False)
+    svd = _svd(w, svd)
+    u, _, vh = svd
     band = slice(SPIKES, SPIKES + 32)
     inner = (u[:, band] @ torch.randn(32, 16, generator=gen, dtype=w.dtype)) @ (
         vh[band].T @ torch.randn(32, 16, generator=gen, dtype=w.dtype)
     ).T
     a = torch.randn(m, 16, generator=gen, dtype=w.dtype)
     b = torch.randn(n, 16, generator=gen, dtype=w.dtype)
-    outer = _off_spikes(w, a @ b.T)
+    outer = _off_spikes(w, a @ b.T, svd)
     return _scaled(0.8 * inner / inner.norm() + 0.2 * outer / outer.norm(), w, 0.003)
 
 
-def rlvr_update(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def rlvr_update(w: torch.Tensor, gen: torch.Generator, svd: Svd | None = None) -> torch.Tensor:
     """Small, full-rank, off the spikes; ‖ΔW‖ = 0.05 % ‖W‖."""
-    return _scaled(_off_spikes(w, torch.randn(w.shape, generator=gen, dtype=w.dtype)), w, 0.0005)
+    g = torch.randn(w.shape, generator=gen, dtype=w.dtype)
+    return _scaled(_off_spikes(w, g, svd), w, 0.0005)
 
 
 def make_family(seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
-    """Base plus sft/opd/rlvr variants, all as bf16 tensors."""
+    """Base plus sft/opd/rlvr variants, all as bf16 tensors (on one thread: every matrix is
+    small, and an OpenMP team per operation made this 24x slower with another job on the
+    second core: 16.7 s against 0.70 s on this VM)."""
+    with threads_for(0.0):
+        return _make_family(seed)
+
+
+def _make_family(seed: int) -> dict[str, dict[str, torch.Tensor]]:
     base = make_base(seed)
     gen = torch.Generator().manual_seed(seed + 1)
     family: dict[str, dict[str, torch.Tensor]] = {"base": {}, "sft": {}, "opd": {}, "rlvr": {}}
@@ -135,9 +157,10 @@ def make_family(seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
             family["opd"][name] = (w0 + 0.0005 * noise).to(torch.bfloat16)
             family["rlvr"][name] = family["base"][name].clone()
             continue
-        family["sft"][name] = (w0 + sft_update(w0, gen)).to(torch.bfloat16)
-        family["opd"][name] = (w0 + opd_update(w0, gen)).to(torch.bfloat16)
-        family["rlvr"][name] = (w0 + rlvr_update(w0, gen)).to(torch.bfloat16)
+        svd = _svd(w0, None)  # one decomposition serves the three updates
+        family["sft"][name] = (w0 + sft_update(w0, gen, svd)).to(torch.bfloat16)
+        family["opd"][name] = (w0 + opd_update(w0, gen, svd)).to(torch.bfloat16)
+        family["rlvr"][name] = (w0 + rlvr_update(w0, gen, svd)).to(torch.bfloat16)
     return family
 
 
@@ -167,7 +190,11 @@ def write_trajectory(directory: Path, seed: int = 0, steps: int = 4) -> list[Pat
     stored in bf16: a run that stays in one low-rank channel (the locked pattern of OPDG §4).
     The base is ``directory/base``.
     """
-    directory = Path(directory)
+    with threads_for(0.0):  # small matrices: one thread (make_family)
+        return _write_trajectory(Path(directory), seed, steps)
+
+
+def _write_trajectory(directory: Path, seed: int, steps: int) -> list[Path]:
     base = {k: v.to(torch.bfloat16).double() for k, v in make_base(seed).items()}
     gen = torch.Generator().manual_seed(seed + 2)
     updates = {k: opd_update(w, gen) for k, w in base.items() if w.dim() == 2}
