@@ -40,7 +40,9 @@ zoo-sweep: install
 # The zoo's training grid: SFT / RLVR / OPD at four learning rates (1e-6 .. 3e-5), two
 # independent seeds, each with its own base, teacher and SFT anchor; then opdgeo on every run
 # (zoo/grid/features.csv) and the feature exploration (zoo/grid/EXPLORE.md). Checkpoints go to
-# the ignored zoo/runs/grid/ and are reproduced bit for bit; a finished stage is not retrained.
+# the ignored zoo/runs/grid/ (same seeds and settings each time, but not bit for bit: two
+# trainings of seed 0's base on this VM drifted apart after step 100); a finished stage whose
+# settings match is not retrained.
 # Two torch threads; passive OpenMP waiting keeps a shared machine from spinning.
 zoo-grid: install
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m zoo grid --seeds 0 1
