@@ -20,6 +20,7 @@ import pandas as pd
 
 from opdgeo.metrics import Over, Pool, derived, summaries
 from opdgeo.records import ELEMENTWISE, IDENTITY_COLUMNS, TensorRecord, merge_methods, method_text
+from opdgeo.records import clean as clean  # re-exported: reports import it from here
 
 SCHEMA_VERSION = 1
 
@@ -159,12 +160,3 @@ def groups(frame: pd.DataFrame, by: str) -> list[dict[str, Any]]:
         key_value: Any = int(cast(float, key)) if by == "layer" else str(key)
         out.append({"group_by": by, "group": key_value, **{c: pooled[c] for c in columns}})
     return out
-
-
-def clean(value: Any) -> Any:
-    """JSON-safe scalar: numpy types to Python, NaN/inf to None."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -27,11 +27,11 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from opdgeo import engine
 from opdgeo.config import Config, Settings
 from opdgeo.errors import ConfigError, OpdgeoWarning
+from opdgeo.inspection import inspect_document, inspect_frame
 from opdgeo.io import Checkpoint, SourceOptions, open_checkpoint
 from opdgeo.io.experts import split_experts
 from opdgeo.io.peft import open_run
@@ -39,14 +39,6 @@ from opdgeo.io.quant import dequantized
 from opdgeo.pairing import Plan, plan_pairs
 from opdgeo.records import TensorRecord
 from opdgeo.regimes import locking_verdict
-from opdgeo.report import (
-    RunResult,
-    TrajectoryResult,
-    add_relative_order,
-    build_run,
-    inspect_document,
-    inspect_frame,
-)
 from opdgeo.study import (
     RunSpec,
     StateFile,
@@ -55,6 +47,10 @@ from opdgeo.study import (
     parse_step,
     same_checkpoint,
 )
+
+if TYPE_CHECKING:  # imported where used: `inspect` reads headers and never loads torch
+    from opdgeo import engine
+    from opdgeo.report import RunResult, TrajectoryResult
 
 PlanHook = Callable[[Checkpoint, list[Checkpoint], list[Plan]], None]
 """``on_plan(base, runs, plans)``: called once per origin before any tensor is read."""
@@ -195,6 +191,7 @@ def trajectory(
     from pathlib import Path
 
     from opdgeo import locking as traj
+    from opdgeo.report import TrajectoryResult
 
     config, sources = configure(config, sources, **options)
     given = _specs(checkpoints)
@@ -285,6 +282,8 @@ def _execute(
     labelled: bool = True,
 ) -> list[RunResult]:
     """The orchestrator: one :class:`RunResult` per spec, in order (see module docstring)."""
+    from opdgeo import report
+
     groups: dict[str, list[int]] = {}
     for i, spec in enumerate(specs):
         origin = spec.origin or base
@@ -296,13 +295,13 @@ def _execute(
                          state, observer)  # fmt: skip
         built = []
         for i, recs in zip(members, records, strict=True):
-            result = build_run(recs, config)
+            result = report.build_run(recs, config)
             _same_weights(origin, specs[i], result)
             if labelled:
                 result.summary.update(label=specs[i].label, step=specs[i].step)
             results[i] = result
             built.append(result)
-        add_relative_order(built)
+        report.add_relative_order(built)
     return [results[i] for i in range(len(specs))]
 
 
@@ -317,6 +316,8 @@ def _group(
     observer: engine.Observer | None,
 ) -> list[list[TensorRecord]]:
     """Every record of every member run against ``origin`` (resumed ones included)."""
+    from opdgeo import engine
+
     opened: list[Checkpoint] = []
     try:
         base_ckpt = dequantized(open_checkpoint(origin, sources))

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 IDENTITY_COLUMNS = (
     "run",
     "base",
@@ -138,3 +140,12 @@ class TensorRecord:
 
 def _nan(value: object) -> bool:
     return isinstance(value, float) and math.isnan(value)
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe scalar: numpy types to Python, NaN/inf to None."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

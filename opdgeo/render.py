@@ -15,11 +15,11 @@ from rich.table import Table
 from rich.text import Text
 
 from opdgeo.render_fit import Column, print_fitted
-from opdgeo.report import RunResult
 from opdgeo.text import printable
 
 if TYPE_CHECKING:
     from opdgeo.api import Inspection
+    from opdgeo.report import RunResult
 
 REGIME_STYLE = {
     "sft-like": "bold red",

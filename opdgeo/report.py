@@ -1,5 +1,6 @@
 """Results: per-run records become a summary row, a verdict, groups and tables, and the JSON
-documents of ``compare`` / ``batch`` / ``trajectory`` and ``inspect``.
+documents of ``compare`` / ``batch`` / ``trajectory`` (``inspect``'s are in
+:mod:`opdgeo.inspection`, which imports no torch).
 
 Everything here is pure data assembly (no terminal output, no file writes), so the library
 API (:mod:`opdgeo.api`) and the CLI share it.
@@ -18,9 +19,6 @@ from opdgeo import __version__
 from opdgeo.aggregate import SCHEMA_VERSION, clean, frame_of, groups, summarize
 from opdgeo.config import Config
 from opdgeo.experts import expert_summary
-from opdgeo.io import Checkpoint
-from opdgeo.io.experts import describe as describe_experts
-from opdgeo.naming import layer_index, module_type
 from opdgeo.quantized import quantization_verdict
 from opdgeo.records import TensorRecord
 from opdgeo.regimes import Locking, Regime, Verdict, classify, relative_order
@@ -171,52 +169,4 @@ def document(
             }
             for r in runs
         ],
-    }
-
-
-INSPECT_COLUMNS = (
-    "tensor", "dtype", "shape", "numel", "nbytes", "module", "layer", "file", "decoding",
-)  # fmt: skip
-
-
-def inspect_frame(ckpt: Checkpoint) -> pd.DataFrame:
-    """One row per tensor of a checkpoint, in file order, from its headers; ``decoding`` says
-    how a quantized weight, its scales or an adapter's factors are used ("" for plain)."""
-    from opdgeo.io import peft, quant
-
-    notes = {**quant.describe(ckpt), **peft.describe(ckpt)}
-    names = sorted(ckpt.tensors, key=ckpt.file_position)
-    return pd.DataFrame(
-        [
-            {
-                "tensor": n,
-                "dtype": ckpt.tensors[n].dtype,
-                "shape": "x".join(map(str, ckpt.tensors[n].shape)),
-                "numel": ckpt.tensors[n].numel,
-                "nbytes": ckpt.tensors[n].nbytes,
-                "module": module_type(n),
-                "layer": layer_index(n),
-                "file": ckpt.tensors[n].file.name,
-                "decoding": notes.get(n, ""),
-            }
-            for n in names
-        ],
-        columns=list(INSPECT_COLUMNS),
-    )
-
-
-def inspect_document(ckpt: Checkpoint, frame: pd.DataFrame) -> dict[str, Any]:
-    """The JSON document of ``inspect``."""
-    total, cached = ckpt.download_bytes()
-    return {
-        "source": ckpt.label,
-        "n_tensors": len(frame),
-        "n_params": ckpt.n_params,
-        "nbytes": ckpt.nbytes,
-        "dtypes": ckpt.dtypes,
-        "files": [str(f) for f in ckpt.files],
-        "remote_bytes": total,
-        "cached_bytes": cached,
-        "experts": describe_experts(ckpt),
-        "tensors": [{k: clean(v) for k, v in r.items()} for r in frame.to_dict(orient="records")],
     }

@@ -199,12 +199,12 @@ def test_module_entry_point_and_version() -> None:
 def test_main_maps_interrupt_to_130(
     family: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from opdgeo import api, cli
+    from opdgeo import cli, report
 
     def interrupted(*_: object, **__: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(api, "build_run", interrupted)
+    monkeypatch.setattr(report, "build_run", interrupted)
     monkeypatch.setattr(sys, "argv", ["opdgeo", "compare", str(family["base"]), str(family["sft"])])
     with pytest.raises(SystemExit) as exc:
         cli.main()

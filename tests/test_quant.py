@@ -233,9 +233,10 @@ def test_inspect_names_quantization(tmp_path: Path) -> None:
 def test_fp8_half_step_known_answers(fmt: str, value: float, half: float) -> None:
     """Half the spacing of the fp8 grid: e4m3 has 3 mantissa bits (1.0 -> 1.125), e5m2 two
     (1.0 -> 1.25); below the smallest normal (2^-6, 2^-14) the subnormal spacing holds."""
-    from opdgeo.io.quant import FP8_FORMATS, _fp8_half_step
+    from opdgeo.io.dtypes import TORCH_DTYPES
+    from opdgeo.io.quant import _fp8_half_step
 
-    q = torch.tensor([value]).to(FP8_FORMATS[fmt][0])
+    q = torch.tensor([value]).to(TORCH_DTYPES[fmt])
     assert float(_fp8_half_step(q, fmt)[0]) == half
 
 

@@ -65,12 +65,12 @@ def test_refuses_to_overwrite_an_input_file(tmp_path: Path) -> None:
 
 
 def test_interrupt_leaves_no_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from opdgeo import api
+    from opdgeo import report
 
     def interrupted(*_: object, **__: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(api, "build_run", interrupted)
+    monkeypatch.setattr(report, "build_run", interrupted)
     a = write_checkpoint(tmp_path / "a", tiny_model())
     out = tmp_path / "report.csv"
     result = runner.invoke(app, ["compare", str(a), str(a), "-o", str(out)])

@@ -2,6 +2,8 @@
 
 Layers (each imports only the ones above it, so there is no cycle):
 
+* :mod:`opdgeo.io.dtypes` - dtypes by their safetensors names; torch's resolved only when
+  tensors are read, so that reading headers (``inspect``) never imports torch;
 * :mod:`opdgeo.io.checkpoint` - the model every source produces: :class:`TensorInfo`,
   :class:`Checkpoint`, :class:`SourceOptions`, and the shard rules (:func:`merge_shards`);
 * formats - :mod:`opdgeo.io.safetensors` (strict header parser and streaming reader) and

@@ -11,25 +11,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-
-import torch
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opdgeo.errors import SourceError
+from opdgeo.io.dtypes import DTYPE_BYTES as DTYPE_BYTES  # re-exported: the tables live there
+from opdgeo.io.dtypes import FLOAT_DTYPES as FLOAT_DTYPES
+from opdgeo.io.dtypes import QUANTIZED_DTYPES as QUANTIZED_DTYPES
 
-DTYPE_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2,
-    "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "F4": 1,
-    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
-}  # fmt: skip
-"""Bytes per element of every safetensors dtype string (the names every source uses)."""
-FLOAT_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-}
-QUANTIZED_DTYPES = {"F8_E4M3", "F8_E5M2", "F8_E8M0", "F4"}
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from opdgeo.errors import FormatError, SourceError
 from opdgeo.io.checkpoint import Checkpoint, SourceOptions, TensorInfo, TensorSource
@@ -36,6 +34,9 @@ from opdgeo.io.decoded import Decoded, annotate
 from opdgeo.io.quant import dequantized, stored
 from opdgeo.io.safetensors import TensorReader
 from opdgeo.naming import canonical
+
+if TYPE_CHECKING:
+    import torch
 
 CONFIG = "adapter_config.json"
 PREFIX = "base_model.model."
@@ -148,6 +149,8 @@ class Lora:
     method: str = "lora"
 
     def decode(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        import torch  # only when weights are read
+
         a, b = (
             stored(i, t).to(torch.float32) for i, t in zip(self.parts[:2], parts[:2], strict=True)
         )

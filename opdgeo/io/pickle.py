@@ -13,9 +13,7 @@ from __future__ import annotations
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from opdgeo.errors import FormatError, SourceError
 from opdgeo.io.checkpoint import (
@@ -25,18 +23,15 @@ from opdgeo.io.checkpoint import (
     check_weight_map,
     merge_shards,
 )
+from opdgeo.io.dtypes import safetensors_name
 from opdgeo.parsing import json_loads, read_regular
+
+if TYPE_CHECKING:
+    import torch
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 OPT_IN = "--allow-pickle"
-
-_DTYPE_NAMES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
-    torch.uint8: "U8", torch.bool: "BOOL",
-    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
-}  # fmt: skip
 
 
 def refusal(path: Path | str) -> SourceError:
@@ -50,6 +45,8 @@ def refusal(path: Path | str) -> SourceError:
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load one pickle file as a flat ``{name: tensor}`` dict, safely (see module docstring)."""
+    import torch  # only when pickle weights are read
+
     try:
         if not zipfile.is_zipfile(path):
             raise FormatError(
@@ -78,7 +75,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def tensor_info(name: str, tensor: torch.Tensor, path: Path) -> TensorInfo:
     """A TensorInfo describing an in-memory (mmap) tensor; offsets are not used for reading."""
-    dtype = _DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype).removeprefix("torch."))
+    dtype = safetensors_name(tensor.dtype)
     nbytes = tensor.numel() * tensor.element_size()
     return TensorInfo(name, dtype, tuple(tensor.shape), path, 0, nbytes)
 

@@ -34,20 +34,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from opdgeo.errors import FormatError
-from opdgeo.io.checkpoint import FLOAT_DTYPES, Checkpoint, TensorInfo
+from opdgeo.io.checkpoint import Checkpoint, TensorInfo
 from opdgeo.io.decoded import Decoded, annotate
+from opdgeo.io.dtypes import FLOAT_DTYPES, TORCH_DTYPES
 
-FP8_FORMATS = {
-    "F8_E4M3": (torch.float8_e4m3fn, 3, -6, "e4m3"),
-    "F8_E5M2": (torch.float8_e5m2, 2, -14, "e5m2"),
-}
-"""safetensors dtype -> (torch dtype, mantissa bits, smallest normal exponent, name)."""
-_STORED = {"U8": torch.uint8, "I8": torch.int8, "I32": torch.int32, **FLOAT_DTYPES}
+if TYPE_CHECKING:
+    import torch
+
+FP8_FORMATS = {"F8_E4M3": (3, -6, "e4m3"), "F8_E5M2": (2, -14, "e5m2")}
+"""safetensors dtype -> (mantissa bits, smallest normal exponent, name); the torch dtype is
+:data:`~opdgeo.io.dtypes.TORCH_DTYPES`'s."""
 FP4_VALUES = (
     0.0,
     0.5,
@@ -97,8 +96,7 @@ def stored(info: TensorInfo, raw: torch.Tensor) -> torch.Tensor:
     own dtype and shape."""
     if info.dtype in FLOAT_DTYPES:
         return raw
-    dtype = FP8_FORMATS[info.dtype][0] if info.dtype in FP8_FORMATS else _STORED[info.dtype]
-    return raw.view(dtype).reshape(info.shape)
+    return raw.view(TORCH_DTYPES[info.dtype]).reshape(info.shape)
 
 
 def _expand(scale: torch.Tensor, block: tuple[int, int], shape: tuple[int, ...]) -> torch.Tensor:
@@ -114,7 +112,9 @@ def _expand(scale: torch.Tensor, block: tuple[int, int], shape: tuple[int, ...])
 
 def _fp8_half_step(q: torch.Tensor, fmt: str) -> torch.Tensor:
     """Half the spacing of the fp8 grid at each stored value (at scale 1)."""
-    _, mantissa, emin, _ = FP8_FORMATS[fmt]
+    import torch  # as every decoder: only when weights are read
+
+    mantissa, emin, _ = FP8_FORMATS[fmt]
     exponent = torch.floor(torch.log2(q.float().abs())).clamp(min=emin)
     return torch.exp2(exponent - mantissa - 1)
 
@@ -129,6 +129,8 @@ class ScaledGrid:
     block: tuple[int, int]
 
     def decode(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        import torch
+
         weight = stored(self.parts[0], parts[0])
         scale = stored(self.parts[1], parts[1]) if len(parts) > 1 else torch.ones(1)
         shape = self.parts[0].shape
@@ -158,6 +160,8 @@ class Mxfp4:
     method: str = "mxfp4"
 
     def decode(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        import torch
+
         blocks, scales = (stored(i, t) for i, t in zip(self.parts, parts, strict=True))
         lut = torch.tensor(FP4_VALUES, dtype=torch.float32)
         out = _mx_layout(_mx_values(blocks, scales, lut))
@@ -173,6 +177,8 @@ class Mxfp4:
 def _mx_values(blocks: torch.Tensor, scales: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """``table[code] · 2^(scale − 127)`` per entry, [..., G, 32]: the low nibble of each byte
     is the even entry, the high nibble the odd one (convert_moe_packed_tensors)."""
+    import torch
+
     values = torch.empty(*blocks.shape[:-1], 32, dtype=torch.float32)
     values[..., 0::2] = table[(blocks & 0x0F).long()]
     values[..., 1::2] = table[(blocks >> 4).long()]
@@ -288,7 +294,7 @@ def find(ckpt: Checkpoint) -> Found:
             # (transformers Fp8Dequantize._scale_pattern_for)
             stem, sep = (name[:-7], ".weight_") if name.endswith(".weight") else (name, "_")
             scale = tensors.get(stem + sep + "scale_inv") or tensors.get(stem + sep + "scale")
-            fmt = FP8_FORMATS[info.dtype][3] if info.dtype in FP8_FORMATS else "int8"
+            fmt = FP8_FORMATS[info.dtype][2] if info.dtype in FP8_FORMATS else "int8"
             if scale is None:
                 if info.dtype == "I8":
                     continue  # an int8 weight without a known scale: skipped as non-float

@@ -16,12 +16,16 @@ import io
 import math
 import struct
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from opdgeo.errors import FormatError, MemoryLimitError, SourceError
-from opdgeo.io.checkpoint import DTYPE_BYTES, FLOAT_DTYPES, TensorInfo
+from opdgeo.io.checkpoint import TensorInfo
+from opdgeo.io.dtypes import DTYPE_BYTES as DTYPE_BYTES  # re-exported (tests, older imports)
+from opdgeo.io.dtypes import FLOAT_DTYPES
 from opdgeo.parsing import json_loads
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_HEADER_BYTES = 100_000_000
 """Refuse headers above 100 MB (huggingface_hub refuses above 25 MB; real ones are < 1 MB)."""
@@ -166,6 +170,8 @@ def _allocate(path: Path, info: TensorInfo, nbytes: int, pin: bool) -> torch.Ten
             f"{path}: tensor {info.name!r} needs {nbytes / 2**30:.1f} GiB but only "
             f"{free / 2**30:.1f} GiB of memory is available (free memory, or raise ulimit -v)"
         )
+    import torch  # here, not at import: reading headers needs no torch
+
     try:
         return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
     except (MemoryError, RuntimeError) as exc:
