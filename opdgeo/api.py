@@ -157,18 +157,27 @@ def batch(
     from pathlib import Path
 
     specs = discover(Path(runs)) if isinstance(runs, str) else list(runs)
-    if base is not None:
-        for spec in [s for s in specs if s.origin is None and same_checkpoint(s.path, base)]:
-            warnings.warn(f"batch: skipping {spec.label}: it is the base {base} itself",
-                          OpdgeoWarning, stacklevel=2)  # fmt: skip
-            specs.remove(spec)
-        if not specs:
-            raise ConfigError(f"no run to compare: the only checkpoint found is the base {base}")
+    specs = without_base(base, specs)
     if len({r.label for r in specs}) != len(specs):
         raise ConfigError("run labels must be unique")
     if base is None and any(r.origin is None for r in specs):
         raise ConfigError("give a base, or an origin for every run")
     return _execute(base, specs, config, sources, on_plan, track, state=state)
+
+
+def without_base(base: str | None, specs: Sequence[RunSpec]) -> list[RunSpec]:
+    """``specs`` less the runs that are ``base`` itself (a base inside the runs folder),
+    each skipped with a warning; :func:`batch` applies it, and the CLI before it counts."""
+    kept = list(specs)
+    if base is None:
+        return kept
+    for spec in [s for s in kept if s.origin is None and same_checkpoint(s.path, base)]:
+        warnings.warn(f"batch: skipping {spec.label}: it is the base {base} itself",
+                      OpdgeoWarning, stacklevel=3)  # fmt: skip
+        kept.remove(spec)
+    if not kept:
+        raise ConfigError(f"no run to compare: the only checkpoint found is the base {base}")
+    return kept
 
 
 def trajectory(

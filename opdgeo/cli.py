@@ -148,6 +148,7 @@ def batch(
             base_spec, runs = base, studies.discover(directory)
         inputs = [base_spec, *(r.path for r in runs), *(r.origin for r in runs if r.origin)]
         _start(out, inputs)
+        runs = api.without_base(base_spec, runs)  # counted below; after _start (-q hides it)
         output = out.output
         state_path = state or (output.with_name(output.name + ".state.jsonl") if output else None)
         if state_path is not None:

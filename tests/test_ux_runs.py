@@ -44,6 +44,10 @@ def test_batch_skips_the_base_and_keeps_runs_together(root: Path) -> None:
     labels = list(pd.read_csv(io.StringIO(out))["label"])
     assert labels == ["opd/checkpoint-50", "sft/checkpoint-20", "sft/checkpoint-100"]
     assert f"warning: batch: skipping base: it is the base {base} itself" in err.splitlines()
+    assert f"batch: 3 run(s) against {base}" in err.splitlines()  # counted after the skip
+    assert err.count("skipping base") == 1
+    code, quiet_out, err = invoke("batch", str(base), str(root / "runs"), *FAST, "-q")
+    assert (code, quiet_out, err) == (0, out, "")  # -q hides the skip too
 
 
 def test_trajectory_follows_parsed_steps(root: Path) -> None:
