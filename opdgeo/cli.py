@@ -136,7 +136,7 @@ def batch(
     """Compare every checkpoint in DIRECTORY (or a --study file) against BASE, in one pass."""
     from opdgeo import api, console
     from opdgeo import study as studies
-    from opdgeo.outputs import check_output_path
+    from opdgeo.outputs import check_folder, check_output_path
 
     with user_errors():
         cfg = analysis.load()
@@ -153,6 +153,7 @@ def batch(
         state_path = state or (output.with_name(output.name + ".state.jsonl") if output else None)
         if state_path is not None:
             check_output_path(state_path, inputs)
+            check_folder(state_path)
         if resume and state_path is None:
             raise ConfigError("--resume needs --state PATH (or -o, whose state file it uses)")
         with console.resumable(state_path, resume, cfg.settings, inputs) as log:
@@ -268,6 +269,8 @@ def lineage(
 
     MODE.quiet = quiet
     with user_errors():
+        fmt = options.report_format(fmt, output, html=False)
+        options.csv_only("--matrix", matrix)
         specs = list(checkpoints)
         only = Path(specs[0])
         if len(specs) == 1 and only.is_dir() and not studies.is_checkpoint_dir(only):

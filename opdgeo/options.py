@@ -55,6 +55,37 @@ class Scope(StrEnum):
 SUFFIX_FORMATS = {".csv": Format.csv, ".json": Format.json, ".txt": Format.table,
                   ".table": Format.table}  # fmt: skip
 """The report format an ``-o`` suffix implies."""
+NO_WRITER = {".md": "Markdown", ".markdown": "Markdown", ".html": "HTML", ".htm": "HTML"}
+"""Report suffixes of formats opdgeo does not write: refused, not silently filled with CSV."""
+
+
+def report_format(fmt: Format | None, output: Path | None, html: bool = True) -> Format | None:
+    """The format of the report written to ``output``: the one its suffix implies. A
+    ``--format`` contradicting the suffix, or (without ``--format``) the suffix of a format
+    opdgeo does not write, is a usage error."""
+    suffix = output.suffix.lower() if output is not None else ""
+    implied = SUFFIX_FORMATS.get(suffix)
+    if implied is not None and fmt is not None and fmt is not implied:
+        raise ConfigError(
+            f"--format {fmt.value} contradicts -o {output} (a {suffix} file); "
+            "drop one of them or change the suffix"
+        )
+    if fmt is None and suffix in NO_WRITER:
+        hint = (
+            "; --html PATH writes the HTML report" if html and suffix in (".html", ".htm") else ""
+        )
+        raise ConfigError(
+            f"-o {output}: opdgeo writes no {NO_WRITER[suffix]} report (name it .csv, .json or "
+            f".txt, or choose with --format){hint}"
+        )
+    return fmt or implied
+
+
+def csv_only(flag: str, path: Path | None) -> None:
+    """Refuse a CSV-only output (``--per-tensor``) whose suffix names another format."""
+    suffix = path.suffix.lower() if path is not None else ""
+    if suffix != ".csv" and (suffix in SUFFIX_FORMATS or suffix in NO_WRITER):
+        raise ConfigError(f"{flag} {path} writes CSV, not {suffix}: name it .csv")
 
 
 # -- option groups (declared once, spread into each command by @grouped) --------------------
@@ -173,18 +204,15 @@ class Outputs:
 
     def settle(self) -> None:
         """Before any work: ``-o -`` means stdout; the format follows ``-o``'s suffix
-        (``.csv``, ``.json``, ``.txt``/``.table``), and an explicit ``--format`` that
-        contradicts it is a usage error; at most one output goes to stdout."""
+        (:func:`report_format`); CSV outputs must not be named otherwise; at most one output
+        goes to stdout, and never the figures."""
         if self.output is not None and str(self.output) == STDOUT:
             self.output = None
-        suffix = self.output.suffix.lower() if self.output is not None else ""
-        implied = SUFFIX_FORMATS.get(suffix)
-        if implied is not None and self.fmt is not None and self.fmt is not implied:
-            raise ConfigError(
-                f"--format {self.fmt.value} contradicts -o {self.output} (a {suffix} file); "
-                "drop one of them or change the suffix"
-            )
-        self.fmt = self.fmt or implied
+        self.fmt = report_format(self.fmt, self.output)
+        csv_only("--per-tensor", self.per_tensor)
+        csv_only("--per-group", self.per_group)
+        if self.plot is not None and str(self.plot) == STDOUT:
+            raise ConfigError("--plot takes a folder for the figure files, not - (stdout)")
         to_stdout = [name for name, path in (("--per-tensor", self.per_tensor),
                      ("--per-group", self.per_group), ("--html", self.html))
                      if path is not None and str(path) == STDOUT]  # fmt: skip

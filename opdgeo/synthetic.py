@@ -22,7 +22,9 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
+
+from opdgeo.outputs import write_output
 
 from opdgeo.threads import threads_for
 
@@ -164,6 +166,12 @@ def _make_family(seed: int) -> dict[str, dict[str, torch.Tensor]]:
     return family
 
 
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """One safetensors file through :func:`opdgeo.outputs.write_output` (atomic, mode
+    ``0666 & ~umask``; safetensors' ``save_file`` leaves 0600)."""
+    write_output(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta))
+
+
 def write_family(directory: Path, seed: int = 0) -> dict[str, Path]:
     """Write ``base/``, ``sft/``, ``opd/``, ``rlvr/`` checkpoint directories under ``directory``."""
     directory = Path(directory)
@@ -171,13 +179,11 @@ def write_family(directory: Path, seed: int = 0) -> dict[str, Path]:
     for label, tensors in make_family(seed).items():
         folder = directory / label
         folder.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {k: v.contiguous() for k, v in tensors.items()},
-            str(folder / "model.safetensors"),
-            metadata={"format": "pt", "opdgeo_synthetic": label},
+        write_safetensors(
+            folder / "model.safetensors", tensors, {"format": "pt", "opdgeo_synthetic": label}
         )
-        (folder / "config.json").write_text(
-            '{"model_type": "qwen2", "tie_word_embeddings": false}\n'
+        write_output(
+            folder / "config.json", '{"model_type": "qwen2", "tie_word_embeddings": false}\n'
         )
         paths[label] = folder
     return paths
@@ -210,6 +216,6 @@ def _write_trajectory(directory: Path, seed: int, steps: int) -> list[Path]:
         folder = directory / name
         folder.mkdir(parents=True, exist_ok=True)
         stored = {k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()}
-        save_file(stored, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        write_safetensors(folder / "model.safetensors", stored, {"format": "pt"})
         folders.append(folder)
     return folders
