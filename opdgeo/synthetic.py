@@ -25,7 +25,6 @@ import torch
 from safetensors.torch import save
 
 from opdgeo.outputs import write_output
-
 from opdgeo.threads import threads_for
 
 HIDDEN, KV, INTER, VOCAB, LAYERS = 128, 64, 352, 512, 4
