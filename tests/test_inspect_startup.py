@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tiny_model, write_checkpoint
-from tests.hubserver import SHA_A
+from tests.hubserver import SHA_A, FakeHub, repo_from_dir
 from tests.test_hub import build_cache
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,6 +105,31 @@ def test_inspect_hub_id_offline_imports_no_torch(
     doc = json.loads(result["stdout"])
     assert doc["source"] == f"org/base@{SHA_A}"
     assert doc["n_tensors"] == len(tiny_model(seed=3, layers=2))
+
+
+def test_inspect_hub_id_online_imports_no_torch(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    """A Hub id read from the (fake, local) Hub by range requests: headers only, no torch,
+    no weights downloaded."""
+    server = FakeHub()
+    server.repos = {"org/base": repo_from_dir(checkpoints["sharded"], sha=SHA_A)}
+    server.start()
+    try:
+        env = {
+            "HF_HUB_CACHE": str(tmp_path / "hf"),
+            "HF_HUB_OFFLINE": "0",
+            "HF_TOKEN_PATH": str(tmp_path / "no-token"),
+            "HF_ENDPOINT": server.url,
+        }
+        (result,) = run_cli([["inspect", "org/base", "-f", "json"]], env)
+        downloads = server.downloads()
+    finally:
+        server.stop()
+    assert result["code"] == 0, result
+    assert not result["torch"]
+    assert json.loads(result["stdout"])["source"] == f"org/base@{SHA_A}"
+    assert downloads and all(r.range for r in downloads), "a whole shard was downloaded"
 
 
 def test_the_harness_sees_torch_when_a_command_reads_weights(
