@@ -293,14 +293,20 @@ LABELS = Annotated[
 
 
 def labels(values: list[str], tuned: list[str]) -> dict[str, str]:
-    """``--label NAME=PATH`` values as {PATH: NAME}; PATH must be one of ``tuned``."""
+    """``--label NAME=PATH`` values as {PATH: NAME}; PATH must be one of ``tuned``, as given
+    or as another spelling of the same local path (``./runs/a`` for ``runs/a/``)."""
+    from opdgeo.study import same_checkpoint
+
     out: dict[str, str] = {}
     for value in values:
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path:
+        name, sep, given = value.partition("=")
+        if not sep or not name or not given:
             raise ConfigError(f"--label {value!r}: expected NAME=PATH")
-        if path not in tuned:
-            raise ConfigError(f"--label {value!r}: {path} is not one of the TUNED checkpoints")
+        path = given if given in tuned else next(
+            (t for t in tuned if same_checkpoint(t, given)), None
+        )  # fmt: skip
+        if path is None:
+            raise ConfigError(f"--label {value!r}: {given} is not one of the TUNED checkpoints")
         if path in out or name in out.values():
             raise ConfigError(f"--label {value!r}: that checkpoint or name is labelled twice")
         out[path] = name

@@ -240,3 +240,28 @@ def test_trajectory_refuses_a_repeated_step(ckpts: dict[str, Path], tmp_path: Pa
     result = runner.invoke(app, args)
     assert result.exit_code == EXIT_USAGE, result.stderr
     assert "repeat a step number" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+# -- --label ---------------------------------------------------------------------------------
+
+
+def test_label_errors_and_another_spelling_of_the_path(
+    ckpts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ckpts["tuned"].parent)
+    args = ["compare", str(ckpts["base"]), "tuned", *FAST, "-f", "csv"]
+    result = runner.invoke(app, [*args, "--label", "mine=./tuned/"])  # the same folder
+    assert result.exit_code == 0, result.stderr
+    frame = pd.read_csv(io.StringIO(result.stdout))
+    assert list(frame["label"]) == ["mine"] and list(frame["run"]) == ["tuned"]
+    for value, why in [
+        ("tuned", "expected NAME=PATH"),
+        ("=tuned", "expected NAME=PATH"),
+        ("mine=", "expected NAME=PATH"),
+        ("mine=base", "base is not one of the TUNED checkpoints"),
+    ]:
+        result = runner.invoke(app, [*args, "--label", value])
+        assert result.exit_code == EXIT_USAGE and why in result.stderr, (value, result.stderr)
+        assert len(result.stderr.splitlines()) == 1
+    result = runner.invoke(app, [*args, "--label", "a=tuned", "--label", "b=./tuned"])
+    assert result.exit_code == EXIT_USAGE and "labelled twice" in result.stderr
