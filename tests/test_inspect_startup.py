@@ -140,3 +140,18 @@ def test_the_harness_sees_torch_when_a_command_reads_weights(
     (result,) = run_cli([["compare", sharded, sharded, "-q", "-f", "csv", "--tier", "scan"]])
     assert result["code"] == 0, result
     assert result["torch"]
+
+
+def test_dtype_tables_resolve_torch_dtypes_by_safetensors_name() -> None:
+    import torch
+
+    from opdgeo.io.dtypes import DTYPE_BYTES, FLOAT_DTYPES, TORCH_DTYPES, safetensors_name
+
+    assert set(FLOAT_DTYPES) == {"F64", "F32", "F16", "BF16"}
+    assert FLOAT_DTYPES["BF16"] is torch.bfloat16 and FLOAT_DTYPES.get("I8") is None
+    assert TORCH_DTYPES["F8_E4M3"] is torch.float8_e4m3fn and TORCH_DTYPES["U8"] is torch.uint8
+    assert "F4" not in TORCH_DTYPES and "F4" in DTYPE_BYTES  # no torch dtype holds packed e2m1
+    for name, dtype in TORCH_DTYPES.items():
+        assert safetensors_name(dtype) == name
+        assert torch.empty(0, dtype=dtype).element_size() == DTYPE_BYTES[name]
+    assert safetensors_name(torch.complex64) == "complex64"
