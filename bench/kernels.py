@@ -535,12 +535,12 @@ def bench_threads(rep: Report, repeats: int) -> None:
 
 
 def bench_demo(rep: Report, repeats: int) -> None:
-    from opdgeo.report import compare_checkpoints
+    from opdgeo.api import compare_checkpoints
     from opdgeo.synthetic import write_family
 
     section(rep, "demo: the demo family's analysis (base vs sft, opd, rlvr; standard tier)")
     rep.add(
-        "`opdgeo.report.compare_checkpoints` on the demo family (4 layers, hidden 128, inter "
+        "`opdgeo.api.compare_checkpoints` on the demo family (4 layers, hidden 128, inter "
         "352, vocab 512; base + 3 tuned), base cache off, after imports, in this process. "
         "Variants: today's kernels (full eigh; kthvalue / bf16-histogram thresholds) on 2 "
         "threads (the default on this VM) and on 1 thread; "
