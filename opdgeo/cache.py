@@ -56,14 +56,15 @@ from opdgeo.errors import OpdgeoError, OpdgeoWarning
 from opdgeo.io import Checkpoint
 from opdgeo.linalg import Spectrum, project_left, spectrum_from_vectors
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 """Bump when the stored layout or the numerics of a stored value change (2: checksums; 3: the
-Gram route's top-k eigensolver, ``gram-mrrr-f64``)."""
+Gram route's top-k eigensolver, ``gram-mrrr-f64``; 4: its tridiagonal solved by divide and
+conquer, ``gram-dc-f64``)."""
 _TENSORS = frozenset({"s", "small", "other"})
 _REL_TOL = 1e-6
 
 
-METHODS = {"gram": ("gram-mrrr-f64", "gram-eigh-f64"), "svd": ("svd-f64",)}
+METHODS = {"gram": ("gram-dc-f64", "gram-eigh-f64"), "svd": ("svd-f64",)}
 """The decomposition method labels each ``Settings.spectral_method`` produces (the Gram route
 says ``gram-eigh-f64`` where the full ``eigh`` did the work: Grams of order < 224)."""
 

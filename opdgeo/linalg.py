@@ -97,20 +97,21 @@ def spectrum(w: torch.Tensor, k: int, method: str = "gram") -> Spectrum:
 
     ``gram`` (the standard tier): for m <= n, ``G = W Wᵀ`` (float64), all eigenvalues of G but
     only its top-k eigenvectors (:func:`opdgeo.linalg_eig.eigh_top`: one tridiagonal
-    reduction, ``dsterf``, MRRR for k vectors, Rayleigh-Ritz, back-transformation of k
-    vectors; method ``gram-mrrr-f64``, or ``gram-eigh-f64`` where the full ``eigh`` did the
+    reduction, divide and conquer on the tridiagonal, back-transformation of k vectors;
+    method ``gram-dc-f64``, or ``gram-eigh-f64`` where the full ``eigh`` did the
     work: Grams of order < 224, GPU tensors), and ``V_k = Wᵀ U_k diag(1/s_k)``; the transposed
     route when m > n. 2-4x faster than the full ``eigh`` at k = min(m, n)/8 with the same
     accuracy (bench/KERNELS.md). Cost ≈ 2·min²·max flops + 4/3·min³. Relative error of the
     top-k values ≈ 1e-12; tail values lose accuracy as cond(W)² grows, which NSS (dominated
-    by the largest values) tolerates. ``gram-mrrr`` is the same route.
+    by the largest values) tolerates. ``gram-dc`` (and the older name ``gram-mrrr``) is the
+    same route.
     ``gram-eigh``: the same Gram matrix with ``torch.linalg.eigh`` (all n eigenvectors); the
     route before the top-k solver, kept as a reference (``gram-eigh-f64``).
     ``svd``: ``torch.linalg.svd`` of the float64 matrix.
     """
     m, n = w.shape
     k = max(0, min(k, m, n))
-    if method not in ("gram", "gram-mrrr", "gram-eigh", "svd"):
+    if method not in ("gram", "gram-dc", "gram-mrrr", "gram-eigh", "svd"):
         raise ValueError(f"unknown spectral method {method!r}")
     if method == "svd":
         u, s, vh = torch.linalg.svd(w.to(torch.float64), full_matrices=False)

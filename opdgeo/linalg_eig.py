@@ -5,21 +5,22 @@ uses the whole singular spectrum) but only the top-k eigenvectors (k ≤ 512, by
 min(m, n)/8). ``torch.linalg.eigh`` (LAPACK ``syevd``) computes all n vectors: after the
 tridiagonal reduction (4/3·n³ flops) come divide and conquer on the tridiagonal and the
 back-transformation of n vectors (another ≈ 2·n³ + O(n³)). :func:`eigh_top` reduces once and
-then does only what is used, with LAPACK routines through scipy:
+then back-transforms only the vectors that are used, with LAPACK routines through scipy:
 
 1. ``dsytrd``: ``G = Q T Qᵀ``, T tridiagonal, Q as n−1 Householder reflectors (blocked);
-2. ``dsterf``: all eigenvalues of T (Pal-Walker-Kahan QR without vectors, O(n²)); these are
-   the eigenvalues ``syevd`` returns for ``jobz='N'``, backward stable like ``eigh``'s;
-3. ``dstemr`` (MRRR, Dhillon-Parlett) with an index range: the k largest eigenpairs of T,
-   O(n·k); vectors orthogonal to O(n·eps) (the same guarantee as ``syevr``), then a
-   Rayleigh-Ritz step on T in their span (:func:`_rayleigh_ritz`, O(n·k²)) so they are
-   orthonormal to machine precision and individually as accurate as ``eigh``'s;
-4. ``ormqr`` (torch/MKL, blocked): ``X = Q Z`` applied to the k vectors only, 2·n²·k flops.
+2. ``dstevd``: every eigenpair of T by divide and conquer (``dstedc``, the solver ``syevd``
+   itself runs on T, so values and vectors are ``eigh``'s to rounding), O(n²)–O(n³) with
+   deflation but far below the reduction in practice (n = 896: 79 ms against 112 ms for
+   ``dsytrd`` on one thread);
+3. ``ormqr`` (torch/MKL, blocked): ``X = Q Z`` applied to the top k vectors only, 2·n²·k flops
+   instead of ``syevd``'s 2·n³.
 
-Total ≈ 4/3·n³ + 2·n²·k + O(n·k²) instead of ≈ 4·n³: 2-4x faster at k = n/8
-(bench/KERNELS.md).
-Should ``dsterf`` or ``dstemr`` report a failure (info ≠ 0; it has never happened in the
-tests) the tridiagonal matrix is solved by ``torch.linalg.eigh`` instead (method ``eigh``).
+Total ≈ 4/3·n³ + 2·n²·k + (the tridiagonal solve) instead of ≈ 4·n³. An earlier version
+solved T by ``dsterf`` + MRRR (``dstemr``, k vectors) + a Rayleigh-Ritz step: as fast, but
+its angles were up to 5x less accurate against the float64 SVD inside the Marchenko-Pastur
+bulk (1.2e-10 against 2.4e-11 relative; bench/RESULTS.md table D), so it was replaced.
+Should ``dstevd`` report a failure (info ≠ 0; it has never happened in the tests) the
+tridiagonal matrix is solved by ``torch.linalg.eigh`` instead (method ``eigh``).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ import torch
 
 from opdgeo.threads import EIGH_PARALLEL_FLOPS, threads_for
 
-METHOD = "mrrr"
-"""The method label of the selective route (``dsytrd`` + ``dsterf`` + ``dstemr`` + ``ormqr``)."""
+METHOD = "dc"
+"""The method label of the selective route (``dsytrd`` + ``dstevd`` + ``ormqr`` of k vectors)."""
 SMALL_N = 224
 """Below this order the full ``torch.linalg.eigh`` is faster (fixed costs of the four LAPACK
 calls): on one thread 0.27 vs 0.47 ms at n = 64, 3.7 vs 4.0 ms at 192, 5.4 vs 5.2 ms at 224,
@@ -98,52 +99,19 @@ def _eigh_top_cpu(g: torch.Tensor, k: int, overwrite: bool) -> TopEigen:
     if info != 0:  # pragma: no cover - only for invalid arguments
         raise RuntimeError(f"dsytrd failed (info={info})")
     method = METHOD
-    values, info = lapack.dsterf(diag, off)
-    z: np.ndarray | None = None
-    if info == 0 and k > 0:
-        off_n = np.append(off, 0.0)  # dstemr wants an n-long off-diagonal (last: workspace)
-        il, iu = n - k + 1, n  # 1-based indices of the k largest eigenvalues, ascending
-        work, iwork, _ = lapack.dstemr_lwork(diag, off_n, 2, 0.0, 0.0, il, iu)
-        got, _, z, info = lapack.dstemr(
-            diag, off_n, 2, 0.0, 0.0, il, iu, lwork=int(work), liwork=int(iwork)
-        )
-        if got != k:  # pragma: no cover - MRRR failure
-            info = -1
-    if info != 0:  # pragma: no cover - QR or MRRR failed: eigh of the tridiagonal itself
+    values, z, info = lapack.dstevd(diag, off, compute_v=1)  # ascending
+    if info != 0:  # pragma: no cover - divide and conquer failed: eigh of T itself
         t = torch.diag(torch.from_numpy(diag)) + torch.diag(torch.from_numpy(off), -1)
         t_values, t_vectors = torch.linalg.eigh(t)
-        values, z = t_values.numpy(), t_vectors[:, n - k :].numpy()
+        values, z = t_values.numpy(), t_vectors.numpy()
         method = FALLBACK
     top = torch.from_numpy(values[::-1].copy())
-    if k == 0 or z is None:
+    if k == 0:
         return TopEigen(top, torch.zeros(n, 0, dtype=torch.float64), method)
-    # descending: the last of the ascending columns first
-    zt = _rayleigh_ritz(diag, off, torch.from_numpy(z[:, k - 1 :: -1].copy()))
+    zt = torch.from_numpy(z[:, n - k :][:, ::-1].copy())  # the k largest, descending
     # Q = diag(1, Q'), Q' the QR-style product of the reflectors stored below the first
     # sub-diagonal of the lower triangle (LAPACK dormtr with uplo='L' does the same).
     reflectors = torch.from_numpy(refl)
     rest = torch.ormqr(reflectors[1:, : n - 1], torch.from_numpy(tau), zt[1:], True, False)
     return TopEigen(top, torch.cat([zt[:1], rest], 0), method)
 
-
-def _rayleigh_ritz(diag: np.ndarray, off: np.ndarray, z: torch.Tensor) -> torch.Tensor:
-    """Rayleigh-Ritz on span(z) for the tridiagonal T (diagonal ``diag``, off-diagonal
-    ``off``): ``Q = qr(z)``, ``H = Qᵀ T Q`` (k x k), ``Q · eigvecs(H)``, descending.
-
-    MRRR's vectors are accurate as a subspace but, inside clusters of close eigenvalues,
-    individually mixed and orthogonal only to O(n·eps) (3e-13 at n = 1536); the right
-    singular vectors ``Wᵀ u_i / s_i`` inherit that. The Ritz vectors are orthonormal to
-    machine precision and the best individual vectors in the span; this brought the
-    principal-energy errors against the float64 SVD back to the full ``eigh``'s level
-    (bench/KERNELS.md). It works on T, so it costs O(n·k²) and never needs G itself.
-    """
-    q, _ = torch.linalg.qr(z)
-    d = torch.from_numpy(diag)
-    e = torch.from_numpy(off)
-    tq = d[:, None] * q
-    tq[:-1] += e[:, None] * q[1:]
-    tq[1:] += e[:, None] * q[:-1]
-    h = q.T @ tq
-    _, y = torch.linalg.eigh((h + h.T) / 2)
-    ritz: torch.Tensor = q @ y.flip(1)
-    return ritz

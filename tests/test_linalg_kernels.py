@@ -17,7 +17,7 @@ from opdgeo.threads import SMALL_OP_FLOPS, threads_for, threads_wanted
 
 
 @pytest.fixture(autouse=True)
-def mrrr_at_every_size(monkeypatch: pytest.MonkeyPatch) -> None:
+def selective_at_every_size(monkeypatch: pytest.MonkeyPatch) -> None:
     """Small matrices normally take the full eigh (SMALL_N); test the MRRR route at all n."""
     monkeypatch.setattr(linalg_eig, "SMALL_N", 0)
 
@@ -124,10 +124,10 @@ def test_eigh_flops() -> None:
 
 
 @pytest.mark.parametrize("shape", [(24, 40), (40, 24), (32, 32), (7, 300)])
-def test_spectrum_gram_mrrr_matches_svd_and_gram(shape: tuple[int, int]) -> None:
+def test_spectrum_gram_dc_matches_svd_and_gram(shape: tuple[int, int]) -> None:
     w = torch.randn(*shape, generator=_gen(11), dtype=torch.float64)
     k = min(shape) // 4 + 1
-    fast = spectrum(w, k, "gram-mrrr")
+    fast = spectrum(w, k, "gram-dc")
     full = spectrum(w, k, "gram")
     exact = spectrum(w, k, "svd")
     assert fast.method == f"gram-{METHOD}-f64"
@@ -144,12 +144,12 @@ def test_spectrum_gram_mrrr_matches_svd_and_gram(shape: tuple[int, int]) -> None
     torch.testing.assert_close(w @ fast.v, fast.u * fast.s[:k], rtol=0, atol=1e-11)
 
 
-def test_spectrum_gram_mrrr_rank_deficient() -> None:
+def test_spectrum_gram_dc_rank_deficient() -> None:
     g = _gen(12)
     w = torch.randn(12, 3, generator=g, dtype=torch.float64) @ torch.randn(
         3, 20, generator=g, dtype=torch.float64
     )
-    sp = spectrum(w, 8, "gram-mrrr")
+    sp = spectrum(w, 8, "gram-dc")
     eye = torch.eye(8, dtype=torch.float64)
     torch.testing.assert_close(sp.v.T @ sp.v, eye, atol=1e-10, rtol=0)
     torch.testing.assert_close(sp.u.T @ sp.u, eye, atol=1e-10, rtol=0)

@@ -2,7 +2,7 @@
 
 All decompositions come from :class:`opdgeo.pair.TensorPair` (float64 Gram, all eigenvalues
 and the top-k eigenvectors, by default; float64 SVD in the exact tier); the ``method`` column
-records which (``gram-mrrr-f64``; ``gram-eigh-f64`` for Grams of order < 224; ``svd-f64``).
+records which (``gram-dc-f64``; ``gram-eigh-f64`` for Grams of order < 224; ``svd-f64``).
 """
 
 from __future__ import annotations
