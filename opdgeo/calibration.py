@@ -27,9 +27,7 @@ Z = 1.0
 
 GRID_SEED0: dict[str, tuple[int, int]] = {
     "opd-like 2/2": (1, 3),
-    "rl-like (opd or rlvr) 2/2": (1, 1),
-    "rlvr-like 2/2": (1, 1),
-    "sft-like 2/2": (2, 6),
+    "rlvr-like 2/2": (1, 2),
 }
 """Rule -> (right, total) on the zoo grid's seed 0 (generated: ``python -m zoo grid-calibrate``)."""
 

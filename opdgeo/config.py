@@ -145,14 +145,14 @@ class Thresholds:
     """update_ulp_ratio at or above this: sparsity_bf16 and lowmag_enrichment abstain, their
     values follow update size (the typical changed weight moved 2+ bf16 steps, so almost every
     weight the optimiser touched is visible; zoo/ANALYSIS.md)."""
-    drift_ratio_band_low: float = 0.312
+    drift_ratio_band_low: float = 0.271
     """nss / rel_norm inside [low, high]: nss abstains (SFT, OPD and RLVR all fall there on the
     zoo grid's seed 0 at every learning rate: the value is explained by update size)."""
-    drift_ratio_band_high: float = 0.479
+    drift_ratio_band_high: float = 0.494
     """Upper end of the nss / rel_norm band where nss abstains."""
-    angle_ratio_band_low: float = 100.0
+    angle_ratio_band_low: float = 109.0
     """principal_angle_deg / rel_norm inside [low, high]: the angle abstains (zoo grid seed 0)."""
-    angle_ratio_band_high: float = 130.0
+    angle_ratio_band_high: float = 139.0
     """Upper end of the angle / rel_norm band where the angle abstains."""
     unrelated_rel_norm: float = 0.5
     """rel_norm at or above this, with almost no bf16-identical entries, means unrelated."""

@@ -106,10 +106,9 @@ def section(features: pd.DataFrame) -> list[str]:
         "seed 0 only: the bands of nss / rel_norm and angle / rel_norm where every algorithm "
         "fell (there those features abstain: their value is explained by update size) and the "
         "per-rule counts behind `confidence`; both are in `configs/default.toml`. Seed 1 is "
-        "scored with them. The grid's features were computed before `update_ulp_ratio` "
-        "existed, so the bf16 size gate (sparsity and low-magnitude enrichment abstain when "
-        "updates are >= 4x the rounding boundary) is not exercised here: on these runs the "
-        "bf16 features always vote.",
+        "scored with them. The bf16 size gate applies too: sparsity and low-magnitude "
+        "enrichment abstain where `update_ulp_ratio` >= 4 (the typical changed weight moved "
+        "two or more bf16 steps; on this grid from lr 1e-5 on, and at 3e-6 for SFT).",
         "",
         "Fitted bands (seed 0): " + ", ".join(f"`{k} = {v:g}`" for k, v in bands.items()) + ".",
         "",
