@@ -71,7 +71,7 @@ def eigh_top(g: torch.Tensor, k: int, overwrite: bool = False) -> TopEigen:
 
     Only the upper triangle of ``g`` is read. ``overwrite=True`` lets the reduction work in
     ``g``'s memory (it is then destroyed; saves an n x n copy). k is clamped to [0, n]. Runs
-    on one thread below n ≈ 9000 (:data:`opdgeo.threads.EIGH_PARALLEL_FLOPS`). Matrices of
+    on one thread below n ≈ 1200 (:data:`opdgeo.threads.EIGH_PARALLEL_FLOPS`). Matrices of
     order below :data:`SMALL_N` and non-CPU tensors take the full ``torch.linalg.eigh``.
     """
     n = g.shape[0]

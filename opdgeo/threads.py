@@ -37,13 +37,13 @@ measured for GEMMs; 4 GFlop keeps every operation of the demo family (≤ 0.02 G
 thread and leaves the Grams of 0.5B-1.5B MLP matrices (7.8-42 GFlop) on all threads.
 Re-measure on idle cores."""
 
-EIGH_PARALLEL_FLOPS = 1.0e12
+EIGH_PARALLEL_FLOPS = 2.5e9
 """The cut for the tridiagonal eigensolver (:func:`opdgeo.linalg_eig.eigh_top`), whose
-reduction is half matrix-vector work with a synchronisation per column. On this VM with
-other jobs running (load 7-8) two threads never paid off: 1.3-80x slower than one at
-n = 64 ... 1536 and 2.2x slower at n = 3584 (61 GFlop; bench/KERNELS.md). So it runs on
-one thread up to n ≈ 9000 (1e12 flops; 70B models have n = 8192). Re-measure on idle
-cores (``bench/kernels.py --sections eig,threads --big``) before lowering it."""
+reduction is half matrix-vector work with a synchronisation per column. Measured on this
+2-core VM with the cores idle (load 0.8; k = n/8, best of 2): n = 896 (1.1e9 flops) 131-140
+ms on one thread against 119-127 ms on two, n = 1536 (5.5e9) 648-663 ms against 423-446 ms
+(1.5x). With other jobs running (load 7-8) two threads never paid off (1.3-80x slower at
+n = 64 ... 1536; bench/KERNELS.md): on a busy machine pass ``--threads 1``."""
 
 
 KRYLOV_GEMM_FLOPS_PER_ENTRY = 2 * 16
