@@ -114,4 +114,3 @@ def _eigh_top_cpu(g: torch.Tensor, k: int, overwrite: bool) -> TopEigen:
     reflectors = torch.from_numpy(refl)
     rest = torch.ormqr(reflectors[1:, : n - 1], torch.from_numpy(tau), zt[1:], True, False)
     return TopEigen(top, torch.cat([zt[:1], rest], 0), method)
-
