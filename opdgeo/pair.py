@@ -23,7 +23,7 @@ from opdgeo.linalg import (
     spectrum,
     top_singular_value_power,
 )
-from opdgeo.scan import ElementStats, bf16_bits, bf16_unchanged, scan_pair
+from opdgeo.scan import ElementStats, bf16_bits, bf16_unchanged, bit_identical, scan_pair
 
 CHUNK = 1 << 22
 """Entries per chunk of chunked element-wise passes (16 MB of float32 temporaries)."""
@@ -134,9 +134,7 @@ class TensorPair:
     def identical(self) -> bool:
         """True when both tensors hold exactly the same values (cheap early exit)."""
         if self.base.dtype == self.tuned.dtype:
-            return torch.equal(
-                self.base.reshape(-1).view(torch.uint8), self.tuned.reshape(-1).view(torch.uint8)
-            )
+            return bit_identical(self.base, self.tuned)
         return self.elementwise.exact_equal == self.numel
 
     @cached_property

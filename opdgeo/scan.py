@@ -144,7 +144,7 @@ def scan_pair(
         raise ValueError(f"shape mismatch {tuple(base.shape)} vs {tuple(tuned.shape)}")
     b, t = base.reshape(-1), tuned.reshape(-1)
     n = b.numel()
-    if n and b.dtype == t.dtype and _bit_identical(b, t) and bool(torch.isfinite(b).all()):
+    if n and b.dtype == t.dtype and bit_identical(b, t) and bool(torch.isfinite(b).all()):
         base_sq = sum(
             float(torch.linalg.vector_norm(b[i : i + _GENERAL], dtype=torch.float64)) ** 2
             for i in range(0, n, _GENERAL)
@@ -209,8 +209,10 @@ _GENERAL = 1 << 22
 """Entries per chunk of the general path (16 MB of float32 temporaries)."""
 
 
-def _bit_identical(b: torch.Tensor, t: torch.Tensor) -> bool:
-    return torch.equal(b.view(torch.uint8), t.view(torch.uint8))
+def bit_identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Both tensors (same dtype and shape) hold the same bytes: equal values, ±0 and NaN
+    payloads told apart."""
+    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
 
 
 def _fast_blocks(
