@@ -137,15 +137,11 @@ def rlvr_update(w: torch.Tensor, gen: torch.Generator, svd: Svd | None = None) -
     return _scaled(_off_spikes(w, g, svd), w, 0.0005)
 
 
+@threads_for(0.0)
 def make_family(seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
     """Base plus sft/opd/rlvr variants, all as bf16 tensors (on one thread: every matrix is
     small, and an OpenMP team per operation made this 24x slower with another job on the
     second core: 16.7 s against 0.70 s on this VM)."""
-    with threads_for(0.0):
-        return _make_family(seed)
-
-
-def _make_family(seed: int) -> dict[str, dict[str, torch.Tensor]]:
     base = make_base(seed)
     gen = torch.Generator().manual_seed(seed + 1)
     family: dict[str, dict[str, torch.Tensor]] = {"base": {}, "sft": {}, "opd": {}, "rlvr": {}}
@@ -188,6 +184,7 @@ def write_family(directory: Path, seed: int = 0) -> dict[str, Path]:
     return paths
 
 
+@threads_for(0.0)  # small matrices: one thread (make_family)
 def write_trajectory(directory: Path, seed: int = 0, steps: int = 4) -> list[Path]:
     """``checkpoint-100 ... checkpoint-{100*steps}`` along one OPD-like direction from the base.
 
@@ -195,11 +192,7 @@ def write_trajectory(directory: Path, seed: int = 0, steps: int = 4) -> list[Pat
     stored in bf16: a run that stays in one low-rank channel (the locked pattern of OPDG §4).
     The base is ``directory/base``.
     """
-    with threads_for(0.0):  # small matrices: one thread (make_family)
-        return _write_trajectory(Path(directory), seed, steps)
-
-
-def _write_trajectory(directory: Path, seed: int, steps: int) -> list[Path]:
+    directory = Path(directory)
     base = {k: v.to(torch.bfloat16).double() for k, v in make_base(seed).items()}
     gen = torch.Generator().manual_seed(seed + 2)
     updates = {k: opd_update(w, gen) for k, w in base.items() if w.dim() == 2}
