@@ -33,9 +33,13 @@ bf16 rounding of the difference as MUK's code).
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
+import os
 import threading
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 
@@ -121,6 +125,15 @@ class _Blocks:
     """nblocks x 2 x (BLOCK / 256) float32: ‖W0‖ and ‖Δ‖ over rows of 256 entries (0 past
     the end of a short block)."""
 
+    def totals(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per block: counts, max |Δ|, float64 (Σ W0², Σ Δ²) and whether they are finite."""
+        sums = self.rows.double().square().sum(2)
+        finite = torch.isfinite(self.rows).flatten(1).all(1)
+        if len(sums):  # the entries past the last whole row belong to the last block
+            sums[-1] += self.tail
+            finite[-1] &= bool(torch.isfinite(self.tail).all())
+        return self.counts, self.max_abs, sums, finite
+
 
 def default_workers() -> int:
     """The process's thread count (the engine sets it from ``--threads``: physical cores by
@@ -157,14 +170,22 @@ def scan_pair(
         return stats
     le, lt = _atol_bounds(atol)
     nblocks = (n + BLOCK - 1) // BLOCK
+    count = workers or default_workers()
+    count = max(1, min(count, n // _MIN_PER_WORKER))
+    jit = _jit() if n >= JIT_MIN_ENTRIES else None
+    if jit is not None:  # the compiled kernel (opdgeo.scan_jit): same blocks, same numbers
+        u16 = [x.view(torch.int16).numpy().view("uint16") for x in (b, t)]
+        totals = jit.scan_blocks(u16[0], u16[1], le, lt, BLOCK, count)
+        sums = torch.from_numpy(totals.sums)
+        finite = ~torch.from_numpy(totals.nonfinite) & torch.isfinite(sums).all(1)
+        blocks = torch.from_numpy(totals.counts), torch.from_numpy(totals.max_abs), sums, finite
+        return _reduce(b, t, atol, le, lt, *blocks)
     out = _Blocks(
         counts=torch.zeros(nblocks, 3, dtype=torch.float32),
         max_abs=torch.zeros(nblocks, dtype=torch.float32),
         tail=torch.zeros(2, dtype=torch.float64),
         rows=torch.zeros(nblocks, 2, BLOCK // _ROW, dtype=torch.float32),
     )
-    count = workers or default_workers()
-    count = max(1, min(count, n // _MIN_PER_WORKER))
     bounds = [nblocks * i // count for i in range(count + 1)]
     spans = [(bounds[i], bounds[i + 1]) for i in range(count)]
     # torch's own threads off while the workers run: a block's operations (up to 3 x BLOCK
@@ -176,7 +197,29 @@ def scan_pair(
             _fast_blocks(b, t, le, lt, out, *spans[0])
         else:
             _run_workers(b, t, le, lt, out, spans)
-        return _reduce(b, t, atol, le, lt, out)
+        return _reduce(b, t, atol, le, lt, *out.totals())
+
+
+JIT_MIN_ENTRIES = 1 << 20
+"""Pairs of at least this many entries (2 MB of bf16 per side) use the compiled kernel when
+numba is installed; smaller ones the torch kernel (importing numba costs ~0.4 s)."""
+_JIT: list[ModuleType | None] = []
+
+
+def _jit() -> ModuleType | None:
+    """:mod:`opdgeo.scan_jit` when numba is installed and ``OPDGEO_JIT`` is not ``0``, else
+    None (imported on first use; a numba that fails to import counts as not installed)."""
+    if os.environ.get("OPDGEO_JIT", "").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    if not _JIT:
+        module = None
+        if importlib.util.find_spec("numba") is not None:
+            try:
+                module = importlib.import_module("opdgeo.scan_jit")
+            except Exception:  # a broken numba install: the torch kernel still works
+                module = None
+        _JIT.append(module)
+    return _JIT[0]
 
 
 def _run_workers(
@@ -273,25 +316,29 @@ def _fast_blocks(
 
 
 def _reduce(
-    b: torch.Tensor, t: torch.Tensor, atol: float, le: float, lt: float, out: _Blocks
+    b: torch.Tensor,
+    t: torch.Tensor,
+    atol: float,
+    le: float,
+    lt: float,
+    counts: torch.Tensor,
+    max_abs: torch.Tensor,
+    sums: torch.Tensor,
+    finite: torch.Tensor,
 ) -> ElementStats:
-    """Totals of the fast path; blocks with non-finite row norms are redone by the general
-    path (their fast-path numbers are discarded)."""
+    """Totals of a kernel's per-block ``counts`` (nblocks x 3), ``max_abs``, float64 ``sums``
+    (nblocks x 2: Σ W0², Σ Δ²); blocks not ``finite`` are redone by the general path (their
+    kernel numbers are discarded)."""
     stats = ElementStats()
-    finite = torch.isfinite(out.rows).flatten(1).all(1)
-    if not bool(torch.isfinite(out.tail).all()):
-        finite[-1] = False
     good = finite.nonzero().squeeze(1)
     if good.numel():
-        totals = out.counts.index_select(0, good).to(torch.int64).sum(0).tolist()
+        totals = counts.index_select(0, good).to(torch.int64).sum(0).tolist()
         stats.unchanged_bf16 = stats.exact_equal = int(totals[0])
         stats.le_atol = int(totals[1]) if le >= 0 else 0
         stats.lt_atol = int(totals[2]) if lt >= 0 else 0
-        sums = out.rows.index_select(0, good).double().square().sum((0, 2))
-        if bool(finite[-1]):
-            sums += out.tail
-        stats.base_sq, stats.delta_sq = float(sums[0]), float(sums[1])
-        stats.max_abs_delta = float(out.max_abs.index_select(0, good).max())
+        total = sums.index_select(0, good).sum(0)
+        stats.base_sq, stats.delta_sq = float(total[0]), float(total[1])
+        stats.max_abs_delta = float(max_abs.index_select(0, good).max())
     for j in (~finite).nonzero().squeeze(1).tolist():
         i = j * BLOCK
         _general(b[i : i + BLOCK], t[i : i + BLOCK], atol, stats)

@@ -3,6 +3,7 @@ pair we can build."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
@@ -12,6 +13,22 @@ from opdgeo import scan
 from opdgeo.config import Settings
 from opdgeo.pair import ElementStats, TensorPair
 from opdgeo.scan import BLOCK, scan_pair
+
+HAS_NUMBA = importlib.util.find_spec("numba") is not None
+
+
+@pytest.fixture(autouse=True, params=["torch", "jit"])
+def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both bf16 kernels: torch's (OPDGEO_JIT=0) and numba's
+    (opdgeo.scan_jit, here on pairs of every size)."""
+    if request.param == "jit":
+        if not HAS_NUMBA:
+            pytest.skip("numba is not installed (the 'fast' extra)")
+        monkeypatch.setattr(scan, "JIT_MIN_ENTRIES", 0)
+        monkeypatch.delenv("OPDGEO_JIT", raising=False)
+    else:
+        monkeypatch.setenv("OPDGEO_JIT", "0")
+    return str(request.param)
 
 
 def _gen(seed: int) -> torch.Generator:
