@@ -108,6 +108,26 @@ class _LlmRun(Run):
             i = self.map.best_a_for(j)
             self.extra[j] = i
             self._block(i, j, combined=False)
+        self._note_unpaired(pairs)
+
+    def _note_unpaired(self, pairs: list[tuple[str, str]]) -> None:
+        """Report tensors left without a same-named partner (outside missing / extra blocks,
+        which the block evidence reports): an added adapter, a renamed or fused tensor."""
+        missing = set(self.a.layout.layers) - set(self.map.pairs)
+        left = []
+        for side, used, skip in (
+            (self.a, {na for na, _ in pairs}, missing),
+            (self.b, {nb for _, nb in pairs}, set(self.extra)),
+        ):
+            left.append(
+                [n for n, t in side.layout.tensors.items() if t.shape and n not in used
+                 and _block_of(n) not in skip]
+            )  # fmt: skip
+        if left[0] or left[1]:
+            self.notes.append(
+                f"not paired by name (no identity check): {len(left[0])} tensors of A, "
+                f"{len(left[1])} of B (e.g. {(left[0] or left[1])[0]})"
+            )
 
     def _signature_role(self) -> str | None:
         for role in ("gate", "q", "k", "up", "v"):
