@@ -294,6 +294,49 @@ def test_generic_renamed_tensors_are_paired_by_structure() -> None:
     }
 
 
+def _chain(seed: int, widths: tuple[int, ...] = (48, 96, 96, 40)) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {f"net.{i}.weight": torch.randn(widths[i + 1], widths[i], generator=gen)
+            for i in range(len(widths) - 1)}  # fmt: skip
+
+
+def test_generic_permuted_hidden_units_keep_every_matrix_shared() -> None:
+    """Linear chain, both hidden layers permuted (rows of one matrix, columns of the next)."""
+    a = _chain(0)
+    gen = torch.Generator().manual_seed(1)
+    p1, p2 = torch.randperm(96, generator=gen), torch.randperm(96, generator=gen)
+    b = {
+        "net.0.weight": a["net.0.weight"][p1],
+        "net.1.weight": a["net.1.weight"][p2][:, p1],
+        "net.2.weight": a["net.2.weight"][:, p2],
+    }
+    b = {k: v + 0.3 * torch.randn(v.shape, generator=gen) for k, v in b.items()}
+    r = lineage_pair(MemorySource("a", a), MemorySource("b", b))
+    assert r.verdict == "derived"
+    assert all(e.status == "shared" for e in r.layers), [(e.part, e.status) for e in r.layers]
+    notes = {t.a: t.note for t in r.tests}
+    assert notes["net.1.weight"] == "columns aligned by the row matching of net.0.weight"
+    assert notes["net.2.weight"] == "columns aligned by the row matching of net.1.weight"
+    assert notes["net.0.weight"] == ""
+
+
+def test_generic_column_alignment_keeps_the_null_exact() -> None:
+    """A shared, permuted first layer aligns the next one's columns; when that next layer is
+    independent in A and B its p-values stay uniform (KS), and the pair names it."""
+    gen = torch.Generator().manual_seed(2)
+    ps = []
+    for k in range(40):
+        a, b = _chain(100 + 2 * k, (32, 48, 24)), _chain(101 + 2 * k, (32, 48, 24))
+        b["net.0.weight"] = a["net.0.weight"][torch.randperm(48, generator=gen)] * 1.1
+        r = lineage_pair(MemorySource("a", a), MemorySource("b", b))
+        second = next(t for t in r.tests if t.a == "net.1.weight")
+        assert second.note.startswith("columns aligned")
+        ps.append(10**second.log10_p)
+        assert r.verdict == "derived"
+    assert stats.kstest(ps, "uniform").pvalue > 1e-3
+    assert sum(p < 0.01 for p in ps) <= 3
+
+
 # ------------------------------------------------------------------------------ errors
 
 
