@@ -34,7 +34,7 @@ def hub(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
                 tmp_path / "s", train_noise(base, 0.3), shards=3, config=SHAPE.config()
             ),
             sha=SHA_B,
-        ),  # fmt: skip
+        ),
     }
     server.start()
     monkeypatch.setenv("HF_ENDPOINT", server.url)
