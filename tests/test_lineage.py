@@ -473,3 +473,22 @@ def test_usage_errors(base: dict[str, torch.Tensor]) -> None:
     assert info.value.exit_code == EXIT_USAGE
     with pytest.raises(ConfigError, match="twice"):
         lineage([mem("a", base), mem("a", base)])
+
+
+def test_heatmap_order_clusters_families(base: dict[str, torch.Tensor]) -> None:
+    """The heatmap's leaf order puts derived checkpoints next to each other."""
+    from opdgeo.lineage.plot import cluster_order
+
+    other = llama_state(GQA, 21)
+    result = lineage(
+        [
+            mem("a", base),
+            mem("x", other),
+            mem("b", tf.train_noise(base, 0.3)),
+            mem("y", tf.train_noise(other, 0.3, seed=4)),
+        ]
+    )
+    order = [result.labels[i] for i in cluster_order(result)]
+    assert sorted(order) == ["a", "b", "x", "y"]
+    position = {label: k for k, label in enumerate(order)}
+    assert abs(position["a"] - position["b"]) == 1 and abs(position["x"] - position["y"]) == 1
