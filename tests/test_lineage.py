@@ -204,6 +204,59 @@ def test_new_head_is_reported() -> None:
     assert next(e for e in r.layers if e.part == "embed").status == "identical"
 
 
+def test_frozen_block_is_reported_bit_identical(base: dict[str, torch.Tensor]) -> None:
+    edited = tf.train_noise(base, 0.3)
+    edited.update({k: v.clone() for k, v in base.items() if "layers.1." in k})  # frozen block
+    r = lineage_pair(mem("a", base), mem("b", edited))
+    assert r.verdict == "derived"
+    s = statuses(r)
+    assert s["layer 1"] == "identical" and s["layer 0"] == s["layer 2"] == "shared"
+    block1 = [i for i in r.identity if "layers.1." in i.a]
+    assert block1 and all(i.identical and i.bitwise for i in block1)
+    trained = [i for i in r.identity if "layers.0." in i.a and "proj" in i.a]
+    assert trained and not any(i.identical for i in trained)
+
+
+def test_bf16_cast_of_an_fp32_model_is_derived() -> None:
+    """A float32 model released in bf16 (rounding on every weight): not the same bits, derived."""
+    init = tf.cast(llama_state(GQA, 8), torch.float32)
+    noisy = {k: v + 1e-3 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1))
+             for k, v in init.items()}  # fmt: skip
+    r = lineage_pair(mem("a", noisy), mem("b", tf.cast(noisy, torch.bfloat16)))
+    assert r.verdict in ("same-weights", "derived") and r.log10_p < -6
+    r = lineage_pair(mem("a", init), mem("b", tf.permute_mlp(tf.cast(init, torch.bfloat16))))
+    assert r.verdict == "derived" and r.log10_p < -6
+
+
+def test_whole_matrix_rescaling_and_sign_flips_are_derived(base: dict[str, torch.Tensor]) -> None:
+    """q * c with k / c, v * -c with o / -c (function-preserving), then further training."""
+    edited = dict(base)
+    for i in range(GQA.layers):
+        p = f"model.layers.{i}.self_attn."
+        for name, factor in (("q", 3.0), ("k", 1 / 3), ("v", -2.0), ("o", -0.5)):
+            w = base[p + f"{name}_proj.weight"]
+            edited[p + f"{name}_proj.weight"] = (w.float() * factor).to(w.dtype)
+    r = lineage_pair(mem("a", base), mem("b", tf.train_noise(edited, 0.2)))
+    assert r.verdict == "derived" and r.log10_p < -6
+    assert {t.kind for t in r.tests if t.hits == t.units_a} >= {"mlp", "attn_kv", "attn_q"}
+
+
+def test_tensors_without_a_partner_are_reported(base: dict[str, torch.Tensor]) -> None:
+    added = dict(base)
+    added["model.extra_adapter.weight"] = torch.randn(17, 33)
+    r = lineage_pair(mem("a", base), mem("b", added))
+    assert r.verdict == "derived"  # not same-weights: B has a tensor A lacks
+    assert any("not paired by name" in n and "1 of B" in n and "extra_adapter" in n
+               for n in r.notes)  # fmt: skip
+    r = lineage_pair(mem("a", base), mem("b", tf.renumber(base, [0, 2])))
+    assert not any("not paired" in n for n in r.notes)  # the missing block says it already
+    a = {**_mlp_net(0), "enc.odd.weight": torch.randn(10, 7)}
+    b = {k: v * 1.1 for k, v in _mlp_net(0).items()}
+    r = lineage_pair(MemorySource("a", a), MemorySource("b", b))
+    assert r.verdict == "derived"
+    assert any("1 matrices of A, 0 of B (e.g. enc.odd.weight)" in n for n in r.notes)
+
+
 # ------------------------------------------------------------------------------ generic family
 
 
@@ -239,6 +292,49 @@ def test_generic_renamed_tensors_are_paired_by_structure() -> None:
         ("enc.fc1.weight", "body.lin_in.weight"),
         ("enc.fc2.weight", "body.lin_out.weight"),
     }
+
+
+def _chain(seed: int, widths: tuple[int, ...] = (48, 96, 96, 40)) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {f"net.{i}.weight": torch.randn(widths[i + 1], widths[i], generator=gen)
+            for i in range(len(widths) - 1)}  # fmt: skip
+
+
+def test_generic_permuted_hidden_units_keep_every_matrix_shared() -> None:
+    """Linear chain, both hidden layers permuted (rows of one matrix, columns of the next)."""
+    a = _chain(0)
+    gen = torch.Generator().manual_seed(1)
+    p1, p2 = torch.randperm(96, generator=gen), torch.randperm(96, generator=gen)
+    b = {
+        "net.0.weight": a["net.0.weight"][p1],
+        "net.1.weight": a["net.1.weight"][p2][:, p1],
+        "net.2.weight": a["net.2.weight"][:, p2],
+    }
+    b = {k: v + 0.3 * torch.randn(v.shape, generator=gen) for k, v in b.items()}
+    r = lineage_pair(MemorySource("a", a), MemorySource("b", b))
+    assert r.verdict == "derived"
+    assert all(e.status == "shared" for e in r.layers), [(e.part, e.status) for e in r.layers]
+    notes = {t.a: t.note for t in r.tests}
+    assert notes["net.1.weight"] == "columns aligned by the row matching of net.0.weight"
+    assert notes["net.2.weight"] == "columns aligned by the row matching of net.1.weight"
+    assert notes["net.0.weight"] == ""
+
+
+def test_generic_column_alignment_keeps_the_null_exact() -> None:
+    """A shared, permuted first layer aligns the next one's columns; when that next layer is
+    independent in A and B its p-values stay uniform (KS), and the pair names it."""
+    gen = torch.Generator().manual_seed(2)
+    ps = []
+    for k in range(40):
+        a, b = _chain(100 + 2 * k, (32, 48, 24)), _chain(101 + 2 * k, (32, 48, 24))
+        b["net.0.weight"] = a["net.0.weight"][torch.randperm(48, generator=gen)] * 1.1
+        r = lineage_pair(MemorySource("a", a), MemorySource("b", b))
+        second = next(t for t in r.tests if t.a == "net.1.weight")
+        assert second.note.startswith("columns aligned")
+        ps.append(10**second.log10_p)
+        assert r.verdict == "derived"
+    assert stats.kstest(ps, "uniform").pvalue > 1e-3
+    assert sum(p < 0.01 for p in ps) <= 3
 
 
 # ------------------------------------------------------------------------------ errors
@@ -377,3 +473,22 @@ def test_usage_errors(base: dict[str, torch.Tensor]) -> None:
     assert info.value.exit_code == EXIT_USAGE
     with pytest.raises(ConfigError, match="twice"):
         lineage([mem("a", base), mem("a", base)])
+
+
+def test_heatmap_order_clusters_families(base: dict[str, torch.Tensor]) -> None:
+    """The heatmap's leaf order puts derived checkpoints next to each other."""
+    from opdgeo.lineage.plot import cluster_order
+
+    other = llama_state(GQA, 21)
+    result = lineage(
+        [
+            mem("a", base),
+            mem("x", other),
+            mem("b", tf.train_noise(base, 0.3)),
+            mem("y", tf.train_noise(other, 0.3, seed=4)),
+        ]
+    )
+    order = [result.labels[i] for i in cluster_order(result)]
+    assert sorted(order) == ["a", "b", "x", "y"]
+    position = {label: k for k, label in enumerate(order)}
+    assert abs(position["a"] - position["b"]) == 1 and abs(position["x"] - position["y"]) == 1

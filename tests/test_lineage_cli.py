@@ -57,3 +57,40 @@ def test_errors_are_one_line(family: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["lineage", a, str(family / "runs" / "b"), "-o",
                                  str(family / "runs" / "a" / "x.csv")])  # fmt: skip
     assert result.exit_code == 1 and "refusing to write" in result.stderr
+
+
+def test_table_format_shows_verdicts_and_evidence(family: Path) -> None:
+    runs = [str(family / "runs" / x) for x in "abc"]
+    result = runner.invoke(app, ["lineage", *runs, "-f", "table", "-q"])
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert "opdgeo lineage" in out and "blocks" in out and "read" in out
+    assert out.count(": derived") == 1 and out.count(": independent") == 2
+    assert "combined p=" in out and "decided by:" in out
+
+
+def test_matrix_is_symmetric_with_an_infinite_diagonal(family: Path, tmp_path: Path) -> None:
+    runs = [str(family / "runs" / x) for x in "abc"]
+    result = runner.invoke(app, ["lineage", *runs, "-q", "-f", "csv",
+                                 "--matrix", str(tmp_path / "m.csv")])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    frame = pd.read_csv(io.StringIO(result.stdout))
+    m = pd.read_csv(tmp_path / "m.csv", index_col=0)
+    assert list(m.index) == list(m.columns) == runs
+    values = m.to_numpy()
+    assert (values == values.T).all() and (values.diagonal() == float("inf")).all()
+    for row in frame.itertuples():
+        assert m.loc[row.a, row.b] == pytest.approx(min(300.0, -row.log10_p))
+
+
+def test_nothing_comparable_is_one_line_for_any_architecture(tmp_path: Path) -> None:
+    import torch
+
+    x = write_checkpoint(tmp_path / "x", {"x.weight": torch.randn(8, 8)})
+    y = write_checkpoint(tmp_path / "y", {"y.weight": torch.randn(8, 5)})
+    result = runner.invoke(app, ["lineage", str(x), str(y), "-q"])
+    assert result.exit_code == 3
+    assert result.stderr.startswith("error:") and len(result.stderr.strip().splitlines()) == 1
+    assert "nothing comparable" in result.stderr
+    result = runner.invoke(app, ["lineage", str(x), str(tmp_path / "missing"), "-q"])
+    assert result.exit_code != 0 and len(result.stderr.strip().splitlines()) == 1

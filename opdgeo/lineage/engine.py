@@ -17,6 +17,8 @@ The generic family runs :func:`statistics.split_test` on every paired 2-D weight
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 
 import numpy as np
@@ -25,6 +27,7 @@ import torch
 from opdgeo.errors import NotComparableError
 from opdgeo.lineage import statistics as st
 from opdgeo.lineage.access import Source
+from opdgeo.lineage.columns import ColumnAligner, natural_key
 from opdgeo.lineage.layers import match_layers
 from opdgeo.lineage.layout import Layout, Ref, build_layout, canonical_names
 from opdgeo.lineage.matching import signed_alignment
@@ -108,6 +111,26 @@ class _LlmRun(Run):
             i = self.map.best_a_for(j)
             self.extra[j] = i
             self._block(i, j, combined=False)
+        self._note_unpaired(pairs)
+
+    def _note_unpaired(self, pairs: list[tuple[str, str]]) -> None:
+        """Report tensors left without a same-named partner (outside missing / extra blocks,
+        which the block evidence reports): an added adapter, a renamed or fused tensor."""
+        missing = set(self.a.layout.layers) - set(self.map.pairs)
+        left = []
+        for side, used, skip in (
+            (self.a, {na for na, _ in pairs}, missing),
+            (self.b, {nb for _, nb in pairs}, set(self.extra)),
+        ):
+            left.append(
+                [n for n, t in side.layout.tensors.items() if t.shape and n not in used
+                 and _block_of(n) not in skip]
+            )  # fmt: skip
+        if left[0] or left[1]:
+            self.notes.append(
+                f"not paired by name (no identity check): {len(left[0])} tensors of A, "
+                f"{len(left[1])} of B (e.g. {(left[0] or left[1])[0]})"
+            )
 
     def _signature_role(self) -> str | None:
         for role in ("gate", "q", "k", "up", "v"):
@@ -229,14 +252,18 @@ class _GenericRun(Run):
         a, b = self.a, self.b
         pairs, unpaired_a, unpaired_b = pair_by_structure(a.layout, b.layout)
         self.pairs = pairs
-        for na, nb in pairs:
+        columns = ColumnAligner(math.log10(self.settings.alpha_derived))
+        for na, nb in sorted(pairs, key=lambda p: natural_key(p[0])):
             xa, xb = a.prefix(na), b.prefix(nb)
             if xa is None or xb is None or xa.ndim != 2 or xa.shape[1] < 4 or xa.shape[0] < 2:
                 continue
             if xb.shape[0] < 2:
                 continue
-            out = st.split_test(f"matrix:{na}:{nb}", xa, xb)
+            ta, tb = a.layout.tensors[na].shape, b.layout.tensors[nb].shape
+            xa, xb, note = columns.align((ta[1], tb[1]), xa, xb)
+            out = dataclasses.replace(st.split_test(f"matrix:{na}:{nb}", xa, xb), note=note)
             self.tests.append(record("matrix", na, nb, None, None, out, True))
+            columns.offer(na, (ta[0], tb[0]), xa, xb, out.tail.log10_p_random)
         if unpaired_a or unpaired_b:
             self.notes.append(
                 f"not paired by name or structure: {len(unpaired_a)} matrices of A, "
