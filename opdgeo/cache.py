@@ -249,9 +249,10 @@ class BaseCache:
 
     @classmethod
     def for_settings(cls, settings: Settings) -> BaseCache | None:
-        """The cache the settings ask for, or None (``cache = false``, the fast tier, or a
-        folder that is not an opdgeo cache: then a warning says so)."""
-        if not settings.cache or settings.tier == "fast":
+        """The cache the settings ask for, or None (``cache = false``, the scan and fast tiers,
+        which decompose nothing, or a folder that is not an opdgeo cache: then a warning says
+        so)."""
+        if not settings.cache or settings.tier in ("scan", "fast"):
             return None
         root = Path(settings.cache_dir).expanduser() if settings.cache_dir else default_dir()
         cache = cls(root)

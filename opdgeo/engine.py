@@ -136,9 +136,10 @@ def compare_many(
         return (1, *base.file_position(name))
 
     order = sorted(todo, key=position)
-    base.prepare(order)
+    mapped = settings.tier == "scan" and torch.device(settings.device).type == "cpu"
+    base.prepare(order, mapped)
     for i, run in enumerate(runs):
-        run.prepare([p.tuned_name for name in order for j, p in todo[name] if j == i])
+        run.prepare([p.tuned_name for name in order for j, p in todo[name] if j == i], mapped)
     pin = torch.device(settings.device).type == "cuda"
 
     # bytes each read brings in: a fused expert tensor counts in full with its first slice

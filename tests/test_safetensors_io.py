@@ -357,3 +357,78 @@ def test_property_corruption_never_crashes(
             reader.close()
         except (FormatError, SourceError) as exc:
             assert str(path) in str(exc)
+
+
+# -- mapped reads (the scan tier) --------------------------------------------------------------
+
+
+def _mapped_reader(monkeypatch: pytest.MonkeyPatch) -> TensorReader:
+    from opdgeo.io import safetensors as st_io
+
+    monkeypatch.setattr(st_io, "MAP_MIN_BYTES", 1)  # map every tensor, however small
+    reader = TensorReader()
+    reader.mapped = True
+    return reader
+
+
+@pytest.mark.parametrize("dtype", list(TORCH_DTYPES), ids=str)
+def test_mapped_reads_equal_plain_reads(
+    tmp_path: Path, dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every tensor (unaligned offsets, odd sizes, rows, zero-size) maps to the same bytes."""
+    tensors = {
+        f"t{i}": random_bits(shape, TORCH_DTYPES[dtype], seed=i)
+        for i, shape in enumerate([(3,), (0, 4), (5, 3), (1000, 7), (2, 3, 4), (4099,)])
+    }
+    path = tmp_path / "m.safetensors"
+    save_file(tensors, str(path))
+    infos, _ = read_header(path)
+    reader = _mapped_reader(monkeypatch)
+    for name, want in tensors.items():
+        assert as_bytes(reader.read(infos[name])) == as_bytes(want), name
+        if want.dim() and want.shape[0] > 1:
+            assert as_bytes(reader.read(infos[name], rows=1)) == as_bytes(want[:1]), name
+    reader.close()
+
+
+def test_mapped_tensor_writes_never_reach_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "w.safetensors"
+    save_file({"x": torch.arange(4096, dtype=torch.float32)}, str(path))
+    before = path.read_bytes()
+    infos, _ = read_header(path)
+    got = _mapped_reader(monkeypatch).read(infos["x"])
+    got.add_(1.0)  # a private (copy-on-write) mapping: this process's copy only
+    del got
+    assert path.read_bytes() == before
+
+
+def test_mapped_read_refuses_a_truncated_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "t.safetensors"
+    save_file({"x": torch.randn(64, 64)}, str(path))
+    infos, _ = read_header(path)
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(FormatError, match="truncated") as err:
+        _mapped_reader(monkeypatch).read(infos["x"])
+    assert str(path) in str(err.value)
+
+
+def test_mapping_is_released_with_the_tensor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory stays bounded: a tensor's mapping goes when the tensor does."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("needs /proc/self/maps")
+    path = tmp_path / "r.safetensors"
+    save_file({"x": torch.randn(256, 256)}, str(path))
+    infos, _ = read_header(path)
+    reader = _mapped_reader(monkeypatch)
+    got = reader.read(infos["x"])
+    assert str(path) in maps.read_text()
+    del got
+    reader.close()
+    assert str(path) not in maps.read_text()

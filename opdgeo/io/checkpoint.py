@@ -229,8 +229,11 @@ class Checkpoint:
             seen.add(whole.name)
         return out
 
-    def prepare(self, names: list[str]) -> None:
-        """Announce the order of the coming reads (enables prefetch and release of shards)."""
+    def prepare(self, names: list[str], mapped: bool = False) -> None:
+        """Announce the order of the coming reads (enables prefetch and release of shards);
+        ``mapped``: map tensors instead of reading them (the scan tier; opdgeo.io.safetensors)."""
+        if hasattr(self.source, "mapped"):
+            setattr(self.source, "mapped", mapped)  # noqa: B010 - not every source maps
         self._remaining = {}
         self._slices_left = {}
         self._parents = {}

@@ -5,7 +5,13 @@ Layout: 8-byte little-endian header length N, an N-byte JSON object
 data; offsets count from the first byte after the header.
 
 Only the header is read up front. Tensor bytes are read on demand with ``readinto`` into a
-fresh buffer (no mmap), so resident memory holds the tensors in flight and nothing else.
+fresh buffer, so resident memory holds the tensors in flight and nothing else. The ``scan``
+tier maps each tensor instead (:attr:`TensorReader.mapped`): a private, copy-on-write mapping
+of the tensor's own byte range, faulted in on the read-ahead thread and unmapped when the
+tensor is freed (so memory stays bounded the same way). From the page cache this is ~4x
+faster than ``readinto`` into fresh pages (no copy, no page zeroing). The one risk mapping
+brings, as for every mmap reader (safetensors' ``safe_open``): a file truncated by another
+process *while* opdgeo reads it ends the process with SIGBUS instead of an error line.
 Every header field is validated before use: a malformed file raises :class:`FormatError`
 naming the file and the problem, never a crash or a huge allocation.
 """
@@ -14,7 +20,10 @@ from __future__ import annotations
 
 import io
 import math
+import mmap
+import os
 import struct
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -181,9 +190,17 @@ def _allocate(path: Path, info: TensorInfo, nbytes: int, pin: bool) -> torch.Ten
         ) from None
 
 
+MAP_MIN_BYTES = 1 << 20
+"""Tensors below 1 MB are read, not mapped, even in mapped mode (a mapping costs a system call
+and a page-table entry each)."""
+
+
 class TensorReader:
     """Reads tensors from safetensors files, keeping at most one file open at a time (a
     :class:`opdgeo.io.checkpoint.TensorSource`)."""
+
+    mapped: bool = False
+    """Map tensors of at least :data:`MAP_MIN_BYTES` instead of reading them (module doc)."""
 
     def __init__(self) -> None:
         self._path: Path | None = None
@@ -220,6 +237,16 @@ class TensorReader:
                 raise ValueError(f"cannot take {rows} rows of {info.name} {shape}")
             shape = (rows, *shape[1:])
             nbytes = math.prod(shape) * DTYPE_BYTES[info.dtype]
+        if self.mapped and not pin and nbytes >= MAP_MIN_BYTES:
+            buf = self._map(path, info, nbytes)
+        else:
+            buf = self._read(path, info, nbytes, pin)
+        dtype = FLOAT_DTYPES.get(info.dtype)
+        if dtype is None:
+            return buf
+        return buf.view(dtype).reshape(shape)
+
+    def _read(self, path: Path, info: TensorInfo, nbytes: int, pin: bool) -> torch.Tensor:
         buf = _allocate(path, info, nbytes, pin)
         if nbytes:
             fh = self._handle(path)
@@ -230,10 +257,35 @@ class TensorReader:
                     path,
                     f"truncated: tensor {info.name!r} needs {nbytes} bytes, file ends after {got}",
                 )
-        dtype = FLOAT_DTYPES.get(info.dtype)
-        if dtype is None:
-            return buf
-        return buf.view(dtype).reshape(shape)
+        return buf
+
+    def _map(self, path: Path, info: TensorInfo, nbytes: int) -> torch.Tensor:
+        """The tensor's bytes in a private mapping (writes stay in this process), every page
+        touched once here so that the read-ahead thread, not the analysis, waits for the disk."""
+        import torch
+
+        fh = self._handle(path)
+        size = os.fstat(fh.fileno()).st_size
+        if size < info.start + nbytes:
+            got = max(0, size - info.start)
+            raise _fail(
+                path, f"truncated: tensor {info.name!r} needs {nbytes} bytes, file ends after {got}"
+            )
+        skip = info.start % mmap.ALLOCATIONGRANULARITY
+        try:
+            view = mmap.mmap(
+                fh.fileno(), nbytes + skip, offset=info.start - skip, access=mmap.ACCESS_COPY
+            )
+        except (OSError, ValueError):  # a file system without mmap: read it
+            return self._read(path, info, nbytes, False)
+        for advice in ("MADV_SEQUENTIAL", "MADV_WILLNEED"):
+            if hasattr(mmap, advice):
+                view.madvise(getattr(mmap, advice))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            buf = torch.frombuffer(view, dtype=torch.uint8, offset=skip, count=nbytes)
+        int(buf[:: mmap.PAGESIZE].sum())  # fault every page in (reads it from disk if cold)
+        return buf
 
     def close(self) -> None:
         if self._fh is not None:
