@@ -261,3 +261,40 @@ def test_mxfp4_gpt_oss_experts_are_split_after_decoding(tmp_path: Path) -> None:
     got = _expert_rows(opdgeo.compare(str(base), str(packed), cache=False)[0])
     assert len(want) == e * 3 and list(got.index) == list(want.index)
     pd.testing.assert_frame_equal(got[METRICS], want[METRICS], check_exact=True)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "fp8"])
+def test_quantized_fused_release_of_its_source_is_quantized_per_expert(
+    tmp_path: Path, fmt: str
+) -> None:
+    """gpt-oss MXFP4 / FP8 fused experts against the bf16 source they were quantized from:
+    each expert slice keeps its decoder's method and quantization step, so the regime is
+    ``quantized`` (the slices once lost them: sft-like, quant_step_share NaN)."""
+    from tests.quantfixtures import fp8_block, mxfp4, save
+
+    gen = torch.Generator().manual_seed(1)
+    e, h, i = 2, 32, 32
+    gate_up = (torch.randn(e, h, 2 * i, generator=gen) * 0.02).bfloat16()  # [E, H, 2I]
+    down = (torch.randn(e, i, h, generator=gen) * 0.02).bfloat16()  # [E, I, H]
+    p = "model.layers.0.mlp.experts."
+    cfg = {"model_type": "gpt_oss", "hidden_size": h}
+    base = save(tmp_path / "base", {p + "gate_up_proj": gate_up, p + "down_proj": down}, cfg)
+    stored: dict[str, torch.Tensor] = {}
+    for name, w in (("gate_up_proj", gate_up), ("down_proj", down)):
+        if fmt == "mxfp4":  # blocks [E, out, in/32, 16] of the [E, out, in] transpose
+            stored[p + name + "_blocks"], stored[p + name + "_scales"] = mxfp4(
+                w.float().transpose(1, 2)
+            )
+        else:  # [E, m, n] FP8 with [E, ceil(m/128), ceil(n/128)] scales
+            q, s = zip(*(fp8_block(w[k].float()) for k in range(e)), strict=True)
+            stored[p + name], stored[p + name + "_scale_inv"] = torch.stack(q), torch.stack(s)
+    quant = {"quant_method": fmt, **({"weight_block_size": [128, 128]} if fmt == "fp8" else {})}
+    tuned = save(tmp_path / fmt, stored, {**cfg, "quantization_config": quant})
+    run = opdgeo.compare(str(base), str(tuned), cache=False)[0]
+    rows = _expert_rows(run)
+    assert len(rows) == e * 3  # split: gate, up, down per expert
+    assert rows["method"].str.contains(f"decoding={fmt}").all()
+    assert (rows["quant_within_step"] == rows["quant_params"]).all()
+    assert rows["quant_params"].sum() == 3 * e * h * i
+    assert run.summary["regime"] == "quantized"
+    assert run.summary["quant_step_share"] == 1.0

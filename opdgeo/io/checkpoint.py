@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from opdgeo.errors import SourceError
+from opdgeo.io.decoded import annotate, annotation, cut_slice, shared
 from opdgeo.io.dtypes import DTYPE_BYTES as DTYPE_BYTES  # re-exported: the tables live there
 from opdgeo.io.dtypes import FLOAT_DTYPES as FLOAT_DTYPES
 from opdgeo.io.dtypes import QUANTIZED_DTYPES as QUANTIZED_DTYPES
@@ -292,7 +293,8 @@ class Checkpoint:
         pinned (page-locked) host memory so that a GPU copy can run asynchronously."""
         info = self.tensors[name]
         if isinstance(info, SliceInfo) and info.parent is not None:
-            return info.cut(self._parent(info.parent, pin))
+            parent = self._parent(info.parent, pin)
+            return cut_slice(info.cut(parent), parent, info.cut)  # a decoded parent's facts too
         decoder = self.decoders.get(name)
         if decoder is not None:
             tensor = decoder.decode([self.read_info(p) for p in decoder.parts])
@@ -310,6 +312,8 @@ class Checkpoint:
             decoder = self.decoders.get(parent.name)
             if decoder is not None:
                 tensor = decoder.decode([self.read_info(p) for p in decoder.parts])
+                if (found := annotation(tensor)) is not None:
+                    annotate(tensor, shared(found))  # one half-step grid for all slices
             else:
                 tensor = self.read_info(parent, None, pin)
             self._parents[parent.name] = tensor

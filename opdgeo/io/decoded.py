@@ -9,7 +9,7 @@ and read by :class:`opdgeo.pair.TensorPair` (:func:`annotation`). Nothing else s
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -46,3 +46,33 @@ def annotation(tensor: torch.Tensor) -> Decoded | None:
     """The :class:`Decoded` attached to ``tensor``, or None for a stored float tensor."""
     found = getattr(tensor, _ATTRIBUTE, None)
     return found if isinstance(found, Decoded) else None
+
+
+def shared(decoded: Decoded) -> Decoded:
+    """``decoded`` with its half step computed at most once (a fused expert tensor's, which
+    each of its slices cuts from: held while the slices are, like the tensor itself)."""
+    step = decoded.half_step
+    if step is None:
+        return decoded
+    memo: list[torch.Tensor] = []
+
+    def once() -> torch.Tensor:
+        if not memo:
+            memo.append(step())
+        return memo[0]
+
+    return replace(decoded, half_step=once)
+
+
+def cut_slice(
+    piece: torch.Tensor, parent: torch.Tensor, how: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """Annotate ``piece`` = ``how(parent)`` (one expert of a decoded fused tensor) with the
+    parent's method and its half step cut the same way (LoRA factors do not apply to a
+    slice); ``piece`` is returned unchanged when ``parent`` carries nothing."""
+    found = annotation(parent)
+    if found is None:
+        return piece
+    step = found.half_step
+    half = None if step is None else (lambda: how(step()))
+    return annotate(piece, replace(found, half_step=half, lowrank=None))
