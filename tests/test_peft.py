@@ -252,3 +252,27 @@ def test_cli_bad_adapter_is_one_line_exit_1(tmp_path: Path, case: str, message: 
     assert result.exit_code == EXIT_ERROR, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("config", "extra", "message"),
+    [
+        ({"use_dora": True, "fan_in_fan_out": True}, ".lora_magnitude_vector", "DoRA on"),
+        ({"use_dora": True}, "", "DoRA on"),  # use_dora without its magnitude vector
+        ({"lora_bias": True}, ".lora_B.bias", "is not supported"),
+    ],
+)
+def test_unsupported_lora_variants_are_refused_by_name(
+    tmp_path: Path, config: dict, extra: str, message: str
+) -> None:
+    w = torch.randn(16, 24) * 0.02
+    m = f"{P}model.layers.0.mlp.up_proj"
+    tensors = {m + ".lora_A.weight": torch.randn(2, 24), m + ".lora_B.weight": torch.randn(16, 2)}
+    if config.get("fan_in_fan_out"):  # GPT-2 Conv1D stores [in, out]; A and B as usual
+        w = w.T.contiguous()
+    if extra:
+        tensors[m + extra] = torch.ones(16)  # out features: the magnitude or the bias
+    adapter = save_adapter(tmp_path / "ad", tensors, {"r": 2, "lora_alpha": 2, **config})
+    base = save(tmp_path / "base", {"model.layers.0.mlp.up_proj.weight": w})
+    with pytest.raises(AdapterError, match=message):
+        opdgeo.compare(str(base), str(adapter), cache=False)
