@@ -263,13 +263,14 @@ def test_mxfp4_gpt_oss_experts_are_split_after_decoding(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(got[METRICS], want[METRICS], check_exact=True)
 
 
-@pytest.mark.parametrize("fmt", ["mxfp4", "fp8"])
+@pytest.mark.parametrize("fmt", ["mxfp4", "fp8", "int8"])
 def test_quantized_fused_release_of_its_source_is_quantized_per_expert(
     tmp_path: Path, fmt: str
 ) -> None:
-    """gpt-oss MXFP4 / FP8 fused experts against the bf16 source they were quantized from:
+    """gpt-oss MXFP4 / FP8 / int8 fused experts against the bf16 source they were quantized from:
     each expert slice keeps its decoder's method and quantization step, so the regime is
-    ``quantized`` (the slices once lost them: sft-like, quant_step_share NaN)."""
+    ``quantized`` (the slices once lost them: sft-like, quant_step_share NaN; int8 ones were
+    not split at all)."""
     from tests.quantfixtures import fp8_block, mxfp4, save
 
     gen = torch.Generator().manual_seed(1)
@@ -285,15 +286,24 @@ def test_quantized_fused_release_of_its_source_is_quantized_per_expert(
             stored[p + name + "_blocks"], stored[p + name + "_scales"] = mxfp4(
                 w.float().transpose(1, 2)
             )
-        else:  # [E, m, n] FP8 with [E, ceil(m/128), ceil(n/128)] scales
+        elif fmt == "fp8":  # [E, m, n] FP8 with [E, ceil(m/128), ceil(n/128)] scales
             q, s = zip(*(fp8_block(w[k].float()) for k in range(e)), strict=True)
             stored[p + name], stored[p + name + "_scale_inv"] = torch.stack(q), torch.stack(s)
-    quant = {"quant_method": fmt, **({"weight_block_size": [128, 128]} if fmt == "fp8" else {})}
+        else:  # compressed-tensors int8, one scale per row of each expert: [E, m, 1]
+            scale = w.float().abs().amax(dim=2, keepdim=True) / 127
+            stored[p + name] = torch.round(w.float() / scale).to(torch.int8)
+            stored[p + name + "_scale"] = scale
+    quant = {
+        "fp8": {"quant_method": "fp8", "weight_block_size": [128, 128]},
+        "mxfp4": {"quant_method": "mxfp4"},
+        "int8": {"quant_method": "compressed-tensors", "format": "int-quantized"},
+    }[fmt]
     tuned = save(tmp_path / fmt, stored, {**cfg, "quantization_config": quant})
     run = opdgeo.compare(str(base), str(tuned), cache=False)[0]
     rows = _expert_rows(run)
     assert len(rows) == e * 3  # split: gate, up, down per expert
-    assert rows["method"].str.contains(f"decoding={fmt}").all()
+    method = "int8-channel" if fmt == "int8" else fmt
+    assert rows["method"].str.contains(f"decoding={method}").all()
     assert (rows["quant_within_step"] == rows["quant_params"]).all()
     assert rows["quant_params"].sum() == 3 * e * h * i
     assert run.summary["regime"] == "quantized"

@@ -162,17 +162,24 @@ def _numel(shape: list[int]) -> int:
 
 
 def plan_split(
-    tensors: dict[str, TensorInfo], config: dict[str, Any]
+    tensors: dict[str, TensorInfo],
+    config: dict[str, Any],
+    decoded: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, list[SliceInfo]], list[ExpertBlock]]:
     """Slices for every fused expert tensor that can be split (by fused name), and the
-    expert blocks found (fused and per-expert, one per layer prefix)."""
+    expert blocks found (fused and per-expert, one per layer prefix); integer tensors are
+    split only when ``decoded`` names them (dequantised int8 experts)."""
     family = model_type(config)
     hidden = hidden_size(tensors, config)
     fallback = "transposed" if family in _TRANSPOSED else "standard" if family else ""
     fused: dict[str, dict[str, tuple[str, TensorInfo]]] = {}
     for name, info in tensors.items():
         m = _FUSED.match(name)
-        if m is None or info.dtype in ("U8", "I8") or len(info.shape) != (2 if m["bias"] else 3):
+        if (
+            m is None
+            or (info.dtype in ("U8", "I8") and name not in decoded)
+            or len(info.shape) != (2 if m["bias"] else 3)
+        ):
             continue
         fused.setdefault(m["prefix"], {})[m["proj"] + (m["bias"] or "")] = (name, info)
     slices: dict[str, list[SliceInfo]] = {}
@@ -229,7 +236,7 @@ def plan_split(
 def split_experts(ckpt: Checkpoint) -> list[ExpertBlock]:
     """Replace each splittable fused expert tensor of ``ckpt`` by its per-expert slices (in
     place, keeping the file order); returns the checkpoint's expert blocks."""
-    slices, blocks = plan_split(ckpt.tensors, ckpt.config)
+    slices, blocks = plan_split(ckpt.tensors, ckpt.config, frozenset(ckpt.decoders))
     if slices:
         tensors: dict[str, TensorInfo] = {}
         for name, info in ckpt.tensors.items():

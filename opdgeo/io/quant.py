@@ -15,7 +15,8 @@ Decoded layouts (the weight keeps its name; its scale tensors are consumed, neve
   ``W = (q − zero_point) · scale`` as ``compressed_tensors/quantization/lifecycle/forward.py``
   ``_dequantize`` does, with ``weight_scale`` per tensor (``[]``/``[1]``), per channel
   (``[m, 1]``), per group (``[m, n / g]``) or per block (``[⌈m/b⌉, ⌈n/b⌉]``,
-  ``block_structure``). ``input_scale`` (activations) is consumed too.
+  ``block_structure``); a fused expert tensor ``x`` [E, m, n] takes ``x_scale`` [E, ...]
+  likewise. ``input_scale`` (activations) is consumed too.
 * **MXFP4** (gpt-oss, ``quant_method = "mxfp4"``): ``x_blocks`` U8 ``[E, R, G, 16]`` (two
   e2m1 values per byte: the low nibble is the even entry, the high nibble the odd one) and
   ``x_scales`` U8 ``[E, R, G]`` (e8m0 exponents with bias 127), groups of 32 along the last
@@ -289,7 +290,9 @@ def find(ckpt: Checkpoint) -> Found:
                 )
             decoders[name[:-7]] = Mxfp4((info, scales))
             consumed[name] = consumed[scales.name] = f"MXFP4 part of {name[:-7]} (decoded)"
-        elif info.dtype in FP8_FORMATS or (info.dtype == "I8" and name.endswith(".weight")):
+        elif info.dtype in FP8_FORMATS or (
+            info.dtype == "I8" and (name.endswith(".weight") or name + "_scale" in tensors)
+        ):
             # x.weight -> x.weight_scale_inv / x.weight_scale; a fused x -> x_scale_inv / x_scale
             # (transformers Fp8Dequantize._scale_pattern_for)
             stem, sep = (name[:-7], ".weight_") if name.endswith(".weight") else (name, "_")
