@@ -261,6 +261,9 @@ def test_mxfp4_gpt_oss_experts_are_split_after_decoding(tmp_path: Path) -> None:
     got = _expert_rows(opdgeo.compare(str(base), str(packed), cache=False)[0])
     assert len(want) == e * 3 and list(got.index) == list(want.index)
     pd.testing.assert_frame_equal(got[METRICS], want[METRICS], check_exact=True)
+    doc = describe(open_checkpoint(str(packed)))  # inspect: the experts the blocks decode to
+    assert (doc["n_moe_layers"], doc["n_experts"], doc["layouts"]) == (1, e, ["fused"])
+    assert doc["blocks"][0]["detail"] == "gate_up [E, H, 2I], gate/up interleaved"
 
 
 @pytest.mark.parametrize("fmt", ["mxfp4", "fp8", "int8"])

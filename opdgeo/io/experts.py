@@ -38,6 +38,7 @@ a view of it (:meth:`~opdgeo.io.checkpoint.Checkpoint.read`).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from dataclasses import dataclass
@@ -247,8 +248,17 @@ def split_experts(ckpt: Checkpoint) -> list[ExpertBlock]:
 
 
 def describe(ckpt: Checkpoint) -> dict[str, Any]:
-    """What ``inspect`` says about experts: MoE layers, experts per layer, layouts."""
-    _, blocks = plan_split(ckpt.tensors, ckpt.config)
+    """What ``inspect`` says about experts: MoE layers, experts per layer, layouts (of the
+    tensors as they are compared: gpt-oss MXFP4 ``*_blocks`` as the fused tensors they
+    decode to; headers only)."""
+    from opdgeo.io.quant import QuantizationError, dequantized
+
+    view = dataclasses.replace(ckpt, tensors=dict(ckpt.tensors), decoders={}, consumed={})
+    try:
+        dequantized(view)  # names, dtypes and shapes only: nothing is read
+    except QuantizationError:  # inspect's decoding column says why
+        view = ckpt
+    _, blocks = plan_split(view.tensors, view.config, frozenset(view.decoders))
     return {
         "n_moe_layers": len({b.prefix for b in blocks}),
         "n_experts": max((b.n_experts for b in blocks), default=0),
