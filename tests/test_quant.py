@@ -374,3 +374,40 @@ def test_cli_unknown_quant_method_is_one_line_exit_1(tmp_path: Path) -> None:
     assert result.exit_code == EXIT_ERROR
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "unknown quantization method 'fancy4'" in lines[0]
+
+
+@pytest.mark.parametrize("layout", ["block", "channel", "tensor", "mxfp4"])
+def test_fused_half_step_of_one_expert_is_its_part_of_the_whole(
+    tmp_path: Path, layout: str
+) -> None:
+    """Slices of a fused decoded tensor get their quantization step from their own expert's
+    codes (nothing the size of the fused tensor is held): equal to the whole grid's part."""
+    from opdgeo.io.decoded import annotation
+
+    gen = torch.Generator().manual_seed(7)
+    w = torch.randn(3, 136, 200, generator=gen) * 0.02
+    name = "model.layers.0.mlp.experts.gate_up_proj"
+    if layout == "mxfp4":
+        blocks, scales = mxfp4(w[:, :128].transpose(1, 2))  # [E, 200, 128]
+        stored = {name + "_blocks": blocks, name + "_scales": scales}
+        config = MX_CONFIG
+    else:
+        if layout == "block":
+            q, s = (torch.stack(t) for t in zip(*(fp8_block(x) for x in w), strict=True))
+        elif layout == "channel":
+            s = w.abs().amax(dim=2, keepdim=True) / 448.0
+            q = (w / s).to(torch.float8_e4m3fn)
+        else:
+            s = (w.abs().max() / 448.0).reshape(1)
+            q = (w / s).to(torch.float8_e4m3fn)
+        stored = {name: q, name + "_scale_inv": s}
+        config = FP8_CONFIG
+    ckpt = dequantized(open_checkpoint(str(save(tmp_path / layout, stored, config))))
+    got = ckpt.read(name)
+    if layout in ("channel", "tensor"):  # a per-tensor [1] scale on a fused tensor too
+        assert torch.equal(got, q.float() * s)
+    found = annotation(got)
+    assert found is not None and found.half_step is not None and found.half_step_at is not None
+    whole = found.half_step()
+    for e in range(3):
+        assert torch.equal(found.half_step_at(e), whole[e])

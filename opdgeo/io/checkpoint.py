@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from opdgeo.errors import SourceError
-from opdgeo.io.decoded import annotate, annotation, cut_slice, shared
+from opdgeo.io.decoded import cut_slice
 from opdgeo.io.dtypes import DTYPE_BYTES as DTYPE_BYTES  # re-exported: the tables live there
 from opdgeo.io.dtypes import FLOAT_DTYPES as FLOAT_DTYPES
 from opdgeo.io.dtypes import QUANTIZED_DTYPES as QUANTIZED_DTYPES
@@ -61,7 +61,10 @@ class SliceInfo(TensorInfo):
     order: int = 0  # position among the parent's slices (their reads stay together)
 
     def cut(self, parent: torch.Tensor) -> torch.Tensor:
-        x = parent[self.index]
+        return self.cut_expert(parent[self.index])
+
+    def cut_expert(self, x: torch.Tensor) -> torch.Tensor:
+        """The slice from ``parent[index]`` (one expert's part of the fused tensor)."""
         if self.axis is not None:
             where: list[slice] = [slice(None)] * x.dim()
             where[self.axis] = slice(self.offset, self.offset + self.step * self.count, self.step)
@@ -294,7 +297,8 @@ class Checkpoint:
         info = self.tensors[name]
         if isinstance(info, SliceInfo) and info.parent is not None:
             parent = self._parent(info.parent, pin)
-            return cut_slice(info.cut(parent), parent, info.cut)  # a decoded parent's facts too
+            piece = info.cut(parent)
+            return cut_slice(piece, parent, info.index, info.cut_expert)  # a decoder's facts too
         decoder = self.decoders.get(name)
         if decoder is not None:
             tensor = decoder.decode([self.read_info(p) for p in decoder.parts])
@@ -312,8 +316,6 @@ class Checkpoint:
             decoder = self.decoders.get(parent.name)
             if decoder is not None:
                 tensor = decoder.decode([self.read_info(p) for p in decoder.parts])
-                if (found := annotation(tensor)) is not None:
-                    annotate(tensor, shared(found))  # one half-step grid for all slices
             else:
                 tensor = self.read_info(parent, None, pin)
             self._parents[parent.name] = tensor
