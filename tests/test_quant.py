@@ -214,6 +214,13 @@ def test_bad_scale_shape_and_unknown_method(tmp_path: Path) -> None:
                {"quantization_config": {"quant_method": "fancy4"}})  # fmt: skip
     with pytest.raises(QuantizationError, match="unknown quantization method 'fancy4'"):
         dequantized(open_checkpoint(str(odd)))
+    blocks = torch.zeros(2, 8, 4, 16, dtype=torch.uint8)  # MXFP4 scales one group short
+    p = "model.layers.0.mlp.experts.down_proj"
+    short = save(tmp_path / "mx", {p + "_blocks": blocks,
+                                   p + "_scales": torch.zeros(2, 8, 3, dtype=torch.uint8)},
+                 MX_CONFIG)  # fmt: skip
+    with pytest.raises(QuantizationError, match=r"MXFP4 .*\[2, 8, 3\]: expected U8"):
+        dequantized(open_checkpoint(str(short)))
 
 
 def test_inspect_names_quantization(tmp_path: Path) -> None:
