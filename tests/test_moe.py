@@ -311,3 +311,24 @@ def test_quantized_fused_release_of_its_source_is_quantized_per_expert(
     assert rows["quant_params"].sum() == 3 * e * h * i
     assert run.summary["regime"] == "quantized"
     assert run.summary["quant_step_share"] == 1.0
+
+
+@pytest.mark.parametrize("family", ["deepseek_v3", "qwen2_moe"])
+def test_shared_expert_families_fused_and_per_expert_agree(
+    make_checkpoint: Make, family: str
+) -> None:
+    """DeepSeek-V3 (``mlp.shared_experts``, ``e_score_correction_bias``) and Qwen2-MoE
+    (``mlp.shared_expert``, ``shared_expert_gate``) in transformers 5's fused layout give the
+    per-expert numbers; shared experts stay whole and are not counted as experts."""
+    base = per_expert(family)
+    tuned = perturb(base, 1e-2)
+    cfg = {"model_type": family, "hidden_size": 32}
+    b = make_checkpoint("b", base, config=cfg)
+    runs = opdgeo.compare(str(b), [str(make_checkpoint("t", tuned, config=cfg)),
+                                   str(make_checkpoint("ft", fuse(tuned), config=cfg))],
+                          cache=False)  # fmt: skip
+    ref, got = (r.tensors.set_index("tensor").sort_index() for r in runs)
+    assert list(got.index) == list(ref.index)
+    pd.testing.assert_frame_equal(got[METRICS], ref[METRICS], check_exact=True)
+    assert (ref["module"] == "shared_expert").sum() == 2 * 3
+    assert runs[1].summary["n_experts"] == 4 and len(runs[1].experts) == 2 * 4
