@@ -34,8 +34,7 @@ from opdgeo.errors import ConfigError, OpdgeoWarning
 from opdgeo.inspection import inspect_document, inspect_frame
 from opdgeo.io import Checkpoint, SourceOptions, open_checkpoint
 from opdgeo.io.experts import split_experts
-from opdgeo.io.peft import open_run
-from opdgeo.io.quant import dequantized
+from opdgeo.io.peft import open_base, open_run
 from opdgeo.pairing import Plan, plan_pairs
 from opdgeo.records import TensorRecord
 from opdgeo.regimes import locking_verdict
@@ -329,7 +328,7 @@ def _group(
 
     opened: list[Checkpoint] = []
     try:
-        base_ckpt = dequantized(open_checkpoint(origin, sources))
+        base_ckpt = open_base(origin, sources)  # quantized weights decoded, adapters refused
         opened.append(base_ckpt)
         ckpts = []
         for spec in members:

@@ -185,11 +185,11 @@ def plan_pairs(base: Checkpoint, tuned: Checkpoint, settings: Settings) -> Plan:
         plan.pairs.append(
             Pair(label, bname, tname, kind, layer_index(label), shape, rows, added, is_tied)
         )
-    for name in only_b:
-        if _in_scope(name, base.tensors[name], settings):
+    for name in only_b:  # a name the tuned side stores undecoded is skipped with its format below
+        if name not in tuned.consumed and _in_scope(name, base.tensors[name], settings):
             plan.skipped.append(Skipped(name, "only in base", base.tensors[name].shape, None))
     for name in only_t:
-        if _in_scope(name, tuned.tensors[name], settings):
+        if name not in base.consumed and _in_scope(name, tuned.tensors[name], settings):
             plan.skipped.append(Skipped(name, "only in tuned", None, tuned.tensors[name].shape))
 
     for name in dict.fromkeys([*base.consumed, *tuned.consumed]):  # scales, adapter factors

@@ -261,3 +261,74 @@ def test_mxfp4_gpt_oss_experts_are_split_after_decoding(tmp_path: Path) -> None:
     got = _expert_rows(opdgeo.compare(str(base), str(packed), cache=False)[0])
     assert len(want) == e * 3 and list(got.index) == list(want.index)
     pd.testing.assert_frame_equal(got[METRICS], want[METRICS], check_exact=True)
+    doc = describe(open_checkpoint(str(packed)))  # inspect: the experts the blocks decode to
+    assert (doc["n_moe_layers"], doc["n_experts"], doc["layouts"]) == (1, e, ["fused"])
+    assert doc["blocks"][0]["detail"] == "gate_up [E, H, 2I], gate/up interleaved"
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "fp8", "int8"])
+def test_quantized_fused_release_of_its_source_is_quantized_per_expert(
+    tmp_path: Path, fmt: str
+) -> None:
+    """gpt-oss MXFP4 / FP8 / int8 fused experts against the bf16 source they were quantized from:
+    each expert slice keeps its decoder's method and quantization step, so the regime is
+    ``quantized`` (the slices once lost them: sft-like, quant_step_share NaN; int8 ones were
+    not split at all)."""
+    from tests.quantfixtures import fp8_block, mxfp4, save
+
+    gen = torch.Generator().manual_seed(1)
+    e, h, i = 2, 32, 32
+    gate_up = (torch.randn(e, h, 2 * i, generator=gen) * 0.02).bfloat16()  # [E, H, 2I]
+    down = (torch.randn(e, i, h, generator=gen) * 0.02).bfloat16()  # [E, I, H]
+    p = "model.layers.0.mlp.experts."
+    cfg = {"model_type": "gpt_oss", "hidden_size": h}
+    base = save(tmp_path / "base", {p + "gate_up_proj": gate_up, p + "down_proj": down}, cfg)
+    stored: dict[str, torch.Tensor] = {}
+    for name, w in (("gate_up_proj", gate_up), ("down_proj", down)):
+        if fmt == "mxfp4":  # blocks [E, out, in/32, 16] of the [E, out, in] transpose
+            stored[p + name + "_blocks"], stored[p + name + "_scales"] = mxfp4(
+                w.float().transpose(1, 2)
+            )
+        elif fmt == "fp8":  # [E, m, n] FP8 with [E, ceil(m/128), ceil(n/128)] scales
+            q, s = zip(*(fp8_block(w[k].float()) for k in range(e)), strict=True)
+            stored[p + name], stored[p + name + "_scale_inv"] = torch.stack(q), torch.stack(s)
+        else:  # compressed-tensors int8, one scale per row of each expert: [E, m, 1]
+            scale = w.float().abs().amax(dim=2, keepdim=True) / 127
+            stored[p + name] = torch.round(w.float() / scale).to(torch.int8)
+            stored[p + name + "_scale"] = scale
+    quant = {
+        "fp8": {"quant_method": "fp8", "weight_block_size": [128, 128]},
+        "mxfp4": {"quant_method": "mxfp4"},
+        "int8": {"quant_method": "compressed-tensors", "format": "int-quantized"},
+    }[fmt]
+    tuned = save(tmp_path / fmt, stored, {**cfg, "quantization_config": quant})
+    run = opdgeo.compare(str(base), str(tuned), cache=False)[0]
+    rows = _expert_rows(run)
+    assert len(rows) == e * 3  # split: gate, up, down per expert
+    method = "int8-channel" if fmt == "int8" else fmt
+    assert rows["method"].str.contains(f"decoding={method}").all()
+    assert (rows["quant_within_step"] == rows["quant_params"]).all()
+    assert rows["quant_params"].sum() == 3 * e * h * i
+    assert run.summary["regime"] == "quantized"
+    assert run.summary["quant_step_share"] == 1.0
+
+
+@pytest.mark.parametrize("family", ["deepseek_v3", "qwen2_moe"])
+def test_shared_expert_families_fused_and_per_expert_agree(
+    make_checkpoint: Make, family: str
+) -> None:
+    """DeepSeek-V3 (``mlp.shared_experts``, ``e_score_correction_bias``) and Qwen2-MoE
+    (``mlp.shared_expert``, ``shared_expert_gate``) in transformers 5's fused layout give the
+    per-expert numbers; shared experts stay whole and are not counted as experts."""
+    base = per_expert(family)
+    tuned = perturb(base, 1e-2)
+    cfg = {"model_type": family, "hidden_size": 32}
+    b = make_checkpoint("b", base, config=cfg)
+    runs = opdgeo.compare(str(b), [str(make_checkpoint("t", tuned, config=cfg)),
+                                   str(make_checkpoint("ft", fuse(tuned), config=cfg))],
+                          cache=False)  # fmt: skip
+    ref, got = (r.tensors.set_index("tensor").sort_index() for r in runs)
+    assert list(got.index) == list(ref.index)
+    pd.testing.assert_frame_equal(got[METRICS], ref[METRICS], check_exact=True)
+    assert (ref["module"] == "shared_expert").sum() == 2 * 3
+    assert runs[1].summary["n_experts"] == 4 and len(runs[1].experts) == 2 * 4

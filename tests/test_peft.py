@@ -202,3 +202,77 @@ def test_adapter_on_cuda_matches_cpu(tmp_path: Path) -> None:
     gpu = opdgeo.compare(str(base), str(adapter), device="cuda")[0].summary
     for column in ("rel_norm", "stable_rank", "sparsity_bf16", "lora_rank_max"):
         assert gpu[column] == pytest.approx(cpu[column], rel=1e-6), column
+
+
+def test_bf16_base_adapter_agrees_with_float32_and_bf16_merges(tmp_path: Path) -> None:
+    """The usual case, a bf16 base: the adapter equals its float32 merge within 1e-6, and its
+    bf16 sparsity equals exactly that of the merge stored in bf16 (what a user releases)."""
+    config = CONFIGS["patterns+rslora+modules_to_save"]
+    base = _base(torch.bfloat16)
+    tensors, merged = _adapter(base, config)
+    base_dir = save(tmp_path / "base", base)
+    runs = opdgeo.compare(str(base_dir), [
+        str(save_adapter(tmp_path / "adapter", tensors, config)),
+        str(save(tmp_path / "f32", {k: v.float() for k, v in merged.items()})),
+        str(save(tmp_path / "bf16", {k: v.bfloat16() for k, v in merged.items()})),
+    ], cache=False)  # fmt: skip
+    a, f32, bf16 = (r.tensors.set_index("tensor") for r in runs)
+    compared = [n for n in f32.index if not f32.loc[n, "skipped"]]
+    for name in compared:
+        for col in AGREE:
+            x, y = float(a.loc[name, col]), float(f32.loc[name, col])
+            assert (math.isnan(x) and math.isnan(y)) or x == pytest.approx(y, rel=1e-6), (name, col)
+    assert runs[0].summary["sparsity_bf16"] == runs[1].summary["sparsity_bf16"]
+    assert runs[0].summary["sparsity_bf16"] == runs[2].summary["sparsity_bf16"]
+    assert (
+        a.loc[compared, "unchanged_bf16"].tolist() == bf16.loc[compared, "unchanged_bf16"].tolist()
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("no-config", "no adapter_config.json"),
+        ("wrong-r", "do not match r = 8"),
+        ("adapter-as-base", "is a LoRA adapter, not a base model"),
+    ],
+)
+def test_cli_bad_adapter_is_one_line_exit_1(tmp_path: Path, case: str, message: str) -> None:
+    from typer.testing import CliRunner
+
+    from opdgeo.cli import app
+    from opdgeo.errors import EXIT_ERROR
+
+    base = save(tmp_path / "base", _base())
+    tensors, _ = _adapter(_base(), {"r": 4, "lora_alpha": 8})
+    config = None if case == "no-config" else {"r": 8 if case == "wrong-r" else 4, "lora_alpha": 8}
+    adapter = save_adapter(tmp_path / "adapter", tensors, config)
+    order = [adapter, base] if case == "adapter-as-base" else [base, adapter]
+    result = CliRunner().invoke(app, ["compare", *map(str, order), "--no-cache"])
+    assert result.exit_code == EXIT_ERROR, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("config", "extra", "message"),
+    [
+        ({"use_dora": True, "fan_in_fan_out": True}, ".lora_magnitude_vector", "DoRA on"),
+        ({"use_dora": True}, "", "DoRA on"),  # use_dora without its magnitude vector
+        ({"lora_bias": True}, ".lora_B.bias", "is not supported"),
+    ],
+)
+def test_unsupported_lora_variants_are_refused_by_name(
+    tmp_path: Path, config: dict, extra: str, message: str
+) -> None:
+    w = torch.randn(16, 24) * 0.02
+    m = f"{P}model.layers.0.mlp.up_proj"
+    tensors = {m + ".lora_A.weight": torch.randn(2, 24), m + ".lora_B.weight": torch.randn(16, 2)}
+    if config.get("fan_in_fan_out"):  # GPT-2 Conv1D stores [in, out]; A and B as usual
+        w = w.T.contiguous()
+    if extra:
+        tensors[m + extra] = torch.ones(16)  # out features: the magnitude or the bias
+    adapter = save_adapter(tmp_path / "ad", tensors, {"r": 2, "lora_alpha": 2, **config})
+    base = save(tmp_path / "base", {"model.layers.0.mlp.up_proj.weight": w})
+    with pytest.raises(AdapterError, match=message):
+        opdgeo.compare(str(base), str(adapter), cache=False)

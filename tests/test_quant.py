@@ -214,6 +214,13 @@ def test_bad_scale_shape_and_unknown_method(tmp_path: Path) -> None:
                {"quantization_config": {"quant_method": "fancy4"}})  # fmt: skip
     with pytest.raises(QuantizationError, match="unknown quantization method 'fancy4'"):
         dequantized(open_checkpoint(str(odd)))
+    blocks = torch.zeros(2, 8, 4, 16, dtype=torch.uint8)  # MXFP4 scales one group short
+    p = "model.layers.0.mlp.experts.down_proj"
+    short = save(tmp_path / "mx", {p + "_blocks": blocks,
+                                   p + "_scales": torch.zeros(2, 8, 3, dtype=torch.uint8)},
+                 MX_CONFIG)  # fmt: skip
+    with pytest.raises(QuantizationError, match=r"MXFP4 .*\[2, 8, 3\]: expected U8"):
+        dequantized(open_checkpoint(str(short)))
 
 
 def test_inspect_names_quantization(tmp_path: Path) -> None:
@@ -280,3 +287,134 @@ def test_fp8_fused_experts_keep_their_expert_axis(tmp_path: Path) -> None:
     assert got.shape == (3, 136, 200)
     for e in range(3):
         assert torch.equal(got[e], fp8_dequant_reference(q[e], s[e]))
+
+
+def test_fp8_e5m2_block_equals_stored_dequantized(tmp_path: Path) -> None:
+    """F8_E5M2 with block scales (partial edge blocks) is decoded like E4M3."""
+    name = "model.layers.0.self_attn.q_proj.weight"
+    w = _base()[name]  # 200 x 136
+    scale = torch.empty(2, 2)
+    for i in range(2):
+        for j in range(2):
+            scale[i, j] = w[i * 128 : (i + 1) * 128, j * 128 : (j + 1) * 128].abs().max() / 57344.0
+    q = (w / scale[torch.arange(200) // 128][:, torch.arange(136) // 128]).to(torch.float8_e5m2)
+    base = save(tmp_path / "base", {name: w.bfloat16()})
+    a_sum, a = _frame(base, save(tmp_path / "e5", {name: q, name + "_scale_inv": scale},
+                                 FP8_CONFIG))  # fmt: skip
+    _, b = _frame(base, save(tmp_path / "plain", {name: fp8_dequant_reference(q, scale)}))
+    _same(a, b, [name])
+    assert a.loc[name, "dtype_tuned"] == "F8_E5M2"
+    assert "fp8-e5m2-block128x128" in a.loc[name, "method"]
+    assert a_sum["regime"] == "quantized"
+
+
+def test_compressed_tensors_int8_channel_with_zero_point_and_scalar_scale(tmp_path: Path) -> None:
+    """int-quantized: W = (q - zero) * scale per channel; a 0-d per-tensor scale also works."""
+    name = "model.layers.0.mlp.up_proj.weight"
+    w = _base()[name]
+    scale = w.abs().amax(dim=1, keepdim=True) / 120
+    zero = torch.randint(-3, 4, (w.shape[0], 1), generator=torch.Generator().manual_seed(0))
+    q = (torch.round(w / scale) + zero).to(torch.int8)
+    config = {"quantization_config": {"quant_method": "compressed-tensors",
+                                      "format": "int-quantized"}}  # fmt: skip
+    base = save(tmp_path / "base", {name: w})
+    stem = name.removesuffix("weight")
+    _, a = _frame(base, save(tmp_path / "i8", {name: q, stem + "weight_scale": scale,
+                                               stem + "weight_zero_point": zero.to(torch.int8)},
+                             config))  # fmt: skip
+    _, b = _frame(base, save(tmp_path / "plain", {name: (q.float() - zero) * scale}))
+    _same(a, b, [name])
+    assert "int8-channel" in a.loc[name, "method"]
+    assert "quantization scale" in a.loc[stem + "weight_zero_point", "skipped"]
+    s = (w.abs().max() / 448.0).reshape(())  # a 0-d scale, as some exports store it
+    f8 = (w / s).to(torch.float8_e4m3fn)
+    _, c = _frame(base, save(tmp_path / "scalar", {name: f8, stem + "weight_scale": s}, CT_CONFIG))
+    _, d = _frame(base, save(tmp_path / "plain0", {name: f8.float() * s}))
+    _same(c, d, [name])
+    assert "fp8-e4m3-tensor" in c.loc[name, "method"]
+
+
+@pytest.mark.parametrize(
+    ("stored", "fmt"),
+    [
+        ({".weight": torch.zeros(13600, 1, dtype=torch.uint8), ".weight.absmax": torch.ones(425),
+          ".weight.quant_map": torch.ones(16),
+          ".weight.quant_state.bitsandbytes__nf4": torch.zeros(8, dtype=torch.uint8)},
+         "bitsandbytes 4-bit"),
+        ({".weight": torch.zeros(200, 136, dtype=torch.int8), ".SCB": torch.ones(200)},
+         "bitsandbytes int8"),
+        ({".qweight": torch.zeros(17, 200, dtype=torch.int32),
+          ".qzeros": torch.zeros(1, 25, dtype=torch.int32),
+          ".scales": torch.ones(1, 200, dtype=torch.float16)}, "GPTQ/AWQ"),
+    ],
+)  # fmt: skip
+def test_undecoded_formats_are_named_never_mislabelled(
+    tmp_path: Path, stored: dict[str, torch.Tensor], fmt: str
+) -> None:
+    """bitsandbytes and GPTQ/AWQ weights are skipped naming the format; a quantized
+    ``.weight`` the base has in float is not reported as "only in base"."""
+    stem = "model.layers.0.self_attn.q_proj"
+    norm = {"model.norm.weight": torch.ones(136)}
+    base = save(tmp_path / "base", {stem + ".weight": _base()[stem + ".weight"], **norm})
+    tuned = save(tmp_path / "q", {stem + k: v for k, v in stored.items()} | norm)
+    _, frame = _frame(base, tuned, cache=False)
+    for suffix in stored:
+        assert fmt in frame.loc[stem + suffix, "skipped"], suffix
+    reasons = frame.loc[[stem + ".weight"], "skipped"].tolist()
+    if ".weight" in stored:  # one row, naming the format
+        assert len(reasons) == 1 and fmt in reasons[0]
+    else:  # GPTQ renames the weight: the base's float weight has no partner
+        assert reasons == ["only in base"]
+
+
+def test_cli_unknown_quant_method_is_one_line_exit_1(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from opdgeo.cli import app
+
+    name = "model.layers.0.self_attn.q_proj.weight"
+    q, s = fp8_block(_base()[name])
+    odd = save(tmp_path / "odd", {name: q, name + "_scale_inv": s},
+               {"quantization_config": {"quant_method": "fancy4"}})  # fmt: skip
+    base = save(tmp_path / "base", {name: _base()[name]})
+    result = CliRunner().invoke(app, ["compare", str(base), str(odd), "--no-cache"])
+    assert result.exit_code == EXIT_ERROR
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "unknown quantization method 'fancy4'" in lines[0]
+
+
+@pytest.mark.parametrize("layout", ["block", "channel", "tensor", "mxfp4"])
+def test_fused_half_step_of_one_expert_is_its_part_of_the_whole(
+    tmp_path: Path, layout: str
+) -> None:
+    """Slices of a fused decoded tensor get their quantization step from their own expert's
+    codes (nothing the size of the fused tensor is held): equal to the whole grid's part."""
+    from opdgeo.io.decoded import annotation
+
+    gen = torch.Generator().manual_seed(7)
+    w = torch.randn(3, 136, 200, generator=gen) * 0.02
+    name = "model.layers.0.mlp.experts.gate_up_proj"
+    if layout == "mxfp4":
+        blocks, scales = mxfp4(w[:, :128].transpose(1, 2))  # [E, 200, 128]
+        stored = {name + "_blocks": blocks, name + "_scales": scales}
+        config = MX_CONFIG
+    else:
+        if layout == "block":
+            q, s = (torch.stack(t) for t in zip(*(fp8_block(x) for x in w), strict=True))
+        elif layout == "channel":
+            s = w.abs().amax(dim=2, keepdim=True) / 448.0
+            q = (w / s).to(torch.float8_e4m3fn)
+        else:
+            s = (w.abs().max() / 448.0).reshape(1)
+            q = (w / s).to(torch.float8_e4m3fn)
+        stored = {name: q, name + "_scale_inv": s}
+        config = FP8_CONFIG
+    ckpt = dequantized(open_checkpoint(str(save(tmp_path / layout, stored, config))))
+    got = ckpt.read(name)
+    if layout in ("channel", "tensor"):  # a per-tensor [1] scale on a fused tensor too
+        assert torch.equal(got, q.float() * s)
+    found = annotation(got)
+    assert found is not None and found.half_step is not None and found.half_step_at is not None
+    whole = found.half_step()
+    for e in range(3):
+        assert torch.equal(found.half_step_at(e), whole[e])

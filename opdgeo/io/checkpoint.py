@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from opdgeo.errors import SourceError
+from opdgeo.io.decoded import cut_slice
 from opdgeo.io.dtypes import DTYPE_BYTES as DTYPE_BYTES  # re-exported: the tables live there
 from opdgeo.io.dtypes import FLOAT_DTYPES as FLOAT_DTYPES
 from opdgeo.io.dtypes import QUANTIZED_DTYPES as QUANTIZED_DTYPES
@@ -60,7 +61,10 @@ class SliceInfo(TensorInfo):
     order: int = 0  # position among the parent's slices (their reads stay together)
 
     def cut(self, parent: torch.Tensor) -> torch.Tensor:
-        x = parent[self.index]
+        return self.cut_expert(parent[self.index])
+
+    def cut_expert(self, x: torch.Tensor) -> torch.Tensor:
+        """The slice from ``parent[index]`` (one expert's part of the fused tensor)."""
         if self.axis is not None:
             where: list[slice] = [slice(None)] * x.dim()
             where[self.axis] = slice(self.offset, self.offset + self.step * self.count, self.step)
@@ -295,7 +299,9 @@ class Checkpoint:
         pinned (page-locked) host memory so that a GPU copy can run asynchronously."""
         info = self.tensors[name]
         if isinstance(info, SliceInfo) and info.parent is not None:
-            return info.cut(self._parent(info.parent, pin))
+            parent = self._parent(info.parent, pin)
+            piece = info.cut(parent)
+            return cut_slice(piece, parent, info.index, info.cut_expert)  # a decoder's facts too
         decoder = self.decoders.get(name)
         if decoder is not None:
             tensor = decoder.decode([self.read_info(p) for p in decoder.parts])

@@ -38,6 +38,7 @@ a view of it (:meth:`~opdgeo.io.checkpoint.Checkpoint.read`).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from dataclasses import dataclass
@@ -162,17 +163,24 @@ def _numel(shape: list[int]) -> int:
 
 
 def plan_split(
-    tensors: dict[str, TensorInfo], config: dict[str, Any]
+    tensors: dict[str, TensorInfo],
+    config: dict[str, Any],
+    decoded: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, list[SliceInfo]], list[ExpertBlock]]:
     """Slices for every fused expert tensor that can be split (by fused name), and the
-    expert blocks found (fused and per-expert, one per layer prefix)."""
+    expert blocks found (fused and per-expert, one per layer prefix); integer tensors are
+    split only when ``decoded`` names them (dequantised int8 experts)."""
     family = model_type(config)
     hidden = hidden_size(tensors, config)
     fallback = "transposed" if family in _TRANSPOSED else "standard" if family else ""
     fused: dict[str, dict[str, tuple[str, TensorInfo]]] = {}
     for name, info in tensors.items():
         m = _FUSED.match(name)
-        if m is None or info.dtype in ("U8", "I8") or len(info.shape) != (2 if m["bias"] else 3):
+        if (
+            m is None
+            or (info.dtype in ("U8", "I8") and name not in decoded)
+            or len(info.shape) != (2 if m["bias"] else 3)
+        ):
             continue
         fused.setdefault(m["prefix"], {})[m["proj"] + (m["bias"] or "")] = (name, info)
     slices: dict[str, list[SliceInfo]] = {}
@@ -229,7 +237,7 @@ def plan_split(
 def split_experts(ckpt: Checkpoint) -> list[ExpertBlock]:
     """Replace each splittable fused expert tensor of ``ckpt`` by its per-expert slices (in
     place, keeping the file order); returns the checkpoint's expert blocks."""
-    slices, blocks = plan_split(ckpt.tensors, ckpt.config)
+    slices, blocks = plan_split(ckpt.tensors, ckpt.config, frozenset(ckpt.decoders))
     if slices:
         tensors: dict[str, TensorInfo] = {}
         for name, info in ckpt.tensors.items():
@@ -240,8 +248,17 @@ def split_experts(ckpt: Checkpoint) -> list[ExpertBlock]:
 
 
 def describe(ckpt: Checkpoint) -> dict[str, Any]:
-    """What ``inspect`` says about experts: MoE layers, experts per layer, layouts."""
-    _, blocks = plan_split(ckpt.tensors, ckpt.config)
+    """What ``inspect`` says about experts: MoE layers, experts per layer, layouts (of the
+    tensors as they are compared: gpt-oss MXFP4 ``*_blocks`` as the fused tensors they
+    decode to; headers only)."""
+    from opdgeo.io.quant import QuantizationError, dequantized
+
+    view = dataclasses.replace(ckpt, tensors=dict(ckpt.tensors), decoders={}, consumed={})
+    try:
+        dequantized(view)  # names, dtypes and shapes only: nothing is read
+    except QuantizationError:  # inspect's decoding column says why
+        view = ckpt
+    _, blocks = plan_split(view.tensors, view.config, frozenset(view.decoders))
     return {
         "n_moe_layers": len({b.prefix for b in blocks}),
         "n_experts": max((b.n_experts for b in blocks), default=0),

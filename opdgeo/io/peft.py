@@ -307,9 +307,22 @@ def open_run(spec: str, base: Checkpoint, options: SourceOptions) -> Checkpoint:
 
     ckpt = open_checkpoint(spec, options)
     if ckpt.adapter is not None or any(is_lora_name(n) for n in ckpt.tensors):
-        if base.adapter is not None:
-            raise SourceError(f"{base.label}: is a LoRA adapter; give the base model first")
         return open_adapter(ckpt, base)
+    return dequantized(ckpt)
+
+
+def open_base(spec: str, options: SourceOptions) -> Checkpoint:
+    """The base of a comparison, its quantized weights decoded; an adapter is refused (it
+    has no weights of its own to compare against)."""
+    from opdgeo.io import open_checkpoint
+
+    ckpt = open_checkpoint(spec, options)
+    if ckpt.adapter is not None or any(is_lora_name(n) for n in ckpt.tensors):
+        ckpt.close()
+        raise SourceError(
+            f"{ckpt.label}: is a LoRA adapter, not a base model (give the base model first: "
+            "opdgeo compare BASE ADAPTER)"
+        )
     return dequantized(ckpt)
 
 

@@ -15,7 +15,8 @@ Decoded layouts (the weight keeps its name; its scale tensors are consumed, neve
   ``W = (q − zero_point) · scale`` as ``compressed_tensors/quantization/lifecycle/forward.py``
   ``_dequantize`` does, with ``weight_scale`` per tensor (``[]``/``[1]``), per channel
   (``[m, 1]``), per group (``[m, n / g]``) or per block (``[⌈m/b⌉, ⌈n/b⌉]``,
-  ``block_structure``). ``input_scale`` (activations) is consumed too.
+  ``block_structure``); a fused expert tensor ``x`` [E, m, n] takes ``x_scale`` [E, ...]
+  likewise. ``input_scale`` (activations) is consumed too.
 * **MXFP4** (gpt-oss, ``quant_method = "mxfp4"``): ``x_blocks`` U8 ``[E, R, G, 16]`` (two
   e2m1 values per byte: the low nibble is the even entry, the high nibble the odd one) and
   ``x_scales`` U8 ``[E, R, G]`` (e8m0 exponents with bias 127), groups of 32 along the last
@@ -66,6 +67,8 @@ FP4_VALUES = (
     -6.0,
 )
 """e2m1 code -> value (sign bit 3), as transformers' ``FP4_VALUES``."""
+FP4_HALF_STEPS = (0.25, 0.25, 0.25, 0.25, 0.5, 0.5, 1.0, 1.0) * 2
+"""Half the e2m1 spacing at each code: 0.5 below 2, 1 in [2, 4), 2 from 4, halved."""
 MXFP4_GROUP = 32
 MXFP4_BIAS = 127
 KNOWN_METHODS = {
@@ -101,6 +104,8 @@ def stored(info: TensorInfo, raw: torch.Tensor) -> torch.Tensor:
 
 def _expand(scale: torch.Tensor, block: tuple[int, int], shape: tuple[int, ...]) -> torch.Tensor:
     """A scale grid repeated to ``shape`` (the last two axes; edge blocks cut)."""
+    if scale.numel() == 1:  # per tensor, whatever the leading (expert) axes
+        return scale.float().reshape([1] * len(shape)).expand(shape)
     m, n = shape[-2], shape[-1]
     grid = scale.float().reshape(*shape[:-2], -(-m // block[0]), -(-n // block[1]))
     if grid.shape[-2:] == (1, 1):
@@ -149,7 +154,15 @@ class ScaledGrid:
                 grid = grid * 0.5
             return grid.reshape(shape)
 
-        return annotate(out.reshape(shape), Decoded(self.method, half_step=half_step))
+        def half_step_at(index: int) -> torch.Tensor:  # expert ``index`` of [E, m, n] alone
+            own = scale if scale.numel() == 1 else scale.reshape(shape[0], -1)[index]
+            grid = _expand(own, block, shape[1:]).abs()
+            if dtype in FP8_FORMATS:
+                return grid * _fp8_half_step(weight.reshape(shape)[index], dtype)
+            return grid * 0.5
+
+        at = half_step_at if len(shape) == 3 else None
+        return annotate(out.reshape(shape), Decoded(self.method, half_step, at))
 
 
 @dataclass(frozen=True)
@@ -167,11 +180,14 @@ class Mxfp4:
         out = _mx_layout(_mx_values(blocks, scales, lut))
 
         def half_step() -> torch.Tensor:  # recomputed from the packed codes
-            # e2m1 spacing: 0.5 below 2, 1 in [2, 4), 2 from 4 (codes 0-3, 4-5, 6-7), halved
-            half = torch.tensor((0.25, 0.25, 0.25, 0.25, 0.5, 0.5, 1.0, 1.0) * 2)
-            return _mx_layout(_mx_values(blocks, scales, half))
+            return _mx_layout(_mx_values(blocks, scales, torch.tensor(FP4_HALF_STEPS)))
 
-        return annotate(out, Decoded(self.method, half_step=half_step))
+        def half_step_at(index: int) -> torch.Tensor:  # one expert's codes only
+            one = slice(index, index + 1)
+            return _mx_layout(_mx_values(blocks[one], scales[one], torch.tensor(FP4_HALF_STEPS)))[0]
+
+        at = half_step_at if blocks.dim() == 4 else None
+        return annotate(out, Decoded(self.method, half_step, at))
 
 
 def _mx_values(blocks: torch.Tensor, scales: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -289,7 +305,9 @@ def find(ckpt: Checkpoint) -> Found:
                 )
             decoders[name[:-7]] = Mxfp4((info, scales))
             consumed[name] = consumed[scales.name] = f"MXFP4 part of {name[:-7]} (decoded)"
-        elif info.dtype in FP8_FORMATS or (info.dtype == "I8" and name.endswith(".weight")):
+        elif info.dtype in FP8_FORMATS or (
+            info.dtype == "I8" and (name.endswith(".weight") or name + "_scale" in tensors)
+        ):
             # x.weight -> x.weight_scale_inv / x.weight_scale; a fused x -> x_scale_inv / x_scale
             # (transformers Fp8Dequantize._scale_pattern_for)
             stem, sep = (name[:-7], ".weight_") if name.endswith(".weight") else (name, "_")
