@@ -19,6 +19,7 @@ operation size), demo (the demo family's analysis with today's and the new kerne
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import platform
@@ -42,7 +43,6 @@ from opdgeo import pair as pair_module  # noqa: E402
 from opdgeo.config import Config, Settings  # noqa: E402
 from opdgeo.linalg_eig import _eigh_top_cpu, eigh_top  # noqa: E402
 from opdgeo.linalg_select import fraction_threshold_f32  # noqa: E402
-from opdgeo.pair import TensorPair  # noqa: E402
 from opdgeo.scan import scan_pair  # noqa: E402
 from opdgeo.synthetic import base_matrix  # noqa: E402
 from opdgeo.threads import SMALL_OP_FLOPS, _blas_pools  # noqa: E402
@@ -390,21 +390,40 @@ def bench_select(rep: Report, repeats: int) -> None:
 # -- scan ----------------------------------------------------------------------------------------
 
 
+def _scan_kernel(kernel: str) -> Callable[[torch.Tensor, torch.Tensor, int], Any]:
+    """scan_pair on the torch kernel (OPDGEO_JIT=0) or on numba's."""
+
+    def go(b: torch.Tensor, t: torch.Tensor, workers: int) -> Any:
+        os.environ["OPDGEO_JIT"] = "0" if kernel == "torch" else "1"
+        try:
+            return scan_pair(b, t, 1e-5, workers)
+        finally:
+            os.environ.pop("OPDGEO_JIT", None)
+
+    return go
+
+
 def bench_scan(rep: Report, repeats: int) -> None:
     section(rep, "scan: element-wise statistics of a bf16 pair")
     rep.add(
         "bf16 pairs (W0 ~ N(0, 0.02²), W1 = bf16(W0 + N(0, (1.5e-5)²)): most entries "
         "bit-identical, as an RLVR update) already in memory, so this is the compute side "
-        "of the scan tier (reading is separate). Today: `TensorPair.elementwise` (bf16 fast "
-        "path, 4M-entry chunks, torch threads = `threads`). New: `opdgeo.scan.scan_pair` "
-        "with `workers` Python threads (its torch operations run inline, one thread each). "
-        "GB/s = checkpoint bytes of both tensors / wall seconds (best of "
-        f"{repeats}); `CPU GB/s` = the same over process CPU time (what one would get "
-        "without other processes on the cores). `counts`: every count and the max equal; "
-        "`sum err`: the largest relative difference of ‖ΔW‖_F², ‖W0‖_F² from a float64 sum "
-        "(new / today).",
+        "of the scan tier (reading is separate). `torch`: `opdgeo.scan.scan_pair`'s torch "
+        "kernel (`OPDGEO_JIT=0`: 9 torch operations per 32K block, run inline). `numba`: its "
+        "compiled kernel (`opdgeo.scan_jit`, the `fast` extra: one vectorised loop, float64 "
+        "sums of exact squares), compiled or loaded from numba's cache before timing. Both "
+        "with `workers` Python threads. GB/s = checkpoint bytes of both tensors / wall "
+        f"seconds (best of {repeats}, the two alternating); `CPU GB/s` = the same over "
+        "process CPU time (what one would get without other processes on the cores). "
+        "`counts`: every count and the max equal; `sum err`: the largest relative difference "
+        "of ‖ΔW‖_F², ‖W0‖_F² from a float64 sum (numba / torch).",
         "",
     )
+    kernels = {"torch": _scan_kernel("torch"), "numba": _scan_kernel("numba")}
+    if scan_jit_missing():
+        rep.add("numba is not installed (`pip install 'opdgeo[fast]'`): section skipped.", "")
+        end(rep)
+        return
     rows = []
     for m, n in ((8960, 1536), (151936 // 4, 1536)):
         g = torch.Generator().manual_seed(m)
@@ -416,46 +435,33 @@ def bench_scan(rep: Report, repeats: int) -> None:
         exact_b = float(b64.square().sum())
         del b64, t64
         for workers in (1, 2):
-            with threads(workers):
-                ref = TensorPair(b, t, Settings()).elementwise
-                got = scan_pair(b, t, 1e-5, workers)
-                same = all(
-                    getattr(got, f) == getattr(ref, f)
-                    for f in (
-                        "unchanged_bf16",
-                        "le_atol",
-                        "lt_atol",
-                        "exact_equal",
-                        "nonfinite",
-                        "max_abs_delta",
-                    )
-                )
-
-                errors = [
-                    max(abs(s.delta_sq - exact_d) / exact_d, abs(s.base_sq - exact_b) / exact_b)
-                    for s in (got, ref)
-                ]
-
-                wall: dict[str, list[float]] = {"old": [], "new": []}
-                cpu: dict[str, list[float]] = {"old": [], "new": []}
-                for _ in range(repeats):
-                    for name, f in (
-                        ("old", lambda b=b, t=t: TensorPair(b, t, Settings()).elementwise),
-                        ("new", lambda b=b, t=t, w=workers: scan_pair(b, t, 1e-5, w)),
-                    ):
-                        c0, t0 = time.process_time(), time.perf_counter()
-                        f()
-                        wall[name].append(time.perf_counter() - t0)
-                        cpu[name].append(time.process_time() - c0)
+            got = {name: f(b, t, workers) for name, f in kernels.items()}  # warm-up
+            fields = ("unchanged_bf16", "le_atol", "lt_atol", "exact_equal", "nonfinite")
+            same = all(
+                getattr(got["torch"], f) == getattr(got["numba"], f)
+                for f in (*fields, "max_abs_delta")
+            )
+            errors = [
+                max(abs(s.delta_sq - exact_d) / exact_d, abs(s.base_sq - exact_b) / exact_b)
+                for s in (got["numba"], got["torch"])
+            ]
+            wall: dict[str, list[float]] = {name: [] for name in kernels}
+            cpu: dict[str, list[float]] = {name: [] for name in kernels}
+            for _ in range(repeats):
+                for name, f in kernels.items():
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    f(b, t, workers)
+                    wall[name].append(time.perf_counter() - t0)
+                    cpu[name].append(time.process_time() - c0)
             rows.append(
                 [
                     f"{m}x{n}",
                     f"{workers}",
-                    f"{gb / min(wall['old']):.2f}",
-                    f"{gb / min(wall['new']):.2f}",
-                    f"{min(wall['old']) / min(wall['new']):.2f}x",
-                    f"{gb / min(cpu['old']):.2f}",
-                    f"{gb / min(cpu['new']):.2f}",
+                    f"{gb / min(wall['torch']):.2f}",
+                    f"{gb / min(wall['numba']):.2f}",
+                    f"{min(wall['torch']) / min(wall['numba']):.2f}x",
+                    f"{gb / min(cpu['torch']):.2f}",
+                    f"{gb / min(cpu['numba']):.2f}",
                     "equal" if same else "DIFFER",
                     f"{errors[0]:.1e} / {errors[1]:.1e}",
                     f"{load():.1f}",
@@ -464,12 +470,12 @@ def bench_scan(rep: Report, repeats: int) -> None:
     rep.table(
         [
             "shape",
-            "threads / workers",
-            "today GB/s",
-            "scan GB/s",
+            "workers",
+            "torch GB/s",
+            "numba GB/s",
             "speed-up",
-            "today CPU GB/s",
-            "scan CPU GB/s",
+            "torch CPU GB/s",
+            "numba CPU GB/s",
             "counts",
             "sum err",
             "load",
@@ -477,6 +483,11 @@ def bench_scan(rep: Report, repeats: int) -> None:
         rows,
     )
     end(rep)
+
+
+def scan_jit_missing() -> bool:
+    """Whether numba (the compiled scan kernel) is missing."""
+    return importlib.util.find_spec("numba") is None
 
 
 # -- threads -------------------------------------------------------------------------------------
