@@ -136,7 +136,7 @@ def compare_many(
         return (1, *base.file_position(name))
 
     order = sorted(todo, key=position)
-    mapped = settings.tier == "scan" and torch.device(settings.device).type == "cpu"
+    mapped = settings.tier in ("scan", "fast") and torch.device(settings.device).type == "cpu"
     base.prepare(order, mapped)
     for i, run in enumerate(runs):
         run.prepare([p.tuned_name for name in order for j, p in todo[name] if j == i], mapped)

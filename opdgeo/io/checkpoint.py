@@ -235,7 +235,8 @@ class Checkpoint:
 
     def prepare(self, names: list[str], mapped: bool = False) -> None:
         """Announce the order of the coming reads (enables prefetch and release of shards);
-        ``mapped``: map tensors instead of reading them (the scan tier; opdgeo.io.safetensors)."""
+        ``mapped``: map tensors instead of reading them (scan and fast tiers; see
+        opdgeo.io.safetensors)."""
         if hasattr(self.source, "mapped"):
             setattr(self.source, "mapped", mapped)  # noqa: B010 - not every source maps
         self._remaining = {}

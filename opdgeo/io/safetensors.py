@@ -6,12 +6,12 @@ data; offsets count from the first byte after the header.
 
 Only the header is read up front. Tensor bytes are read on demand with ``readinto`` into a
 fresh buffer, so resident memory holds the tensors in flight and nothing else. The ``scan``
-tier maps each tensor instead (:attr:`TensorReader.mapped`): a private, copy-on-write mapping
-of the tensor's own byte range, faulted in on the read-ahead thread and unmapped when the
-tensor is freed (so memory stays bounded the same way). From the page cache this is ~4x
-faster than ``readinto`` into fresh pages (no copy, no page zeroing). The one risk mapping
-brings, as for every mmap reader (safetensors' ``safe_open``): a file truncated by another
-process *while* opdgeo reads it ends the process with SIGBUS instead of an error line.
+and ``fast`` tiers map each tensor instead (:attr:`TensorReader.mapped`): a private,
+copy-on-write mapping of the tensor's own byte range, faulted in on the read-ahead thread and
+unmapped when the tensor is freed (so memory stays bounded the same way). From the page
+cache this is ~4x faster than ``readinto`` into fresh pages (no copy, no page zeroing). The one
+risk mapping brings, as for every mmap reader (safetensors' ``safe_open``): a file truncated
+by another process *while* opdgeo reads it ends the process with SIGBUS, not an error line.
 Every header field is validated before use: a malformed file raises :class:`FormatError`
 naming the file and the problem, never a crash or a huge allocation.
 """
