@@ -28,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg.lapack as lapack
 import torch
 
 from opdgeo.threads import EIGH_PARALLEL_FLOPS, threads_for
@@ -90,6 +89,8 @@ def eigh_top(g: torch.Tensor, k: int, overwrite: bool = False) -> TopEigen:
 
 
 def _eigh_top_cpu(g: torch.Tensor, k: int, overwrite: bool) -> TopEigen:
+    import scipy.linalg.lapack as lapack  # here: the scan and fast tiers never load scipy
+
     n = g.shape[0]
     # gᵀ of a row-major g is column-major: LAPACK reads it without a copy (and works in place
     # when overwrite is set). Its lower triangle is g's upper one, whatever g's layout.
