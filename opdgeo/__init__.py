@@ -10,7 +10,7 @@ Library entry points (see :mod:`opdgeo.api`)::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from opdgeo.version import __version__
 
 __all__ = ["__version__", "batch", "compare", "compare_checkpoints", "inspect", "trajectory"]
 _API = frozenset(__all__) - {"__version__"}

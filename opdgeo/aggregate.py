@@ -18,6 +18,7 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
+from opdgeo.experts import expert_groups
 from opdgeo.metrics import Over, Pool, derived, summaries
 from opdgeo.records import ELEMENTWISE, IDENTITY_COLUMNS, TensorRecord, merge_methods, method_text
 from opdgeo.records import clean as clean  # re-exported: reports import it from here
@@ -149,9 +150,7 @@ def groups(frame: pd.DataFrame, by: str) -> list[dict[str, Any]]:
     ``expert_layer`` and ``expert`` columns; see :mod:`opdgeo.experts`)."""
     rows = compared(frame)
     if by == "expert":
-        from opdgeo.experts import expert_groups
-
-        return expert_groups(rows, group_columns())
+        return expert_groups(rows, group_columns(), pool)
     keyed = rows[rows[by].notna()] if by == "layer" else rows
     columns = group_columns()
     out = []

@@ -32,9 +32,8 @@ from typing import TYPE_CHECKING, Any
 from opdgeo.config import Config, Settings
 from opdgeo.errors import ConfigError, OpdgeoWarning
 from opdgeo.inspection import inspect_document, inspect_frame
-from opdgeo.io import Checkpoint, SourceOptions, open_checkpoint
+from opdgeo.io import Checkpoint, SourceOptions, open_base, open_checkpoint, open_run
 from opdgeo.io.experts import split_experts
-from opdgeo.io.peft import open_base, open_run
 from opdgeo.pairing import Plan, plan_pairs
 from opdgeo.records import TensorRecord
 from opdgeo.regimes import locking_verdict

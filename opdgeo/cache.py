@@ -44,17 +44,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from opdgeo import cache_folder as folder
-from opdgeo.config import Settings
 from opdgeo.errors import OpdgeoError, OpdgeoWarning
 from opdgeo.io import Checkpoint
 from opdgeo.linalg import Spectrum, project_left, spectrum_from_vectors
+
+if TYPE_CHECKING:  # a type only: config imports the metric registry, which imports this
+    from opdgeo.config import Settings
 
 CACHE_VERSION = 4
 """Bump when the stored layout or the numerics of a stored value change (2: checksums; 3: the

@@ -4,50 +4,33 @@ stdout carries data only (table, CSV or JSON); progress, plans, notes and errors
 stderr (:mod:`opdgeo.console`). Options shared by several commands are declared once, in
 option groups (:class:`Analysis`, :class:`Outputs`, :class:`Sources`) that :func:`grouped`
 spreads into each command's signature (:mod:`opdgeo.options`). Errors map to exit codes in one place
-(:func:`user_errors`; codes in :mod:`opdgeo.errors`).
+(:func:`opdgeo.console.user_errors`; codes in :mod:`opdgeo.errors`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from opdgeo import __version__, options
+from opdgeo import options
 from opdgeo.cli_config import config_app
-from opdgeo.console import MODE, err, show_warning
-from opdgeo.errors import EXIT_ERROR, EXIT_INTERRUPTED, ConfigError, OpdgeoError
+from opdgeo.console import MODE, err, show_warning, user_errors
+from opdgeo.errors import EXIT_ERROR, ConfigError
 from opdgeo.options import SOURCE_HELP, Analysis, Format, Outputs, Sources, grouped, regex
 from opdgeo.text import markup_safe, printable
+from opdgeo.version import __version__
 
 app = typer.Typer(**options.APP)
 app.add_typer(config_app)
 MODE.debug = os.environ.get("OPDGEO_DEBUG", "") not in ("", "0")
 
 
-# -- errors ---------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """The one error-to-exit-code table: :class:`OpdgeoError` -> its ``exit_code`` (one
-    ``error:`` line), Ctrl-C -> 130; anything else is handled by :func:`main`."""
-    try:
-        yield
-    except OpdgeoError as exc:
-        if MODE.debug:
-            raise
-        err().print(f"[red]error:[/] {markup_safe(exc)}", markup=True)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt as exc:  # a message (already escaped) says what was kept
-        err().print(str(exc) or "interrupted: no report was written")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+# -- root -----------------------------------------------------------------------------------
 
 
 def _version(value: bool) -> None:

@@ -68,8 +68,8 @@ def show(
     ] = None,
 ) -> None:
     """Print the default configuration as TOML (with --config, that file over the defaults)."""
-    from opdgeo.cli import user_errors
     from opdgeo.config import load_config
+    from opdgeo.console import user_errors
 
     with user_errors():
         print(config_toml(load_config(config)), end="")

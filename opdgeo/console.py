@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import typer
 from rich.console import Console
 
+from opdgeo.errors import EXIT_INTERRUPTED, OpdgeoError
 from opdgeo.text import markup_safe
+from opdgeo.version import __version__
 
 if TYPE_CHECKING:
     from opdgeo.config import Config, Settings
@@ -256,7 +259,7 @@ def write_html(runs: Sequence[RunResult], config: Config, path: Path | None) -> 
         return
     import dataclasses
 
-    from opdgeo import __version__, outputs, report
+    from opdgeo import outputs, report
     from opdgeo.html import html_report
 
     thresholds = {f.name: getattr(config.thresholds, f.name)
@@ -307,7 +310,7 @@ def emit_lineage(
     plot: Path | None,
 ) -> None:
     """Write a lineage report (stdout or ``-o``), its all-pairs matrix and its heatmap."""
-    from opdgeo import __version__, outputs, render
+    from opdgeo import outputs, render
     from opdgeo.lineage.output import lineage_frame, lineage_json, lineage_matrix, render_lineage
 
     chosen = fmt or ("table" if sys.stdout.isatty() and output is None else "csv")
@@ -334,3 +337,19 @@ def emit_lineage(
         outputs.write_output(output, text)
     elif text:
         sys.stdout.write(text)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """The one error-to-exit-code table: :class:`OpdgeoError` -> its ``exit_code`` (one
+    ``error:`` line), Ctrl-C -> 130; anything else is handled by :func:`opdgeo.cli.main`."""
+    try:
+        yield
+    except OpdgeoError as exc:
+        if MODE.debug:
+            raise
+        err().print(f"[red]error:[/] {markup_safe(exc)}", markup=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt as exc:  # a message (already escaped) says what was kept
+        err().print(str(exc) or "interrupted: no report was written")
+        raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -4,13 +4,15 @@ the update over experts for the summary.
 Experts are recognised by name (``...experts.<e>.``, :func:`opdgeo.naming.expert_index`), so
 per-expert checkpoints and fused ones (split by :mod:`opdgeo.io.experts`) give the same rows.
 An expert's row pools its gate, up and down matrices (and biases, where stored) like any group
-(:func:`opdgeo.aggregate.pool`); shared experts and routers are not experts here (module types
+(:func:`opdgeo.aggregate.pool`, passed in by :func:`opdgeo.aggregate.groups`, so this module
+imports nothing of aggregate's); shared experts and routers are not experts here (module types
 ``shared_expert`` and ``router``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, cast
 
 import pandas as pd
@@ -27,10 +29,12 @@ def expert_label(layer: int | None, expert: int) -> str:
     return f"E{expert}" if layer is None else f"L{layer}.E{expert}"
 
 
-def expert_groups(rows: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
-    """One pooled row per (layer, expert) of the compared, untied ``rows``."""
-    from opdgeo.aggregate import pool
+Pooling = Callable[[pd.DataFrame, pd.DataFrame], dict[str, Any]]
+"""``pool(group rows, run rows)``: :func:`opdgeo.aggregate.pool`."""
 
+
+def expert_groups(rows: pd.DataFrame, columns: list[str], pool: Pooling) -> list[dict[str, Any]]:
+    """One row per (layer, expert) of the compared, untied ``rows``, pooled by ``pool``."""
     if rows.empty:
         return []
     experts = rows["tensor"].map(expert_index)

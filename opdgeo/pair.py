@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import math
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import torch
 
 from opdgeo.cache import BaseShared
-from opdgeo.config import Settings
 from opdgeo.io.decoded import annotation
 from opdgeo.linalg import (
     Spectrum,
@@ -24,6 +24,9 @@ from opdgeo.linalg import (
     top_singular_value_power,
 )
 from opdgeo.scan import ElementStats, bf16_bits, bf16_unchanged, bit_identical, scan_pair
+
+if TYPE_CHECKING:  # a type only: config imports the metric registry, which imports this
+    from opdgeo.config import Settings
 
 CHUNK = 1 << 22
 """Entries per chunk of chunked element-wise passes (16 MB of float32 temporaries)."""

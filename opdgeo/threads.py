@@ -22,11 +22,12 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from functools import cache, wraps
-from typing import Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import torch
 
-from opdgeo.config import Settings
+if TYPE_CHECKING:  # a type only: config imports the metric registry, which imports this
+    from opdgeo.config import Settings
 
 SMALL_OP_FLOPS = 4.0e9
 """Below this many floating-point operations a GEMM-like kernel runs on one thread.

@@ -1,5 +1,7 @@
 """The package's shape (issue: one orchestrator, an io/ package): no import cycle between
-opdgeo's modules at import time, small modules, and a CLI of commands only."""
+opdgeo's modules, at import time or through lazy imports inside functions (only
+``TYPE_CHECKING`` blocks, which never run, are left out), small modules, and a CLI of
+commands only."""
 
 from __future__ import annotations
 
@@ -15,54 +17,100 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _imported(node: ast.stmt, found: set[str]) -> None:
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Import):
+            found |= {a.name for a in sub.names if a.name.startswith("opdgeo")}
+        elif isinstance(sub, ast.ImportFrom) and (sub.module or "").startswith("opdgeo"):
+            mod = str(sub.module)
+            for alias in sub.names:  # ``from opdgeo import x`` may name a submodule
+                candidate = f"{mod}.{alias.name}"
+                path_mod = PACKAGE.parent / candidate.replace(".", "/")
+                sub_exists = path_mod.with_suffix(".py").exists() or path_mod.is_dir()
+                found.add(candidate if sub_exists else mod)
+
+
+def _type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
 def top_level_imports(path: Path) -> set[str]:
     """opdgeo modules imported when ``path`` is imported (module level, not TYPE_CHECKING,
     not inside functions)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found: set[str] = set()
     for node in tree.body:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            continue
-        for sub in ast.walk(node) if isinstance(node, ast.Import | ast.ImportFrom) else []:
-            if isinstance(sub, ast.Import):
-                found |= {a.name for a in sub.names if a.name.startswith("opdgeo")}
-            elif isinstance(sub, ast.ImportFrom) and (sub.module or "").startswith("opdgeo"):
-                mod = str(sub.module)
-                for alias in sub.names:  # ``from opdgeo import x`` may name a submodule
-                    candidate = f"{mod}.{alias.name}"
-                    path_mod = PACKAGE.parent / candidate.replace(".", "/")
-                    sub_exists = path_mod.with_suffix(".py").exists() or path_mod.is_dir()
-                    found.add(candidate if sub_exists else mod)
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            _imported(node, found)
     return found
 
 
-def graph() -> dict[str, set[str]]:
+def runtime_imports(path: Path) -> set[str]:
+    """opdgeo modules ``path`` imports at run time: at module level and lazily inside
+    functions (a lazy import cycle is still a cycle); only ``if TYPE_CHECKING:`` blocks,
+    which never run, are left out."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if _type_checking(child):
+                continue
+            if isinstance(child, ast.Import | ast.ImportFrom):
+                _imported(child, found)
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def graph(lazy: bool = True) -> dict[str, set[str]]:
+    """Module -> the opdgeo modules it imports (``lazy``: function-level imports too)."""
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-    edges = {name: {m for m in top_level_imports(p) if m in modules and m != name}
+    imports = runtime_imports if lazy else top_level_imports
+    edges = {name: {m for m in imports(p) if m in modules and m != name}
              for name, p in modules.items()}  # fmt: skip
     return edges
 
 
-def test_no_import_cycle() -> None:
-    edges = graph()
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``edges`` (depth-first), or None."""
     state: dict[str, int] = {}
     path: list[str] = []
 
-    def visit(node: str) -> None:
+    def visit(node: str) -> list[str] | None:
         state[node] = 1
         path.append(node)
         for nxt in sorted(edges[node]):
             if state.get(nxt) == 1:
-                cycle = path[path.index(nxt) :] + [nxt]
-                raise AssertionError("import cycle: " + " -> ".join(cycle))
-            if nxt not in state:
-                visit(nxt)
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
         path.pop()
         state[node] = 2
+        return None
 
     for node in sorted(edges):
-        if node not in state:
-            visit(node)
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_import_cycle() -> None:
+    """Neither at import time nor through lazy imports inside functions (the issue's
+    ``sources`` -> ``hub`` -> ``sources`` was a lazy one)."""
+    for lazy in (False, True):
+        cycle = find_cycle(graph(lazy))
+        assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_finder_sees_lazy_imports(tmp_path: Path) -> None:
+    code = "def f() -> None:\n    from opdgeo import engine\n"
+    (tmp_path / "m.py").write_text(code + "if TYPE_CHECKING:\n    from opdgeo import api\n")
+    assert runtime_imports(tmp_path / "m.py") == {"opdgeo.engine"}
+    assert top_level_imports(tmp_path / "m.py") == set()
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
 def test_io_locations_do_not_import_each_other() -> None:

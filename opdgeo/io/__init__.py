@@ -10,7 +10,10 @@ Layers (each imports only the ones above it, so there is no cycle):
   :mod:`opdgeo.io.pickle` (pickle weights, only on opt-in);
 * locations - :mod:`opdgeo.io.local` (files and folders) and :mod:`opdgeo.io.hub` (Hub
   repos pinned to a commit); neither imports the other;
-* :func:`open_checkpoint` - the one entry point: a local path if one exists, else a Hub id.
+* :func:`open_checkpoint` - the one entry point: a local path if one exists, else a Hub id;
+  :func:`open_base` / :func:`open_run` - a comparison's base (an adapter refused) and a tuned
+  run (an adapter composed with its base, :mod:`opdgeo.io.peft`), quantized weights decoded
+  (:mod:`opdgeo.io.quant`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from opdgeo.errors import OpdgeoError, SourceError
 from opdgeo.io.checkpoint import Checkpoint, SourceOptions, TensorInfo
 
-__all__ = ["Checkpoint", "SourceOptions", "TensorInfo", "open_checkpoint"]
+__all__ = ["Checkpoint", "SourceOptions", "TensorInfo", "open_base", "open_checkpoint", "open_run"]
 
 
 def open_checkpoint(spec: str, options: SourceOptions | None = None) -> Checkpoint:
@@ -55,6 +58,34 @@ def open_checkpoint(spec: str, options: SourceOptions | None = None) -> Checkpoi
     except OpdgeoError as exc:
         raise type(exc)(f"no local path {_shown(spec)} exists; tried as a Hub id: {exc}") from None
     return open_hub(repo)
+
+
+def open_run(spec: str, base: Checkpoint, options: SourceOptions) -> Checkpoint:
+    """A checkpoint to compare against ``base``: an adapter composed with it, else the
+    checkpoint itself with its quantized weights decoded."""
+    from opdgeo.io.peft import is_lora_name, open_adapter
+    from opdgeo.io.quant import dequantized
+
+    ckpt = open_checkpoint(spec, options)
+    if ckpt.adapter is not None or any(is_lora_name(n) for n in ckpt.tensors):
+        return open_adapter(ckpt, base)
+    return dequantized(ckpt)
+
+
+def open_base(spec: str, options: SourceOptions) -> Checkpoint:
+    """The base of a comparison, its quantized weights decoded; an adapter is refused (it
+    has no weights of its own to compare against)."""
+    from opdgeo.io.peft import is_lora_name
+    from opdgeo.io.quant import dequantized
+
+    ckpt = open_checkpoint(spec, options)
+    if ckpt.adapter is not None or any(is_lora_name(n) for n in ckpt.tensors):
+        ckpt.close()
+        raise SourceError(
+            f"{ckpt.label}: is a LoRA adapter, not a base model (give the base model first: "
+            "opdgeo compare BASE ADAPTER)"
+        )
+    return dequantized(ckpt)
 
 
 def _exists(path: Path) -> bool:

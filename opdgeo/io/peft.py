@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opdgeo.errors import FormatError, SourceError
-from opdgeo.io.checkpoint import Checkpoint, SourceOptions, TensorInfo, TensorSource
+from opdgeo.errors import FormatError
+from opdgeo.io.checkpoint import Checkpoint, TensorInfo, TensorSource
 from opdgeo.io.decoded import Decoded, annotate
-from opdgeo.io.quant import dequantized, stored
+from opdgeo.io.quant import stored
 from opdgeo.io.safetensors import TensorReader
 from opdgeo.naming import canonical
 
@@ -298,32 +298,6 @@ def _compose(
                                f"entries for {out[0]} rows")  # fmt: skip
         chosen = (a, b, magnitude)
     return Lora(base, name, chosen, r, settings.scale(r, alpha), transpose)
-
-
-def open_run(spec: str, base: Checkpoint, options: SourceOptions) -> Checkpoint:
-    """A checkpoint to compare against ``base``: an adapter composed with it, else the
-    checkpoint itself with its quantized weights decoded."""
-    from opdgeo.io import open_checkpoint
-
-    ckpt = open_checkpoint(spec, options)
-    if ckpt.adapter is not None or any(is_lora_name(n) for n in ckpt.tensors):
-        return open_adapter(ckpt, base)
-    return dequantized(ckpt)
-
-
-def open_base(spec: str, options: SourceOptions) -> Checkpoint:
-    """The base of a comparison, its quantized weights decoded; an adapter is refused (it
-    has no weights of its own to compare against)."""
-    from opdgeo.io import open_checkpoint
-
-    ckpt = open_checkpoint(spec, options)
-    if ckpt.adapter is not None or any(is_lora_name(n) for n in ckpt.tensors):
-        ckpt.close()
-        raise SourceError(
-            f"{ckpt.label}: is a LoRA adapter, not a base model (give the base model first: "
-            "opdgeo compare BASE ADAPTER)"
-        )
-    return dequantized(ckpt)
 
 
 def describe(ckpt: Checkpoint) -> dict[str, str]:
