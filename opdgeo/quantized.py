@@ -10,7 +10,7 @@ their entries lie within half a quantization step of the base (the ``decoding`` 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pandas as pd
@@ -21,8 +21,12 @@ MIN_SHARE = 0.999
 """Share of the quantized entries that must lie within half a step of the base."""
 
 
-def quantization_verdict(summary: Mapping[str, Any], frame: pd.DataFrame) -> Verdict | None:
-    """``quantized`` when the run is its base quantized (module docstring), else None."""
+def quantization_verdict(
+    summary: Mapping[str, Any], frame: pd.DataFrame, formats: Iterable[str] = ()
+) -> Verdict | None:
+    """``quantized`` when the run is its base quantized (module docstring), else None.
+    ``formats`` are the decoders' method names (the ``decoding`` metric's methods of the
+    compared records, taken from the records, not parsed back from the ``method`` text)."""
     n_quant = float(summary.get("n_quantized_params") or 0)
     share = summary.get("quant_step_share")
     if n_quant <= 0 or share is None or not math.isfinite(float(share)):
@@ -32,9 +36,7 @@ def quantization_verdict(summary: Mapping[str, Any], frame: pd.DataFrame) -> Ver
     changed = plain[plain["max_abs_delta"].astype(float).fillna(math.inf) > 0]
     if float(share) < MIN_SHARE or len(changed):
         return None
-    methods = sorted({m for m in rows["method"].dropna() if "decoding=" in str(m)})
-    named = sorted({part.split("=", 1)[1].split(";")[0] for m in methods for part in
-                    str(m).split(";") if part.startswith("decoding=")})  # fmt: skip
+    named = sorted(set(formats))
     reasons = (
         f"{int(n_quant)} parameters were decoded from {', '.join(named) or 'a quantized format'}",
         f"{float(share):.4%} of them lie within half a quantization step of the base",

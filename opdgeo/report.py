@@ -15,13 +15,13 @@ from typing import Any
 
 import pandas as pd
 
-from opdgeo import __version__
 from opdgeo.aggregate import SCHEMA_VERSION, clean, frame_of, groups, summarize
 from opdgeo.config import Config
 from opdgeo.experts import expert_summary
 from opdgeo.quantized import quantization_verdict
-from opdgeo.records import TensorRecord
+from opdgeo.records import TensorRecord, merge_methods
 from opdgeo.regimes import Locking, Regime, Verdict, classify, relative_order
+from opdgeo.version import __version__
 
 CONTRACT_COLUMNS = (
     "run",
@@ -76,7 +76,9 @@ def build_run(records: Sequence[TensorRecord], config: Config) -> RunResult:
     summary = summarize(records, frame)
     experts = groups(frame, "expert")
     summary.update(expert_summary(experts))
-    verdict = quantization_verdict(summary, frame) or classify(
+    counted = [r.methods for r in records if not r.skipped and not r.tied]
+    formats = merge_methods(counted).get("decoding", set())
+    verdict = quantization_verdict(summary, frame, formats) or classify(
         summary, config.thresholds, config.calibration
     )
     summary.update(

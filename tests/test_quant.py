@@ -418,3 +418,19 @@ def test_fused_half_step_of_one_expert_is_its_part_of_the_whole(
     whole = found.half_step()
     for e in range(3):
         assert torch.equal(found.half_step_at(e), whole[e])
+
+
+def test_quantized_verdict_names_formats_from_the_records_not_the_method_text() -> None:
+    """The decoders' names come from the records' structured methods (issue: the ``method``
+    column is written as text and never parsed back): a frame without it still names them."""
+    import pandas as pd
+
+    from opdgeo.quantized import quantization_verdict
+
+    frame = pd.DataFrame({"skipped": ["", ""], "tied": [False, False],
+                          "quant_params": [8.0, 0.0], "max_abs_delta": [0.1, 0.0]})  # fmt: skip
+    summary = {"n_quantized_params": 8, "quant_step_share": 1.0}
+    verdict = quantization_verdict(summary, frame, {"mxfp4", "fp8-e4m3-block128x128"})
+    assert verdict is not None and verdict.regime == "quantized"
+    assert "decoded from fp8-e4m3-block128x128, mxfp4" in verdict.reasons[0]
+    assert "a quantized format" in str(quantization_verdict(summary, frame))
