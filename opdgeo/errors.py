@@ -29,6 +29,16 @@ class FormatError(SourceError):
     """A safetensors file is malformed (bad header, offsets, dtype, truncated data)."""
 
 
+class AdapterError(FormatError):
+    """A LoRA adapter that cannot be composed (:mod:`opdgeo.io.peft`: no config, r not
+    matching its tensors, a PEFT method or variant not supported); one line naming the module."""
+
+
+class QuantizationError(FormatError):
+    """A quantized checkpoint that cannot be decoded as asked (:mod:`opdgeo.io.quant`: bad
+    scale shape, unknown method); one line naming the tensor or the method."""
+
+
 class HubAccessError(OpdgeoError):
     """A Hub repo, revision or file cannot be reached: missing, gated, private or forbidden."""
 

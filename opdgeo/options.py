@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from opdgeo import errors as E
 from opdgeo.console import MODE, err
 from opdgeo.errors import ConfigError
 
@@ -270,11 +271,13 @@ class Sources:
 GROUPS = (Analysis, Outputs, Sources)
 F = TypeVar("F", bound=Callable[..., None])
 EXIT_CODES = (
-    "Exit codes: 0 success; 1 an error the message explains; 2 usage error; 3 checkpoints not "
-    "comparable; 4 Hub access (not found, gated, 401/403); 5 offline and not in the Hub cache; "
-    "130 interrupted. Shell completion: opdgeo --install-completion (bash, zsh, fish, "
-    "PowerShell)."
+    f"Exit codes: {E.EXIT_OK} success; {E.EXIT_ERROR} an error the message explains; "
+    f"{E.EXIT_USAGE} usage error; {E.EXIT_NOT_COMPARABLE} checkpoints not comparable; "
+    f"{E.EXIT_HUB} Hub access (not found, gated, 401/403); {E.EXIT_OFFLINE} offline and not in "
+    f"the Hub cache; {E.EXIT_INTERRUPTED} interrupted. Shell completion: opdgeo "
+    "--install-completion (bash, zsh, fish, PowerShell)."
 )
+"""The ``--help`` epilog, from the codes in :mod:`opdgeo.errors`."""
 APP: dict[str, Any] = {
     "name": "opdgeo",
     "help": "Compare LLM checkpoints in parameter space: is a fine-tune SFT-, OPD- or RLVR-like?",

@@ -137,3 +137,24 @@ def test_cli_holds_commands_only() -> None:
         decorated = any("app." in ast.unparse(d) for d in fn.decorator_list)
         assert decorated or fn.name in helpers, f"cli.{fn.name} is not a command"
     assert not [n for n in tree.body if isinstance(n, ast.ClassDef)], "classes belong elsewhere"
+
+
+def test_every_user_facing_error_lives_in_errors_py() -> None:
+    """All errors and exit codes in one module (the issue: Hub errors and exit codes 4 and 5
+    were defined in hub.py): no class elsewhere derives from an opdgeo error or warning."""
+    errors = ast.parse((PACKAGE / "errors.py").read_text(encoding="utf-8"))
+    names = {n.name for n in errors.body if isinstance(n, ast.ClassDef)}
+    assert {"OpdgeoError", "OpdgeoWarning", "HubAccessError", "OfflineMissError"} <= names
+    elsewhere = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "errors.py" and path.parent == PACKAGE:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            bases = {ast.unparse(b).rpartition(".")[2] for b in getattr(node, "bases", [])}
+            if isinstance(node, ast.ClassDef) and bases & names:
+                elsewhere.append(f"{path.relative_to(PACKAGE)}: {node.name}")
+            if (isinstance(node, ast.Assign) and "EXIT_" in ast.unparse(node.targets[0])
+                    and isinstance(node.value, ast.Constant)):  # fmt: skip
+                elsewhere.append(f"{path.relative_to(PACKAGE)}: {ast.unparse(node.targets[0])}")
+    assert not elsewhere, elsewhere

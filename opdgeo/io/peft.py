@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opdgeo.errors import FormatError
+from opdgeo.errors import AdapterError
 from opdgeo.io.checkpoint import Checkpoint, TensorInfo, TensorSource
 from opdgeo.io.decoded import Decoded, annotate
 from opdgeo.io.quant import stored
@@ -42,11 +42,6 @@ CONFIG = "adapter_config.json"
 PREFIX = "base_model.model."
 _LORA = re.compile(r"^(?P<module>.+)\.(?P<part>lora_(?:embedding_)?[AB])(?:\.weight)?$")
 _DORA = re.compile(r"^(?P<module>.+)\.lora_magnitude_vector(?:\.weight)?$")
-
-
-class AdapterError(FormatError):
-    """An adapter that cannot be composed (no config, r not matching its tensors, a PEFT
-    method or variant not supported); exit code 1 with one line naming the module."""
 
 
 def read_adapter_config(folder: Path) -> dict[str, Any] | None:

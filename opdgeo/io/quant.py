@@ -37,7 +37,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from opdgeo.errors import FormatError
+from opdgeo.errors import QuantizationError
 from opdgeo.io.checkpoint import Checkpoint, TensorInfo
 from opdgeo.io.decoded import Decoded, annotate
 from opdgeo.io.dtypes import FLOAT_DTYPES, TORCH_DTYPES
@@ -87,11 +87,6 @@ _UNDECODED: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 )  # fmt: skip
 """(marker suffix, format, sibling suffixes): the marker's stem names the module; the
 module's ``weight`` (when not float) and the siblings are skipped naming the format."""
-
-
-class QuantizationError(FormatError):
-    """A quantized checkpoint this module cannot decode as asked (bad scale shape, unknown
-    method); exit code 1 with one line naming the tensor or the method."""
 
 
 def stored(info: TensorInfo, raw: torch.Tensor) -> torch.Tensor:
