@@ -137,7 +137,7 @@ def compare(
 
 def batch(
     base: str | None,
-    runs: str | Sequence[RunSpec],
+    runs: str | Sequence[RunSpec | str],
     *,
     config: Config | None = None,
     sources: SourceOptions | None = None,
@@ -146,21 +146,28 @@ def batch(
     track: Tracker = _untracked,
     **options: Any,
 ) -> list[RunResult]:
-    """Compare many runs: every checkpoint found in folder ``runs``, or the given
-    :class:`~opdgeo.study.RunSpec` list (each against its ``origin``, default ``base``).
+    """Compare many runs: every checkpoint found in folder ``runs``, or the given list of
+    :class:`~opdgeo.study.RunSpec` (each against its ``origin``, default ``base``) or of
+    checkpoint specs (strings: each its own label, measured from ``base``).
 
     ``state`` (a :class:`~opdgeo.study.StateFile`) records every (run, tensor) as it is done
     and supplies the ones a resumed batch already has."""
     config, sources = configure(config, sources, **options)
     from pathlib import Path
 
-    specs = discover(Path(runs)) if isinstance(runs, str) else list(runs)
+    specs = discover(Path(runs)) if isinstance(runs, str) else _run_specs(runs)
     specs = without_base(base, specs)
     if len({r.label for r in specs}) != len(specs):
         raise ConfigError("run labels must be unique")
     if base is None and any(r.origin is None for r in specs):
         raise ConfigError("give a base, or an origin for every run")
     return _execute(base, specs, config, sources, on_plan, track, state=state)
+
+
+def _run_specs(runs: Sequence[RunSpec | str]) -> list[RunSpec]:
+    if not all(isinstance(r, RunSpec | str) for r in runs):
+        raise ConfigError("runs must be a folder, or RunSpecs or strings (paths or Hub ids)")
+    return [RunSpec(r, r, step=parse_step(r)) if isinstance(r, str) else r for r in runs]
 
 
 def without_base(base: str | None, specs: Sequence[RunSpec]) -> list[RunSpec]:

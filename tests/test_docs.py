@@ -73,3 +73,25 @@ def test_a_single_tuned_string_is_one_checkpoint(tmp_path: Path) -> None:
     assert [r.summary["run"] for r in runs] == [str(paths["rlvr"])]
     with pytest.raises(opdgeo.errors.ConfigError, match="strings"):
         opdgeo.compare(str(paths["base"]), [paths["rlvr"]])  # type: ignore[list-item]
+
+
+def test_every_api_function_takes_strings_as_whole_checkpoints(tmp_path: Path) -> None:
+    """A string is one checkpoint wherever a list is accepted (never its letters); batch also
+    takes a list of strings; anything else is refused with a ConfigError."""
+    import opdgeo
+    from opdgeo.errors import ConfigError
+    from opdgeo.synthetic import write_family
+
+    paths = {k: str(v) for k, v in write_family(tmp_path, seed=2).items()}
+    base, sft, rlvr = paths["base"], paths["sft"], paths["rlvr"]
+    runs = opdgeo.batch(base, [sft, rlvr], cache=False)
+    assert [(r.summary["run"], r.summary["label"]) for r in runs] == [(sft, sft), (rlvr, rlvr)]
+    assert [r.verdict.regime for r in runs] == ["sft-like", "rlvr-like"]
+    traj = opdgeo.trajectory(base, rlvr, cache=False, tier="fast")
+    assert [r.summary["run"] for r in traj.runs] == [rlvr]
+    assert opdgeo.inspect(base).label == base
+    for bad in ([Path(sft)], (1,)):
+        with pytest.raises(ConfigError):
+            opdgeo.batch(base, bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError):
+            opdgeo.trajectory(base, bad)  # type: ignore[arg-type]
