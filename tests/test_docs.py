@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -61,7 +62,19 @@ def test_the_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.Monk
     section = README[README.index("### From Python") :]
     code = section[section.index("```python") + len("```python") : section.index("```\n", 10)]
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - our own documentation
+    names: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), names)  # noqa: S102 - our own documentation
+    # what the example's comments promise: typed results, one per tuned checkpoint
+    from opdgeo.api import Inspection
+    from opdgeo.regimes import Regime
+    from opdgeo.report import RunResult, TrajectoryResult
+
+    results, many, fast = names["results"], names["many"], names["fast"]
+    assert all(isinstance(r, RunResult) for r in [*results, *many, *fast])
+    assert [r.verdict.regime for r in results] == [Regime.SFT, Regime.OPD, Regime.RLVR]
+    assert len(fast) == 1 and [r.summary["label"] for r in many] == names["runs"]
+    assert isinstance(names["traj"], TrajectoryResult) and len(names["traj"].runs) == 3
+    assert isinstance(names["info"], Inspection) and names["info"].document["n_params"] > 0
 
 
 def test_a_single_tuned_string_is_one_checkpoint(tmp_path: Path) -> None:
