@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -84,3 +85,21 @@ def test_exact_tier_reports_it_and_others_say_why_not(tmp_path: Path) -> None:
     assert standard.exit_code == 0, standard.stderr
     assert pd.read_csv(io.StringIO(standard.stdout))["intruder_dims"].isna().all()
     assert "intruder_dims=no-full-W0-basis" in pd.read_csv(per)["method"][0]
+
+
+def test_summary_is_the_mean_over_matrices(tmp_path: Path) -> None:
+    """Pooled as the registry says: the mean over compared matrices (vectors have no value)."""
+    import opdgeo
+
+    w0, w1 = planted()
+    bias = torch.linspace(0.0, 1.0, M)
+    up, down, vec = (f"model.layers.0.mlp.{n}" for n in ("up_proj.weight", "down_proj.weight",
+                                                         "up_proj.bias"))  # fmt: skip
+    base = write_checkpoint(tmp_path / "b", {up: w0.float(), down: w0.float().T, vec: bias})
+    tuned = write_checkpoint(
+        tmp_path / "t", {up: w1.float(), down: 2 * w0.float().T, vec: bias + 1}
+    )
+    (run,) = opdgeo.compare(str(base), str(tuned), tier="exact", cache=False)
+    per = run.tensors.set_index("tensor")["intruder_dims"]
+    assert per[up] == 1.0 and per[down] == 0.0 and math.isnan(per[vec])
+    assert run.summary["intruder_dims"] == 0.5
