@@ -29,7 +29,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from opdgeo.config import Config, Settings
+from opdgeo.config import Config, Settings, metric_settings
 from opdgeo.errors import ConfigError, OpdgeoWarning
 from opdgeo.inspection import inspect_document, inspect_frame
 from opdgeo.io import Checkpoint, SourceOptions, open_base, open_checkpoint, open_run
@@ -85,6 +85,7 @@ def configure(
     source_names = {f.name for f in dataclasses.fields(SourceOptions)}
     settings: dict[str, Any] = {}
     source: dict[str, Any] = {}
+    metric: dict[str, Any] = {}
     for key, value in options.items():
         if value is None:
             continue
@@ -94,7 +95,13 @@ def configure(
         elif name in source_names:
             source[name] = value
         else:
-            raise ConfigError(f"unknown option {key!r}")
+            metric[name] = value
+    if metric:  # registered metrics' settings (opdgeo.metrics.Param), validated; else a mistake
+        given = metric_settings(metric, "options")
+        if metric:
+            raise ConfigError(f"unknown option {next(iter(metric))!r}")
+        merged = dict(config.settings.metric_params) | dict(given)
+        settings["metric_params"] = tuple(sorted(merged.items()))
     if settings:
         config = dataclasses.replace(
             config, settings=dataclasses.replace(config.settings, **settings)

@@ -43,8 +43,11 @@ def config_toml(config: Config) -> str:
     lines.append("[settings]")
     for f in dataclasses.fields(config.settings):
         value = getattr(config.settings, f.name)
-        if f.name == "metric_params":
-            lines += [f"{k} = {_toml_value(v)}" for k, v in value]
+        if f.name == "metric_params":  # every registered metric's setting, set or default
+            from opdgeo.metrics import params
+
+            lines += [f"{k} = {_toml_value(config.settings.param(k))}   # {p.doc}"
+                      for k, p in params().items()]  # fmt: skip
         elif value is None:
             lines.append(f'# {f.name} = ""   (not set)')
         else:

@@ -225,7 +225,7 @@ def _build(cls: type[Any], table: dict[str, Any], where: str) -> Any:
     return cls(**values)
 
 
-def _metric_params(table: dict[str, Any], where: str) -> tuple[tuple[str, float | int], ...]:
+def metric_settings(table: dict[str, Any], where: str) -> tuple[tuple[str, float | int], ...]:
     """Pop the keys of ``table`` that are registered metric settings, validated."""
     fields = {f.name for f in dataclasses.fields(Settings)}
     if not set(table) - fields:
@@ -281,7 +281,7 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
     if legacy == "svd" and "tier" not in settings_table:
         settings_table["tier"] = "exact"  # legacy spelling of the exact tier
     settings_table.update({k: v for k, v in overrides.items() if v is not None})
-    settings_table["metric_params"] = _metric_params(settings_table, f"{path} [settings]")
+    settings_table["metric_params"] = metric_settings(settings_table, f"{path} [settings]")
     settings = _build(Settings, settings_table, f"{path or 'options'} [settings]")
     thresholds = _build(Thresholds, _table(data, "thresholds", path), f"{path} [thresholds]")
     calibration = _calibration(data.get("calibration"), f"{path} [calibration]")
