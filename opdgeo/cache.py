@@ -33,12 +33,10 @@ values (Gram route), so a Qwen2-1.5B base takes about 0.3 GB.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +52,7 @@ from opdgeo import cache_folder as folder
 from opdgeo.errors import OpdgeoError, OpdgeoWarning
 from opdgeo.io import Checkpoint
 from opdgeo.linalg import Spectrum, project_left, spectrum_from_vectors
+from opdgeo.outputs import replace_atomically
 
 if TYPE_CHECKING:  # a type only: config imports the metric registry, which imports this
     from opdgeo.config import Settings
@@ -342,14 +341,15 @@ class BaseCache:
             "thresholds": text,
             "checksum": _checksum(tensors, text, entry.method, key),
         }
-        tmp = None
-        try:
-            folder.make_folders(self.root, path.parent)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
+
+        def fill(fd: int, tmp: str) -> None:
             os.close(fd)
             save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-            tmp = None
+
+        try:
+            folder.make_folders(self.root, path.parent)
+            # the leftover name cache --clear recognises (cache_folder._TMP_RE)
+            replace_atomically(path, fill, prefix=".tmp-", suffix=".safetensors")
             self.writes += 1
         except (OSError, SafetensorError, OpdgeoError) as exc:
             self.failed = True
@@ -359,10 +359,6 @@ class BaseCache:
                 OpdgeoWarning,
                 stacklevel=2,
             )
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
 
     def foreign_top_level(self) -> str | None:
         """Why the cache folder cannot be ours, judged from its top level (cheap), or None."""

@@ -24,7 +24,7 @@ import os
 import stat
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from opdgeo.errors import OutputError
@@ -99,21 +99,41 @@ def write_output(path: Path | str, data: str | bytes) -> Path:
         return target
     folder = check_folder(path, target)
     mode = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask()
-    tmp: str | None = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+
+    def fill(fd: int, tmp: str) -> None:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), mode)
             fh.write(raw)
-        os.replace(tmp, target)
-        tmp = None
+
+    try:
+        replace_atomically(target, fill, folder=folder)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {_why(exc)}") from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
     return target
+
+
+def replace_atomically(
+    target: Path,
+    fill: Callable[[int, str], None],
+    folder: Path | None = None,
+    prefix: str = "",
+    suffix: str = ".tmp",
+) -> None:
+    """Write ``target`` atomically: ``fill(fd, tmp)`` writes a temporary file
+    ``<prefix><random><suffix>`` (prefix ``.<target name>.`` by default) in ``folder``
+    (``target``'s own by default; ``fill`` owns the descriptor ``fd``), which is then renamed
+    over ``target``, so a reader sees the old file or the new one, never part of one. On any
+    failure the temporary file is removed and the error propagates. The one atomic write:
+    reports, figures and state files (:func:`write_output`) and base-cache entries."""
+    where = folder or target.parent
+    fd, tmp = tempfile.mkstemp(prefix=prefix or f".{target.name}.", suffix=suffix, dir=where)
+    try:
+        fill(fd, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def check_folder(path: Path | str, target: Path | None = None) -> Path:
