@@ -43,10 +43,12 @@ def config_toml(config: Config) -> str:
     lines.append("[settings]")
     for f in dataclasses.fields(config.settings):
         value = getattr(config.settings, f.name)
-        if f.name == "metric_params":  # every registered metric's setting, set or default
+        if f.name == "metric_params":  # every registered metric's setting (default: commented)
             from opdgeo.metrics import params
 
-            lines += [f"{k} = {_toml_value(config.settings.param(k))}   # {p.doc}"
+            given = dict(value)
+            lines += [f"{k} = {_toml_value(given[k])}   # {p.doc}" if k in given else
+                      f"# {k} = {_toml_value(p.default)}   (default) {p.doc}"
                       for k, p in params().items()]  # fmt: skip
         elif value is None:
             lines.append(f'# {f.name} = ""   (not set)')

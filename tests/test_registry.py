@@ -66,7 +66,9 @@ def test_a_registered_metric_reaches_every_output(toy: None, tmp_path: Path) -> 
     assert out.exit_code == 0, out.stderr
     assert json.loads(out.stdout)["runs"][0]["summary"]["toy_norm_max"] == 4.0
     shown = CliRunner().invoke(app, ["config", "show"])
-    assert "toy_scale = 1.0   # multiplies toy_norm" in shown.stdout  # its default, documented
+    assert "# toy_scale = 1.0   (default) multiplies toy_norm" in shown.stdout  # documented
+    shown = CliRunner().invoke(app, ["config", "show", "--config", str(config)])
+    assert "\ntoy_scale = 2.0   # multiplies toy_norm" in shown.stdout  # as set
     for bad in ({"toy_scale": -1.0}, {"toy_scale": "2"}, {"toy_scael": 2.0}):
         with pytest.raises(ConfigError, match="toy_sca"):
             opdgeo.compare(str(base), str(tuned), cache=False, **bad)
