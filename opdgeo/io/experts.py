@@ -251,7 +251,8 @@ def describe(ckpt: Checkpoint) -> dict[str, Any]:
     """What ``inspect`` says about experts: MoE layers, experts per layer, layouts (of the
     tensors as they are compared: gpt-oss MXFP4 ``*_blocks`` as the fused tensors they
     decode to; headers only)."""
-    from opdgeo.io.quant import QuantizationError, dequantized
+    from opdgeo.errors import QuantizationError
+    from opdgeo.io.quant import dequantized
 
     view = dataclasses.replace(ckpt, tensors=dict(ckpt.tensors), decoders={}, consumed={})
     try:
