@@ -292,8 +292,8 @@ def test_truncated_file_is_a_one_line_cli_error(
     file = tuned / "model.safetensors"
     real_prepare = Checkpoint.prepare
 
-    def prepare(ckpt: Checkpoint, names: list[str]) -> None:
-        real_prepare(ckpt, names)
+    def prepare(ckpt: Checkpoint, names: list[str], mapped: bool = False) -> None:
+        real_prepare(ckpt, names, mapped)
         if ckpt.label == str(tuned):
             file.write_bytes(file.read_bytes()[: file.stat().st_size - 100])
 
