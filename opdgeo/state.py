@@ -17,6 +17,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,10 @@ from opdgeo.errors import ConfigError, OutputError
 from opdgeo.records import TensorRecord
 
 VERSION = 1
+_MAGIC = b'{"opdgeo_state":'
+_MAGIC_RE = re.compile(rb'\{\s*"opdgeo_state"\s*:')
+"""How every state file opdgeo writes begins (its header line, ``json.dumps`` of a dict whose
+first key is ``opdgeo_state``)."""
 OPERATIONAL = ("threads", "read_ahead", "cache", "cache_dir")
 """Settings that change how fast a batch runs, never its numbers (a resume may change them)."""
 
@@ -103,6 +108,7 @@ class StateFile:
             raise OutputError(f"cannot open state file {path}: {exc.strerror or exc}") from None
         try:
             self._lock()
+            self._check_ours()
             if resume and existed and os.fstat(self._fh.fileno()).st_size > 0:
                 self._load()
             else:
@@ -127,6 +133,17 @@ class StateFile:
                 f"state file {self.path} is in use by another opdgeo batch (wait for it to "
                 "finish, or give this one another --state)"
             ) from None
+
+    def _check_ours(self) -> None:
+        """Refuse a non-empty file that opdgeo did not write (before anything truncates it):
+        ``--state notes.txt`` must never replace or remove the user's file."""
+        self._fh.seek(0)
+        head = self._fh.read(len(_MAGIC) + 8)
+        if head and not _MAGIC_RE.match(head):
+            raise OutputError(
+                f"refusing to use {self.path} as the state file: it holds something opdgeo did "
+                "not write (give --state another path)"
+            )
 
     def _load(self) -> None:
         self._fh.seek(0)

@@ -432,6 +432,38 @@ def test_state_file_must_be_a_regular_file(family: dict[str, Path]) -> None:
     one_line_error(batch(family, "--resume"), EXIT_ERROR, "not a regular file")
 
 
+FOREIGN_STATES = {
+    "notes": b"my notes\n",
+    "no final newline": b"line one\nline two, cut",
+    "a checkpoint": b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ",
+    "other JSON lines": b'{"state": 1}\n{"a": 2}\n',
+    "key later in the object": b'{"x": 1, "opdgeo_state": 1}\n',
+    "one byte": b"x",
+}
+
+
+@pytest.mark.parametrize("case", list(FOREIGN_STATES))
+def test_a_state_path_holding_a_foreign_file_is_refused_untouched(
+    family: dict[str, Path], tmp_path: Path, case: str
+) -> None:
+    """``--state notes.txt`` never truncates, replaces or removes the user's file."""
+    content = FOREIGN_STATES[case]
+    target = tmp_path / "notes.txt"
+    target.write_bytes(content)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    for state in (target, link):
+        for extra in ([], ["--resume"]):
+            result = batch(family, "--state", str(state), *extra)
+            one_line_error(result, EXIT_ERROR, "refusing to use", "did not write")
+            assert target.read_bytes() == content and link.is_symlink()
+    assert not family["out"].exists()
+    # the default state file of -o (OUTPUT.state.jsonl) gets the same check
+    family["state"].write_bytes(content)
+    one_line_error(batch(family), EXIT_ERROR, "refusing to use")
+    assert family["state"].read_bytes() == content
+
+
 # -- text from files reaching the terminal --------------------------------------------------
 
 HOSTILE_NAMES = (
