@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import resource
 import signal
 import struct
@@ -552,6 +553,45 @@ def test_nothing_to_classify_and_undefined_overlaps(tmp_path: Path) -> None:
         assert math.isnan(run2.summary[key]), key
     (run3,) = api.compare(str(base2), [str(tuned2)], config=load_config(alpha=0.3))
     assert 0 < run3.summary["lowmag_overlap"] < 1
+
+
+TWICE = "model.layers.0.mlp.up_proj.weight"
+SHARDED_TWICE = {  # shard file -> its tensors, index (or None), the two shards the error names
+    "two files, no index": ({"a": [0, 1], "b": [1, 2]}, None, ("a", "b")),
+    "three files, no index": ({"s0": [0], "s1": [1], "s2": [1, 2]}, None, ("s1", "s2")),
+    "index names the first": ({"a": [0, 1], "b": [1, 2]}, "a", ("a", "b")),
+    "index names the second": ({"a": [0, 1], "b": [1, 2]}, "b", ("b", "a")),
+    "in three, index names one": ({"a": [1], "b": [0, 1], "c": [1, 2]}, "b", ("b",)),
+}
+
+
+@pytest.mark.parametrize("case", list(SHARDED_TWICE))
+def test_a_tensor_in_two_shards_is_refused_naming_both(tmp_path: Path, case: str) -> None:
+    from safetensors.torch import save_file
+
+    layout, listed, named = SHARDED_TWICE[case]
+    tensors = small()
+    names = sorted(tensors)
+    assert names[1] == TWICE
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    weight_map = {}
+    for shard, which in layout.items():
+        save_file(
+            {names[i]: tensors[names[i]] for i in which}, str(folder / f"{shard}.safetensors")
+        )
+        weight_map.update({names[i]: f"{shard}.safetensors" for i in which})
+    if listed is not None:
+        weight_map[TWICE] = f"{listed}.safetensors"
+        index = {"weight_map": weight_map}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    want = " and ".join(f"{shard}.safetensors" for shard in named)  # the index's shard first
+    tuned = write_checkpoint(tmp_path / "tuned", nudged(tensors))
+    for args in (["inspect", str(folder)], ["compare", str(folder), str(tuned), "-f", "csv"]):
+        line = one_line_error(invoke(*args), EXIT_ERROR, f"tensor '{TWICE}' appears in both {want}")
+        assert re.search(r"in both \w+\.safetensors and \w+\.safetensors$", line), line
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
 def test_hub_snapshot_read_as_a_local_folder(tmp_path: Path) -> None:
