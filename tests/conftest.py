@@ -6,8 +6,9 @@ import atexit
 import json
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingface_hub
@@ -21,6 +22,23 @@ from safetensors.torch import save_file
 atexit.register(shutil.rmtree, os.environ["OPDGEO_CACHE_DIR"], True)
 
 Tensors = dict[str, torch.Tensor]
+
+HANG_S = 120
+"""The hostile batteries' time bound: a test that blocks longer fails instead of hanging."""
+
+
+@pytest.fixture
+def alarm() -> Iterator[None]:
+    """Fail (not hang) a test that blocks for more than ``HANG_S`` seconds (SIGALRM)."""
+
+    def hang(*_: object) -> None:
+        raise TimeoutError(f"hung for more than {HANG_S} s")
+
+    old = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(HANG_S)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
 
 
 def write_checkpoint(

@@ -23,6 +23,7 @@ from opdgeo.errors import OpdgeoWarning
 from opdgeo.io import open_checkpoint
 from tests.conftest import perturb, tiny_model, write_checkpoint
 
+pytestmark = pytest.mark.usefixtures("alarm")  # every test here is bounded in time
 runner = CliRunner()
 N_MATRICES = 7
 """Spectral matrices of :func:`model`: q, k, v, o, gate, up, down."""

@@ -6,10 +6,13 @@ import math
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
 from opdgeo.api import compare_checkpoints
 from tests.conftest import perturb, tiny_model, write_checkpoint
+
+pytestmark = pytest.mark.usefixtures("alarm")  # every test here is bounded in time
 
 Q = "model.layers.0.self_attn.q_proj.weight"
 UP = "model.layers.1.mlp.up_proj.weight"

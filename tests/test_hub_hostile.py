@@ -28,6 +28,7 @@ from tests.conftest import tiny_model, write_checkpoint
 from tests.hubserver import SHA_A, SHA_B, FakeHub, FakeRepo, repo_from_dir
 from tests.test_hub import build_cache, cache, error_line, run  # noqa: F401  (fixture)
 
+pytestmark = pytest.mark.usefixtures("alarm")  # every test here is bounded in time
 SHARDS = [f"model-0000{i}-of-00002.safetensors" for i in (1, 2)]
 
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from opdgeo.cli import app
 from tests.conftest import tiny_model, write_checkpoint
 
+pytestmark = pytest.mark.usefixtures("alarm")  # every test here is bounded in time
 runner = CliRunner()
 
 

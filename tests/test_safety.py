@@ -25,6 +25,7 @@ from opdgeo.cli import app
 from opdgeo.errors import OutputError
 from tests.conftest import perturb, tiny_model, write_checkpoint
 
+pytestmark = pytest.mark.usefixtures("alarm")  # every test here is bounded in time
 runner = CliRunner()
 
 
