@@ -19,11 +19,24 @@ and a test recomputes them from the committed features.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 Z = 1.0
 """Standard deviations below the observed accuracy (Wilson score interval)."""
+
+RULE_LABELS = ("sft-like", "opd-like", "rlvr-like", "rl-like (opd or rlvr)")
+"""The labels a rule can name (the classifier's labels that carry a confidence)."""
+
+
+def check_rule_name(rule: str) -> bool:
+    """Whether ``rule`` is a rule the classifier can produce: ``"<label> <agreeing>/<voting>"``
+    with a label of :data:`RULE_LABELS` and 1 <= agreeing <= voting."""
+    label, _, votes = rule.rpartition(" ")
+    counts = re.fullmatch(r"([0-9]{1,3})/([0-9]{1,3})", votes)
+    return label in RULE_LABELS and counts is not None and 1 <= int(counts[1]) <= int(counts[2])
+
 
 GRID_SEED0: dict[str, tuple[int, int]] = {
     "opd-like 2/2": (1, 3),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opdgeo.calibration import Calibration
+from opdgeo.calibration import RULE_LABELS, Calibration, check_rule_name
 from opdgeo.errors import ConfigError
 from opdgeo.parsing import read_regular, toml_loads
 
@@ -296,6 +296,11 @@ def _calibration(table: Any, where: str) -> Calibration:
         raise ConfigError(f"{where} must be a table of rule = [right, total]")
     rules: dict[str, tuple[int, int]] = {}
     for rule, counts in table.items():
+        if not check_rule_name(rule):
+            raise ConfigError(
+                f"{where}: unknown rule {rule!r} (a rule is '<label> <agreeing>/<voting>', "
+                f'label one of {", ".join(RULE_LABELS)}, e.g. "sft-like 2/3")'
+            )
         ok = (
             isinstance(counts, list)
             and len(counts) == 2

@@ -12,11 +12,9 @@ import math
 import os
 import re
 import resource
-import signal
 import struct
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,18 +31,7 @@ runner = CliRunner()
 DEEP = 100_000
 
 
-@pytest.fixture(autouse=True)
-def alarm() -> Iterator[None]:
-    """Fail (not hang) any test here that blocks for more than 120 s."""
-
-    def hang(*_: object) -> None:
-        raise TimeoutError("hung")
-
-    old = signal.signal(signal.SIGALRM, hang)
-    signal.alarm(120)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+pytestmark = pytest.mark.usefixtures("alarm")  # every test here is bounded in time
 
 
 def invoke(*args: str) -> Result:
@@ -304,6 +291,12 @@ CONFIGS = {
     "[thresholds]\nsparsity_sft_below = nan": "sparsity_sft_below must be a finite number",
     "[thresholds]\nnss_sft_above = inf": "nss_sft_above must be a finite number",
     '[thresholds]\nangle_sft_above = "4"': "angle_sft_above must be float",
+    "calibration = 3": "[calibration] must be a table",
+    '[calibration]\n"sft-lik 2/2" = [1, 2]': "unknown rule 'sft-lik 2/2'",
+    '[calibration]\n"sft-like 3/2" = [1, 2]': "unknown rule 'sft-like 3/2'",
+    '[calibration]\n"indeterminate 0/0" = [0, 0]': "unknown rule 'indeterminate 0/0'",
+    '[calibration]\n"sft-like 2/2" = [3, 2]': "sft-like 2/2 must be [right, total]",
+    '[calibration]\n"sft-like 2/2" = [1.0, 2]': "sft-like 2/2 must be [right, total]",
 }
 
 
@@ -321,6 +314,17 @@ def test_settings_and_thresholds_validate_in_python_too() -> None:
     with pytest.raises(ConfigError, match="locked_band"):
         Thresholds(locked_band=math.nan)
     assert Settings(include=r"q_proj", atol=0.0).include == "q_proj"
+
+
+def test_calibration_rule_names_are_the_classifiers() -> None:
+    from opdgeo.calibration import GRID_SEED0, RULE_LABELS, check_rule_name
+    from opdgeo.regimes import OPD, RL, RLVR, SFT
+
+    assert set(RULE_LABELS) == {str(label) for label in (SFT, OPD, RLVR, RL)}
+    assert all(check_rule_name(rule) for rule in GRID_SEED0)
+    assert check_rule_name("rl-like (opd or rlvr) 2/3")
+    for bad in ("sft-like", "sft-like 2", "sft-like 2/", "sft-like x/2", "sft-like 0/2", ""):
+        assert not check_rule_name(bad), bad
 
 
 # -- resume state ---------------------------------------------------------------------------
