@@ -19,11 +19,14 @@ opdgeo, they do not prove that training produces it.
 from __future__ import annotations
 
 import math
+import os
+import stat
 from pathlib import Path
 
 import torch
 from safetensors.torch import save
 
+from opdgeo.errors import OpdgeoError, OutputError
 from opdgeo.outputs import write_output
 from opdgeo.threads import threads_for
 
@@ -167,9 +170,41 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[s
     write_output(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta))
 
 
+FAMILY = ("base", "sft", "opd", "rlvr")
+CONFIG_TEXT = '{"model_type": "qwen2", "tie_word_embeddings": false}\n'
+"""The ``config.json`` of every synthetic checkpoint."""
+
+
+def _written_by_demo(path: Path, label: str) -> bool:
+    """Whether ``path`` (an existing file) is what :func:`write_family` writes for ``label``:
+    a regular file, the config text byte for byte, or weights whose header says so."""
+    from opdgeo.io.safetensors import read_header
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        if path.name == "config.json":
+            return path.stat().st_size < 4096 and path.read_text("utf-8") == CONFIG_TEXT
+        return read_header(path)[1].get("opdgeo_synthetic") == label
+    except (OSError, OpdgeoError, UnicodeDecodeError):
+        return False
+
+
 def write_family(directory: Path, seed: int = 0) -> dict[str, Path]:
-    """Write ``base/``, ``sft/``, ``opd/``, ``rlvr/`` checkpoint directories under ``directory``."""
+    """Write ``base/``, ``sft/``, ``opd/``, ``rlvr/`` checkpoint directories under ``directory``.
+
+    Only files an earlier demo wrote are replaced: a ``model.safetensors`` or ``config.json``
+    already there that it did not write (a real model in ``demo/base``) is an
+    :class:`~opdgeo.errors.OutputError`, before anything is written."""
     directory = Path(directory)
+    for label in FAMILY:
+        for name in ("model.safetensors", "config.json"):
+            path = directory / label / name
+            if (path.exists() or path.is_symlink()) and not _written_by_demo(path, label):
+                raise OutputError(
+                    f"refusing to write {path}: it is not a file an opdgeo demo wrote "
+                    "(give the demo an empty or new folder)"
+                )
     paths = {}
     for label, tensors in make_family(seed).items():
         folder = directory / label
@@ -177,9 +212,7 @@ def write_family(directory: Path, seed: int = 0) -> dict[str, Path]:
         write_safetensors(
             folder / "model.safetensors", tensors, {"format": "pt", "opdgeo_synthetic": label}
         )
-        write_output(
-            folder / "config.json", '{"model_type": "qwen2", "tie_word_embeddings": false}\n'
-        )
+        write_output(folder / "config.json", CONFIG_TEXT)
         paths[label] = folder
     return paths
 

@@ -412,3 +412,49 @@ def test_a_poisoned_cache_gives_the_output_of_no_cache(
     code, got, err = compare(ckpts, *opts, "--cache-dir", str(store))
     assert code == 0, err
     assert got == want and per.read_text() == want_tensors
+
+
+# -- the demo's checkpoints -----------------------------------------------------------------
+
+DEMO_SQUATTERS = ["model", "model-by-link", "config-only", "fifo", "other-label", "folder"]
+
+
+@pytest.mark.parametrize("case", DEMO_SQUATTERS)
+def test_demo_never_replaces_files_it_did_not_write(tmp_path: Path, case: str) -> None:
+    from opdgeo.synthetic import CONFIG_TEXT, write_family
+
+    demo = tmp_path / "demo"
+    mine = model_folder(tmp_path / "mine")
+    target = demo / ("sft" if case == "other-label" else "base")
+    target.mkdir(parents=True)
+    weights, config = target / "model.safetensors", target / "config.json"
+    if case == "model":
+        weights.write_bytes((mine / "model.safetensors").read_bytes())
+    elif case == "model-by-link":
+        weights.symlink_to(mine / "model.safetensors")
+    elif case == "config-only":
+        config.write_text('{"model_type": "llama"}\n')
+    elif case == "fifo":
+        os.mkfifo(weights)
+    elif case == "other-label":  # the demo's own base weights, copied where sft goes
+        write_family(tmp_path / "earlier")
+        weights.write_bytes((tmp_path / "earlier" / "base" / "model.safetensors").read_bytes())
+        config.write_text(CONFIG_TEXT)
+    else:
+        weights.mkdir()
+    before = tree(tmp_path / "mine") | tree(demo)
+    result = runner.invoke(app, ["demo", str(demo), "-q", "-f", "csv"])
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    assert result.stderr.startswith("error: refusing to write") and target.name in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+    assert tree(tmp_path / "mine") | tree(demo) == before
+
+
+def test_demo_replaces_its_own_files(tmp_path: Path) -> None:
+    from opdgeo.synthetic import write_family
+
+    first = {k: (p / "model.safetensors").read_bytes() for k, p in write_family(tmp_path).items()}
+    (tmp_path / "notes.txt").write_text("mine")
+    again = write_family(tmp_path, seed=1)  # a rerun over an earlier demo: allowed
+    assert all((p / "model.safetensors").read_bytes() != first[k] for k, p in again.items())
+    assert (tmp_path / "notes.txt").read_text() == "mine"
