@@ -119,7 +119,7 @@ def batch(
     """Compare every checkpoint in DIRECTORY (or a --study file) against BASE, in one pass."""
     from opdgeo import api, console
     from opdgeo import study as studies
-    from opdgeo.outputs import check_folder, check_output_path
+    from opdgeo.state import check_state_path
 
     with user_errors():
         cfg = analysis.load()
@@ -135,8 +135,7 @@ def batch(
         output = out.output
         state_path = state or (output.with_name(output.name + ".state.jsonl") if output else None)
         if state_path is not None:
-            check_output_path(state_path, inputs)
-            check_folder(state_path)
+            check_state_path(state_path, inputs, out.files())
         if resume and state_path is None:
             raise ConfigError("--resume needs --state PATH (or -o, whose state file it uses)")
         with console.resumable(state_path, resume, cfg.settings, inputs) as log:

@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from opdgeo.config import Settings
 from opdgeo.errors import ConfigError, OutputError
+from opdgeo.outputs import check_folder, check_output_path
 from opdgeo.records import TensorRecord
 
 VERSION = 1
@@ -223,6 +224,21 @@ class StateFile:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
         self._fh.close()
+
+
+def check_state_path(path: Path, inputs: Sequence[str], outputs: Sequence[Path]) -> None:
+    """Before any work: the state file is not in a checkpoint folder, its folder exists, and
+    it is none of the command's outputs (a finished batch removes its state file, which would
+    remove that report too)."""
+    check_output_path(path, inputs)
+    check_folder(path)
+    real = os.path.realpath(path)
+    for output in outputs:
+        if os.path.realpath(output) == real:
+            raise ConfigError(
+                f"the state file {path} is also an output of this batch ({output}); a finished "
+                "batch removes its state file: give each its own path (--state)"
+            )
 
 
 def _regular_or_missing(path: Path) -> bool:

@@ -437,6 +437,28 @@ def test_state_file_must_be_a_regular_file(family: dict[str, Path]) -> None:
     one_line_error(batch(family, "--resume"), EXIT_ERROR, "not a regular file")
 
 
+@pytest.mark.parametrize(
+    "clash",
+    [
+        ("-o", "out.csv", "--state", "out.csv"),
+        ("-o", "out.csv", "--per-tensor", "out.csv.state.jsonl"),  # the default state file
+        ("-o", "out.csv", "--per-group", "g.csv", "--state", "g.csv"),
+        ("-o", "out.csv", "--html", "r.html", "--state", "r.html"),
+        ("-o", "out.csv", "--state", "link"),  # a link to the report
+    ],
+    ids=["output", "per-tensor-default", "per-group", "html", "link"],
+)
+def test_a_state_file_that_is_also_an_output_is_refused(
+    family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clash: tuple[str, ...]
+) -> None:
+    """A finished batch removes its state file: were it a report, the report would vanish."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link").symlink_to("out.csv")
+    result = invoke("batch", str(family["base"]), str(family["runs"]), "-q", *clash)
+    one_line_error(result, EXIT_USAGE, "is also an output of this batch")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "link", "runs"]
+
+
 FOREIGN_STATES = {
     "notes": b"my notes\n",
     "no final newline": b"line one\nline two, cut",
