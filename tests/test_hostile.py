@@ -511,6 +511,8 @@ def test_markup_ansi_and_newlines_from_files_are_escaped(tmp_path: Path) -> None
     for args in (
         ["compare", str(base), str(tuned), "-f", "table", "--per-tensor", str(per_tensor)],
         ["batch", str(base), str(runs), "-f", "table"],
+        ["trajectory", str(base), str(tuned), "-f", "table"],
+        ["lineage", str(base), str(tuned), "-f", "table"],
         ["inspect", str(tuned), "-f", "table"],
     ):
         result = runner.invoke(app, args, color=True)

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from opdgeo.lineage.records import LineageResult, PairResult
+from opdgeo.text import markup_safe, printable
 
 SCHEMA_VERSION = 1
 VERDICT_STYLE = {
@@ -134,7 +135,10 @@ def _gb(n: int) -> str:
 
 
 def render_lineage(console: Console, result: LineageResult) -> None:
-    """Summary table (one row per pair), then each pair's reasons and block evidence."""
+    """Summary table (one row per pair), then each pair's reasons and block evidence.
+
+    Labels, reasons and notes hold paths and tensor names (data from files): rich markup in
+    them is escaped and control characters are shown as escapes (:mod:`opdgeo.text`)."""
     table = Table(title="opdgeo lineage")
     for header in ("A", "B", "verdict", "p", "effect", "tests", "blocks shared", "read"):
         table.add_column(header, justify="left" if header in ("A", "B", "verdict") else "right")
@@ -142,20 +146,22 @@ def render_lineage(console: Console, result: LineageResult) -> None:
         blocks = [e for e in p.layers if e.part.startswith("layer ")]
         shared = sum(e.status in ("shared", "identical") for e in blocks)
         table.add_row(
-            p.a, p.b, Text(p.verdict, style=VERDICT_STYLE.get(p.verdict, "")),
+            Text(printable(p.a)), Text(printable(p.b)),
+            Text(p.verdict, style=VERDICT_STYLE.get(p.verdict, "")),
             _p_text(p.log10_p), f"{p.effect:.2f}", str(p.n_tests),
             f"{shared}/{len(blocks)}" if blocks else "-",
             f"{_gb(p.bytes_read)} ({100 * p.read_fraction:.1f}%)",
         )  # fmt: skip
     console.print(table)
     for p in result.pairs:
-        console.print(Text(f"\n{p.a} -> {p.b}: {p.verdict}", style="bold"))
+        console.print(Text("\n" + printable(f"{p.a} -> {p.b}: {p.verdict}"), style="bold"))
         for line in p.reasons:
-            console.print(f"  - {line}")
+            console.print(f"  - {markup_safe(line)}")
         if p.decided_by:
-            console.print("  decided by: " + "; ".join(p.decided_by))
-        console.print(f"  residual alignment: {p.alignment}")
+            console.print("  decided by: " + markup_safe("; ".join(p.decided_by)))
+        console.print(f"  residual alignment: {markup_safe(p.alignment)}")
         for note in p.notes:
-            console.print(f"  ! {note}")
+            console.print(f"  ! {markup_safe(note)}")
     for (i, j), msg in sorted(result.errors.items()):
-        console.print(f"[yellow]{result.labels[i]} vs {result.labels[j]}: {msg}[/yellow]")
+        pair = f"{result.labels[i]} vs {result.labels[j]}: {msg}"
+        console.print(f"[yellow]{markup_safe(pair)}[/yellow]")
