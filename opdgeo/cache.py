@@ -212,6 +212,16 @@ def entry_is_sound(entry: StoredBase) -> bool:
     return all(not math.isnan(thr) and need >= 0 for thr, need in entry.thresholds.values())
 
 
+def max_entry_bytes(shape: tuple[int, ...] | torch.Size) -> int:
+    """The largest file an entry for a matrix of ``shape`` can be: ``s`` (min side), ``small``
+    and ``other`` (at most min side x min side and max side x min side, float64), plus 1 MiB
+    of header; a bigger file is not an entry for it and is rejected before it is read."""
+    if len(shape) != 2:
+        return 0
+    r, big = min(shape), max(shape)
+    return 8 * (r + r * r + big * r) + 2**20
+
+
 def check_entry(entry: StoredBase, w0: torch.Tensor) -> bool:
     """True when ``entry`` is sound and describes the matrix ``w0``: shapes match it,
     ``Σ s² = ‖W0‖_F²`` and ``‖W0ᵀ u₁‖ = s₁`` (``‖W0 v₁‖`` on the tall side) to 1e-6."""
@@ -299,6 +309,8 @@ class BaseCache:
         if path.is_symlink() or path.parent.is_symlink() or not path.is_file():
             return None
         try:
+            if w0 is not None and path.stat().st_size > max_entry_bytes(w0.shape):
+                return self._reject()  # sized before reading: never allocate what cannot fit
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as fh:

@@ -458,3 +458,46 @@ def test_demo_replaces_its_own_files(tmp_path: Path) -> None:
     again = write_family(tmp_path, seed=1)  # a rerun over an earlier demo: allowed
     assert all((p / "model.safetensors").read_bytes() != first[k] for k, p in again.items())
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def _oversized(path: Path, how: str) -> None:
+    import json
+    import struct
+
+    if how == "sparse-16GiB":  # a valid safetensors file whose one tensor is 16 GiB of holes
+        n = 2**31
+        header = {"s": {"dtype": "F64", "shape": [n], "data_offsets": [0, 8 * n]}}
+    else:  # a 2 MiB header of metadata before a tiny tensor
+        header = {
+            "__metadata__": {"key": path.stem, "pad": "x" * 2**21},
+            "s": {"dtype": "F64", "shape": [1], "data_offsets": [0, 8]},
+        }
+    text = json.dumps(header).encode()
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(text)) + text)
+        fh.truncate(8 + len(text) + header["s"]["data_offsets"][1])  # type: ignore[index]
+
+
+@pytest.mark.parametrize("how", ["sparse-16GiB", "big-header"])
+def test_an_oversized_entry_is_rejected_before_it_is_read(
+    ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    import safetensors
+
+    want = compare(ckpts, "-q", "--no-cache")[1]
+    store = tmp_path / "store"
+    paths = fill_cache(ckpts, store)
+    for path in paths:
+        _oversized(path, how)
+    real_open = safetensors.safe_open
+    opened: list[str] = []
+
+    def safe_open(name: str, *args: object, **kwargs: object) -> object:
+        opened.append(name)
+        return real_open(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(safetensors, "safe_open", safe_open)
+    code, out, err = compare(ckpts, "--cache-dir", str(store))
+    assert code == 0 and out == want, err
+    assert not set(opened) & {str(p) for p in paths}  # sized first, never opened
+    assert all(p.stat().st_size < 2**20 for p in paths)  # recomputed and rewritten
