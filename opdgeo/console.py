@@ -229,8 +229,7 @@ def emit(
     if output:
         wrote(outputs.write_output(output, text))
     elif text:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        outputs.write_descriptor(outputs.STDOUT_FD, text.encode("utf-8"))
 
 
 def wrote(path: Path) -> None:
@@ -336,7 +335,7 @@ def emit_lineage(
     if output is not None:
         outputs.write_output(output, text)
     elif text:
-        sys.stdout.write(text)
+        outputs.write_descriptor(outputs.STDOUT_FD, text.encode("utf-8"))
 
 
 @contextlib.contextmanager

@@ -8,12 +8,15 @@ Guarantees (README, "Safety"):
   renamed over it, so a reader never sees half a report and an interrupted run leaves the old
   file; the temporary file is removed on every failure (full disk, read-only folder, Ctrl-C);
 * a symlink is followed: its target is written and the link is kept;
-* a special file (``/dev/stdout``, ``/dev/full``, a FIFO) is written in place, as the shell's
-  ``>`` does, and never replaced by a regular file;
+* a special file (``/dev/full``, a FIFO, a terminal) is written in place, as the shell's
+  ``>`` does, and never replaced by a regular file; ``/dev/stdout``, ``/dev/stderr`` and
+  ``/dev/fd/N`` write to the descriptor itself (:func:`own_descriptor`), so ``-o /dev/stdout
+  >> log`` appends to log and a pipe works;
 * a missing folder is not created (as ``cp`` does not): the write is refused;
 * new files get the permissions ``0666 & ~umask`` (0644 under the usual umask), a replaced
   file keeps its own;
-* every failure is one :class:`OutputError` line (exit 1) naming the path and the cause;
+* every failure is one :class:`OutputError` line (exit 1) naming the path and the cause, a
+  full disk behind standard output too (:func:`write_descriptor`);
 * ``-`` is standard output (``-o -``, ``--per-tensor -``), as for every Unix tool.
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -81,10 +85,11 @@ def write_output(path: Path | str, data: str | bytes) -> Path:
     """Write ``data`` to ``path`` with the guarantees of the module docstring; returns the path
     actually written (a symlink's target)."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    if str(path) == STDOUT:
-        _write_stdout(raw)
-        return Path(STDOUT)
     given = Path(path).expanduser()
+    fd = STDOUT_FD if str(path) == STDOUT else own_descriptor(given)
+    if fd is not None:  # /dev/stdout, /dev/fd/N: the descriptor as it is (>> appends)
+        write_descriptor(fd, raw, str(path))
+        return Path(STDOUT) if fd == STDOUT_FD else given
     target = Path(os.path.realpath(given))
     try:
         st: os.stat_result | None = os.stat(target)
@@ -147,16 +152,54 @@ def check_folder(path: Path | str, target: Path | None = None) -> Path:
     return folder
 
 
-def _write_stdout(raw: bytes) -> None:
-    """``raw`` on standard output (the bytes as they are when stdout has a buffer)."""
-    sys.stdout.flush()
-    buffer = getattr(sys.stdout, "buffer", None)
-    if buffer is not None:
-        buffer.write(raw)
-        buffer.flush()
-    else:
-        sys.stdout.write(raw.decode("utf-8"))
-        sys.stdout.flush()
+STDOUT_FD = 1
+
+_FD_LINK = re.compile(rf"/proc/(?:self|thread-self|{os.getpid()})(?:/task/\d+)?/fd/(\d+)")
+
+
+def own_descriptor(path: Path) -> int | None:
+    """The number N when ``path`` names one of this process's open descriptors through
+    ``/proc/self/fd/N`` (``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N``); else None.
+
+    Such a path is the descriptor the shell opened (``> file``, ``>> log``, a pipe): it is
+    written as it is, never resolved to the file behind it and replaced, which would drop
+    what ``>>`` appends to (a pipe's ``pipe:[...]`` is no path at all)."""
+    current = os.path.abspath(path)
+    for _ in range(40):  # links followed one at a time, as the kernel would
+        folder = os.path.realpath(os.path.dirname(current))
+        current = os.path.join(folder, os.path.basename(current))
+        match = _FD_LINK.fullmatch(current)
+        if match:
+            return int(match.group(1))
+        if not os.path.islink(current):
+            return None
+        current = os.path.join(folder, os.readlink(current))
+    return None
+
+
+def write_descriptor(fd: int, raw: bytes, name: str = STDOUT) -> None:
+    """``raw`` on descriptor ``fd`` (standard output through ``sys.stdout``); a failure (a full
+    disk behind ``>``) is one :class:`OutputError` line. A closed pipe (EPIPE) is left to the
+    caller, which exits quietly as every Unix filter does."""
+    try:
+        if fd == STDOUT_FD:
+            sys.stdout.flush()
+            buffer = getattr(sys.stdout, "buffer", None)
+            if buffer is not None:
+                buffer.write(raw)
+                buffer.flush()
+            else:
+                sys.stdout.write(raw.decode("utf-8"))
+                sys.stdout.flush()
+            return
+        view = memoryview(raw)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        where = "standard output" if name in (STDOUT, "") else name
+        raise OutputError(f"cannot write {where}: {_why(exc)}") from None
 
 
 def _write_in_place(given: Path, target: Path, raw: bytes) -> None:

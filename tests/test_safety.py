@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -221,6 +223,47 @@ def test_output_onto_a_full_device_fails_like_the_shell(
     assert err.strip() == f"error: cannot write {device}: No space left on device"
     assert stat.S_ISCHR(device.lstat().st_mode)  # still the device, not a regular file
     assert [p.name for p in tmp_path.iterdir()] == ["full"]
+
+
+def _cli(
+    ckpts: dict[str, Path], *args: str, **kwargs: object
+) -> subprocess.CompletedProcess[bytes]:
+    """opdgeo in a fresh process: real descriptors (``>>``, pipes), which CliRunner replaces."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = [sys.executable, "-m", "opdgeo", "compare", str(ckpts["base"]),
+               str(ckpts["tuned"]), "-q", "--no-cache", "-f", "csv", *args]  # fmt: skip
+    return subprocess.run(command, env=env, timeout=110, check=False, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+
+@pytest.mark.parametrize("case", ["append", "pipe", "fd-n", "full", "stdout-full"])
+def test_output_to_a_descriptor_writes_the_descriptor(
+    ckpts: dict[str, Path], tmp_path: Path, case: str
+) -> None:
+    """``-o /dev/stdout >> log`` appends to log (it was replaced by the report), a pipe works
+    (``pipe:[...]`` is no path), ``/dev/fd/N`` is descriptor N, a full disk behind > is one line."""
+    log = tmp_path / "log.txt"
+    log.write_bytes(b"kept line\n")
+    if case in ("append", "fd-n"):
+        with open(log, "ab") as fh:
+            if case == "append":
+                done = _cli(ckpts, "-o", "/dev/stdout", stdout=fh, stderr=subprocess.PIPE)
+            else:
+                fd = fh.fileno()  # passed to the child under the same number
+                done = _cli(ckpts, "-o", f"/dev/fd/{fd}", pass_fds=(fd,), stderr=subprocess.PIPE)
+        assert done.returncode == 0, done.stderr
+        text = log.read_bytes()
+        assert text.startswith(b"kept line\nrun,base,regime") and stat.S_ISREG(log.lstat().st_mode)
+    elif case == "pipe":
+        done = _cli(ckpts, "-o", "/dev/stdout", capture_output=True)
+        assert done.returncode == 0 and done.stdout.startswith(b"run,base,regime"), done.stderr
+    else:
+        extra = ["-o", "/dev/stdout"] if case == "full" else []
+        with open("/dev/full", "wb") as full:
+            done = _cli(ckpts, *extra, stdout=full, stderr=subprocess.PIPE)
+        where = "/dev/stdout" if case == "full" else "standard output"
+        assert done.returncode == 1
+        assert done.stderr.decode() == f"error: cannot write {where}: No space left on device\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.txt"]
 
 
 @pytest.mark.parametrize("where", ["dir-checkpoint", "next-to-file", "link-into"])
