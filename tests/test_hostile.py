@@ -274,6 +274,67 @@ def test_permission_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.Monk
     one_line_error(invoke("batch", str(folder), str(tmp_path)), EXIT_ERROR, "permission denied")
 
 
+UNREADABLE = {  # what is made unreadable -> (exit code, needle of the one stderr line)
+    "folder 000": (EXIT_ERROR, "cannot read folder {t}: permission denied"),
+    "folder 400": (EXIT_ERROR, "cannot read folder {t}: permission denied"),
+    "weights": (EXIT_ERROR, "cannot read {t}/model.safetensors: Permission denied"),
+    "shard": (EXIT_ERROR, "cannot read {t}/model-00002-of-00002.safetensors: Permission denied"),
+    "index": (EXIT_ERROR, "cannot read {t}/model.safetensors.index.json: Permission denied"),
+    "output folder": (EXIT_ERROR, "cannot write {o}/r.csv: Permission denied"),
+    "cache folder": (0, "warning: cannot write the base cache in {c} (Permission denied)"),
+}
+
+
+def _without_root_powers() -> list[str]:
+    """A command prefix under which permissions apply (root ignores them): none for a user;
+    for root, setpriv dropping the capabilities that bypass them; skip when there is none."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0:
+        return []
+    caps = "-dac_override,-dac_read_search"
+    prefix = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+    if shutil.which("setpriv") is None or subprocess.run([*prefix, "true"]).returncode != 0:
+        pytest.skip("running as root without setpriv: permissions cannot be denied")
+    return prefix
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+def test_real_permission_errors_are_one_line(tmp_path: Path, case: str) -> None:
+    """Real denials in a fresh process (no monkeypatching): one line naming the path."""
+    import subprocess
+    import sys
+
+    prefix = _without_root_powers()
+    write_checkpoint(tmp_path / "base", small())
+    tuned = write_checkpoint(tmp_path / "tuned", nudged(small()), shards=2 if case in (
+        "shard", "index") else 1, config={"model_type": "qwen2"})  # fmt: skip
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    out.mkdir()
+    cache.mkdir()
+    victim = {"folder 000": tuned, "folder 400": tuned, "weights": tuned / "model.safetensors",
+              "shard": tuned / "model-00002-of-00002.safetensors",
+              "index": tuned / "model.safetensors.index.json", "output folder": out,
+              "cache folder": cache}[case]  # fmt: skip
+    victim.chmod({"folder 400": 0o400, "output folder": 0o555, "cache folder": 0o555}.get(case, 0))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = [*prefix, sys.executable, "-m", "opdgeo", "compare", "base", "tuned", "-f", "csv",
+               "-o", "out/r.csv", "--cache-dir", "cache"]  # fmt: skip
+    try:
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=110, check=False)  # fmt: skip
+    finally:
+        victim.chmod(0o755)
+    code, needle = UNREADABLE[case]
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == code and len(lines) == (1 if code else 2), done.stderr
+    assert needle.format(t="tuned", o="out", c="cache") in lines[0], lines[0]
+    assert code or lines[1].startswith("wrote ")
+    assert "unexpected" not in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ([] if code else ["r.csv"])
+
+
 # -- config values --------------------------------------------------------------------------
 
 CONFIGS = {

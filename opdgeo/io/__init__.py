@@ -18,6 +18,7 @@ Layers (each imports only the ones above it, so there is no cycle):
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from opdgeo.errors import OpdgeoError, SourceError
@@ -39,9 +40,12 @@ def open_checkpoint(spec: str, options: SourceOptions | None = None) -> Checkpoi
         if _exists(path):
             from opdgeo.io.local import open_local
 
+            if _unsearchable_folder(path):  # before config.json warns about it
+                raise SourceError(f"cannot read folder {spec}: permission denied")
+
             return open_local(spec, path, options)
     except PermissionError as exc:
-        where = exc.filename or spec
+        where = f"folder {spec}" if _unreadable_folder(path) else exc.filename or spec
         raise SourceError(f"cannot read {where}: permission denied") from None
     from opdgeo.io.hub import HubRepo, open_hub, parse_spec
 
@@ -97,3 +101,28 @@ def _exists(path: Path) -> bool:
 
 def _shown(spec: str, limit: int = 120) -> str:
     return spec if len(spec) <= limit else f"{spec[:limit]}... ({len(spec)} characters)"
+
+
+def _unsearchable_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder whose files cannot be reached (no search permission)."""
+    try:
+        os.stat(os.path.join(path, "."))
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _unreadable_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder this process may not list (then the error names the
+    folder, not the first file looked for inside it)."""
+    try:
+        if not path.is_dir():
+            return False
+        os.listdir(path)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return False
