@@ -423,7 +423,9 @@ def run_child(
     """Run the launcher; return (status, wall seconds, record, stderr tail)."""
     with tempfile.NamedTemporaryFile(prefix="opdgeo-bench-", suffix=".json", delete=False) as fh:
         rec_path = fh.name
-    cmd = [sys.executable, "-c", LAUNCHER, rec_path, mode, *args]
+    # -P: no current folder first on sys.path, so PYTHONPATH decides which opdgeo runs (the
+    # baseline's copy for --baseline; without -P the checkout's shadowed it)
+    cmd = [sys.executable, "-P", "-c", LAUNCHER, rec_path, mode, *args]
     start = time.perf_counter()
     try:
         proc = subprocess.run(
