@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import scipy.linalg.lapack  # noqa: F401 - loaded first, so threads() limits its BLAS too
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]

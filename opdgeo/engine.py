@@ -22,6 +22,7 @@ from opdgeo.pair import BufferPool, TensorPair
 from opdgeo.pairing import Pair, Plan
 from opdgeo.readahead import read_ahead
 from opdgeo.records import TensorRecord
+from opdgeo.scan import jit_for
 from opdgeo.threads import apply_threads, sized_threads
 
 Observer = Callable[[int, Pair, TensorPair], None]
@@ -152,6 +153,8 @@ def compare_many(
     def size(name: str) -> int:
         return brought[name]
 
+    run_bytes = sum(brought.values())
+
     def read(name: str) -> tuple[str, torch.Tensor, list[torch.Tensor]]:
         w0 = base.read(name, pin=pin)
         return name, w0, [runs[i].read(p.tuned_name, p.rows, pin=pin) for i, p in todo[name]]
@@ -161,7 +164,10 @@ def compare_many(
         for (i, pair), w1 in zip(todo[name], tuned, strict=True):
             w0 = w0_full if pair.rows is None else w0_full[: pair.rows]
             spectra = shared if pair.rows is None else BaseShared()
-            tp, values, reason = analyze_pair(pair, w0, w1, settings, pool, spectra, observer, i)
+            with jit_for(run_bytes):
+                tp, values, reason = analyze_pair(
+                    pair, w0, w1, settings, pool, spectra, observer, i
+                )
             record = TensorRecord(
                 run=runs[i].label,
                 base=base.label,

@@ -82,6 +82,8 @@ def eigh_top(g: torch.Tensor, k: int, overwrite: bool = False) -> TopEigen:
         return _full(g, k)
     if n <= 1:
         return TopEigen(g.reshape(n).clone(), torch.ones(n, k, dtype=torch.float64), METHOD)
+    import scipy.linalg.lapack  # noqa: F401 - loaded before threads_for, which limits its BLAS
+
     with threads_for(eigh_flops(n, k), EIGH_PARALLEL_FLOPS):
         if n < SMALL_N:
             return _full(g, k)

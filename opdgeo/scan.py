@@ -38,6 +38,9 @@ import importlib.util
 import math
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -172,7 +175,7 @@ def scan_pair(
     nblocks = (n + BLOCK - 1) // BLOCK
     count = workers or default_workers()
     count = max(1, min(count, n // _MIN_PER_WORKER))
-    jit = _jit() if n >= JIT_MIN_ENTRIES else None
+    jit = _jit() if n >= JIT_MIN_ENTRIES and _JIT_WANTED.get() else None
     if jit is not None:  # the compiled kernel (opdgeo.scan_jit): same blocks, same numbers
         u16 = [x.view(torch.int16).numpy().view("uint16") for x in (b, t)]
         totals = jit.scan_blocks(u16[0], u16[1], le, lt, BLOCK, count)
@@ -202,8 +205,25 @@ def scan_pair(
 
 JIT_MIN_ENTRIES = 1 << 20
 """Pairs of at least this many entries (2 MB of bf16 per side) use the compiled kernel when
-numba is installed; smaller ones the torch kernel (importing numba costs ~0.4 s)."""
+numba is installed and the comparison is large enough (:func:`jit_for`); smaller ones the
+torch kernel."""
+JIT_MIN_RUN_BYTES = 2 * 10**9
+"""Comparisons that read fewer bytes than this (both sides) keep the torch kernel: loading
+numba and its compiled kernel costs ~0.5 s once per process, and the compiled kernel saves
+~0.3 s per GB on this 2-core VM (bench/RESULTS.md: 2.5 GB is past the break-even)."""
 _JIT: list[ModuleType | None] = []
+_JIT_WANTED: ContextVar[bool] = ContextVar("opdgeo_scan_jit", default=True)
+
+
+@contextmanager
+def jit_for(run_bytes: int) -> Iterator[None]:
+    """Within the block, :func:`scan_pair` uses the compiled kernel only if the comparison
+    reads at least :data:`JIT_MIN_RUN_BYTES` (the engine wraps each tensor's analysis)."""
+    token = _JIT_WANTED.set(run_bytes >= JIT_MIN_RUN_BYTES)
+    try:
+        yield
+    finally:
+        _JIT_WANTED.reset(token)
 
 
 def _jit() -> ModuleType | None:

@@ -19,9 +19,10 @@ this package runs.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from functools import cache, wraps
+from functools import wraps
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import torch
@@ -100,17 +101,25 @@ def sized_threads(fn: F) -> F:
     return cast(F, run)
 
 
-@cache
+_POOLS: list[Any] = []
+
+
 def _blas_pools() -> Any:
-    """threadpoolctl's handle on the BLAS libraries of scipy and numpy (OpenBLAS; scipy's
-    LAPACK is imported first so its library is loaded), or None without threadpoolctl.
+    """threadpoolctl's handle on the BLAS libraries of scipy and numpy (OpenBLAS), or None
+    until scipy's LAPACK is loaded (:func:`opdgeo.linalg_eig.eigh_top` loads it before its
+    own :func:`threads_for`): opdgeo calls no other BLAS that torch does not control, and
+    finding the libraries costs ~0.25 s, which the scan and fast tiers then never pay.
     torch's own pool (OpenMP + MKL) is set through torch."""
-    try:
-        import scipy.linalg.lapack  # noqa: F401 - loads scipy's OpenBLAS
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # pragma: no cover - both are dependencies
+    if _POOLS:
+        return _POOLS[0]
+    if "scipy.linalg" not in sys.modules:
         return None
-    return ThreadpoolController().select(user_api="blas")
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - a dependency
+        return None
+    _POOLS.append(ThreadpoolController().select(user_api="blas"))
+    return _POOLS[0]
 
 
 def threads_wanted(flops: float, available: int | None = None, cut: float = SMALL_OP_FLOPS) -> int:

@@ -283,6 +283,7 @@ def test_radix_threshold_property(patterns: list[int], frac: float, largest: boo
 
 
 def test_threads_for_small_and_large_operations() -> None:
+    import scipy.linalg.lapack  # noqa: F401 - threads_for limits BLAS once scipy's LAPACK is in
     from threadpoolctl import threadpool_info, threadpool_limits
 
     before = torch.get_num_threads()

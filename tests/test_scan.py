@@ -217,3 +217,30 @@ def test_random_bit_patterns(finite: bool, monkeypatch: pytest.MonkeyPatch) -> N
             assert getattr(got, name) == pytest.approx(getattr(ref, name), rel=1e-6)
     # finite patterns never leave the fast path; NaN/Inf put every block on the general one
     assert len(calls) == (0 if finite else 3 * 3)
+
+
+def test_small_comparisons_keep_the_torch_kernel(
+    kernel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compiled kernel runs only inside comparisons that read at least
+    JIT_MIN_RUN_BYTES (loading numba costs more than it saves on a small model)."""
+    if kernel != "jit":
+        pytest.skip("about the compiled kernel")
+    from opdgeo import scan_jit
+
+    calls: list[int] = []
+    real = scan_jit.scan_blocks
+
+    def counted(*args: object) -> object:
+        calls.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scan_jit, "scan_blocks", counted)
+    b, t = _bf16_pair(2 * BLOCK, seed=31)
+    with scan.jit_for(scan.JIT_MIN_RUN_BYTES - 1):
+        small = scan_pair(b, t, 1e-5)
+    assert calls == []
+    with scan.jit_for(scan.JIT_MIN_RUN_BYTES):
+        large = scan_pair(b, t, 1e-5)
+    assert calls == [1]
+    _assert_same(small, large, b, t)
