@@ -5,10 +5,8 @@
 :attr:`opdgeo.pair.TensorPair.elementwise` in every tier, and all the ``scan`` tier computes:
 no linear algebra, a first look at a large pair at close to the speed the files can be read.
 
-bf16 pairs have two kernels with the same blocks and the same counts: the torch kernel below,
-and, in comparisons that read at least :data:`JIT_MIN_RUN_BYTES` with numba installed, a
-compiled loop (:mod:`opdgeo.scan_jit`: ~1.5x per core and 2-3x on two cores, float64 sums of
-exact squares). ``OPDGEO_JIT=0`` keeps the torch kernel.
+bf16 pairs have two kernels, same blocks, same counts: the torch kernel below and, where a
+comparison reads >= :data:`JIT_MIN_RUN_BYTES` and numba is installed, :mod:`opdgeo.scan_jit`.
 
 How the torch kernel is fast:
 
@@ -209,9 +207,7 @@ def scan_pair(
 
 
 JIT_MIN_ENTRIES = 1 << 20
-"""Pairs of at least this many entries (2 MB of bf16 per side) use the compiled kernel when
-numba is installed and the comparison is large enough (:func:`jit_for`); smaller ones the
-torch kernel."""
+"""Smaller pairs (2 MB of bf16 per side) always take the torch kernel."""
 JIT_MIN_RUN_BYTES = 2 * 10**9
 """Comparisons that read fewer bytes than this (both sides) keep the torch kernel: loading
 numba and its compiled kernel costs ~0.5 s once per process, and the compiled kernel saves
