@@ -37,10 +37,10 @@ bf16 rounding of the difference as MUK's code).
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import math
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -49,6 +49,7 @@ from types import ModuleType
 
 import torch
 
+from opdgeo.errors import OpdgeoWarning
 from opdgeo.threads import configured_threads, threads_for
 
 _SIGN_MASK = 0x7FFF
@@ -181,7 +182,12 @@ def scan_pair(
     jit = _jit() if n >= JIT_MIN_ENTRIES and _JIT_WANTED.get() else None
     if jit is not None:  # the compiled kernel (opdgeo.scan_jit): same blocks, same numbers
         u16 = [x.view(torch.int16).numpy().view("uint16") for x in (b, t)]
-        totals = jit.scan_blocks(u16[0], u16[1], le, lt, BLOCK, count)
+        try:
+            totals = jit.scan_blocks(u16[0], u16[1], le, lt, BLOCK, count)
+        except Exception as exc:  # numba failed to compile or load: the torch kernel instead
+            _JIT[0] = None
+            warnings.warn(f"numba kernel failed ({exc!s:.100}); torch's runs", OpdgeoWarning, 2)
+            return scan_pair(base, tuned, atol, workers)
         sums = torch.from_numpy(totals.sums)
         finite = ~torch.from_numpy(totals.nonfinite) & torch.isfinite(sums).all(1)
         blocks = torch.from_numpy(totals.counts), torch.from_numpy(totals.max_abs), sums, finite
@@ -194,10 +200,8 @@ def scan_pair(
     )
     bounds = [nblocks * i // count for i in range(count + 1)]
     spans = [(bounds[i], bounds[i + 1]) for i in range(count)]
-    # torch's own threads off while the workers run: a block's operations (up to 3 x BLOCK
-    # entries) exceed ATen's parallel grain, and an OpenMP team per operation costs far more
-    # than the operation whenever another process holds a core. Worker threads start after
-    # this and inherit the count.
+    # torch's own threads off while the workers run (they inherit it): an OpenMP team per
+    # block operation costs far more than the operation whenever another process holds a core
     with threads_for(0.0):
         if count == 1:
             _fast_blocks(b, t, le, lt, out, *spans[0])
@@ -233,13 +237,10 @@ def _jit() -> ModuleType | None:
     if os.environ.get("OPDGEO_JIT", "").strip().lower() in ("0", "false", "no", "off"):
         return None
     if not _JIT:
-        module = None
-        if importlib.util.find_spec("numba") is not None:
-            try:
-                module = importlib.import_module("opdgeo.scan_jit")
-            except Exception:  # a broken numba install: the torch kernel still works
-                module = None
-        _JIT.append(module)
+        try:  # numba missing or broken: the torch kernel still works
+            _JIT.append(importlib.import_module("opdgeo.scan_jit"))
+        except Exception:
+            _JIT.append(None)
     return _JIT[0]
 
 

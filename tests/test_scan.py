@@ -244,3 +244,25 @@ def test_small_comparisons_keep_the_torch_kernel(
         large = scan_pair(b, t, 1e-5)
     assert calls == [1]
     _assert_same(small, large, b, t)
+
+
+def test_a_failing_compiled_kernel_falls_back_to_torch(
+    kernel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """numba that imports but cannot compile or load its kernel: one warning, then the torch
+    kernel gives the numbers (never a raw exception)."""
+    if kernel != "jit":
+        pytest.skip("about the compiled kernel")
+    from opdgeo import scan_jit
+    from opdgeo.errors import OpdgeoWarning
+
+    def broken(*args: object) -> object:
+        raise RuntimeError("LLVM ERROR: cannot select")
+
+    monkeypatch.setattr(scan_jit, "scan_blocks", broken)
+    monkeypatch.setattr(scan, "_JIT", [scan_jit])
+    b, t = _bf16_pair(2 * BLOCK + 5, seed=37)
+    with pytest.warns(OpdgeoWarning, match="numba kernel failed"):
+        got = scan_pair(b, t, 1e-5)
+    _assert_same(got, _reference(b, t, 1e-5), b, t)
+    assert scan._JIT == [None]  # not tried again in this process
