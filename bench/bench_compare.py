@@ -1516,9 +1516,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 JIT_WARMUP = (
     "import numpy as np\n"
-    "from opdgeo.scan_jit import scan_blocks\n"
+    "from opdgeo.scan_jit import BlockTotals, scan_span\n"
     "a = np.zeros(1 << 16, np.uint16)\n"
-    "scan_blocks(a, a, 1e-5, 1e-5, 1 << 15, 1)\n"
+    "scan_span(a, a, 1e-5, 1e-5, 1 << 15, BlockTotals.empty(2), 0, 2)\n"
 )
 
 

@@ -41,10 +41,11 @@ import math
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import partial
 from types import ModuleType
 
 import torch
@@ -179,17 +180,20 @@ def scan_pair(
     nblocks = (n + BLOCK - 1) // BLOCK
     count = workers or default_workers()
     count = max(1, min(count, n // _MIN_PER_WORKER))
+    bounds = [nblocks * i // count for i in range(count + 1)]
+    spans = [(bounds[i], bounds[i + 1]) for i in range(count)]
     jit = _jit() if n >= JIT_MIN_ENTRIES and _JIT_WANTED.get() else None
     if jit is not None:  # the compiled kernel (opdgeo.scan_jit): same blocks, same numbers
-        u16 = [x.view(torch.int16).numpy().view("uint16") for x in (b, t)]
+        a16, b16 = (x.view(torch.int16).numpy().view("uint16") for x in (b, t))
+        totals = jit.BlockTotals.empty(nblocks)
         try:
-            totals = jit.scan_blocks(u16[0], u16[1], le, lt, BLOCK, count)
+            _run_workers(partial(jit.scan_span, a16, b16, le, lt, BLOCK, totals), spans)
         except Exception as exc:  # numba failed to compile or load: the torch kernel instead
             _JIT[0] = None
             warnings.warn(f"numba kernel failed ({exc!s:.100}); torch's runs", OpdgeoWarning, 2)
             return scan_pair(base, tuned, atol, workers)
         sums = torch.from_numpy(totals.sums)
-        finite = ~torch.from_numpy(totals.nonfinite) & torch.isfinite(sums).all(1)
+        finite = torch.from_numpy(totals.bad == 0) & torch.isfinite(sums).all(1)
         blocks = torch.from_numpy(totals.counts), torch.from_numpy(totals.max_abs), sums, finite
         return _reduce(b, t, atol, le, lt, *blocks)
     out = _Blocks(
@@ -198,15 +202,10 @@ def scan_pair(
         tail=torch.zeros(2, dtype=torch.float64),
         rows=torch.zeros(nblocks, 2, BLOCK // _ROW, dtype=torch.float32),
     )
-    bounds = [nblocks * i // count for i in range(count + 1)]
-    spans = [(bounds[i], bounds[i + 1]) for i in range(count)]
     # torch's own threads off while the workers run (they inherit it): an OpenMP team per
     # block operation costs far more than the operation whenever another process holds a core
     with threads_for(0.0):
-        if count == 1:
-            _fast_blocks(b, t, le, lt, out, *spans[0])
-        else:
-            _run_workers(b, t, le, lt, out, spans)
+        _run_workers(partial(_fast_blocks, b, t, le, lt, out), spans)
         return _reduce(b, t, atol, le, lt, *out.totals())
 
 
@@ -244,29 +243,25 @@ def _jit() -> ModuleType | None:
     return _JIT[0]
 
 
-def _run_workers(
-    b: torch.Tensor,
-    t: torch.Tensor,
-    le: float,
-    lt: float,
-    out: _Blocks,
-    spans: list[tuple[int, int]],
-) -> None:
-    """:func:`_fast_blocks` on each span in its own Python thread (torch releases the GIL)."""
+def _run_workers(work: Callable[[int, int], None], spans: list[tuple[int, int]]) -> None:
+    """``work(first, last)`` on each span of blocks, the first on this thread and the others
+    each on a Python thread of its own (both kernels release the GIL); a worker's error is
+    raised here."""
     errors: list[BaseException] = []
 
-    def work(first: int, last: int) -> None:
+    def guarded(first: int, last: int) -> None:
         try:
-            _fast_blocks(b, t, le, lt, out, first, last)
-        except BaseException as exc:  # pragma: no cover - re-raised below
+            work(first, last)
+        except BaseException as exc:  # re-raised below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=span) for span in spans]
+    threads = [threading.Thread(target=guarded, args=span) for span in spans[1:]]
     for th in threads:
         th.start()
+    guarded(*spans[0])
     for th in threads:
         th.join()
-    if errors:  # pragma: no cover - torch kernels do not fail on valid tensors
+    if errors:
         raise errors[0]
 
 

@@ -1,13 +1,13 @@
 """The bf16 scan kernel compiled with numba: the same per-block numbers as the torch kernel of
-:mod:`opdgeo.scan`, in one vectorised loop (about 4x the torch kernel's speed per core on this
-VM: bench/KERNELS.md, section "scan").
+:mod:`opdgeo.scan`, in one vectorised loop (1.4-1.5x the torch kernel on one worker, 2.1-2.8x
+on two, where the torch kernel does not scale: bench/KERNELS.md, section "scan").
 
 Optional: numba is the ``fast`` extra (``pip install 'opdgeo[fast]'``); :mod:`opdgeo.scan`
-imports this module only when numba is installed, ``OPDGEO_JIT`` is not ``0`` and a pair of
-at least :data:`opdgeo.scan.JIT_MIN_ENTRIES` entries comes (importing numba costs ~0.4 s, so
-small runs never pay for it). The compiled kernel is cached by numba (``cache=True``: next to
-this module, or in the user's cache folder when that is not writable), so only the first run
-on a machine compiles it (~2 s).
+imports this module only when ``OPDGEO_JIT`` is not ``0`` and a comparison reads at least
+:data:`opdgeo.scan.JIT_MIN_RUN_BYTES` (loading numba and the cached kernel costs ~0.5 s per
+process, more than the kernel saves on smaller models). The compiled kernel is cached by numba
+(``cache=True``: next to this module, or in the user's cache folder when that is not
+writable), so only the first run on a machine compiles it (~2 s).
 
 Per block of :data:`opdgeo.scan.BLOCK` entries (the torch kernel's blocks, so the split across
 workers never changes a result), from the bf16 bit patterns widened exactly to float32:
@@ -29,7 +29,6 @@ every result is what IEEE float32 arithmetic gives for the order the vectoriser 
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +43,7 @@ _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 @dataclass
 class BlockTotals:
-    """Per-block results of the compiled kernel (module doc)."""
+    """Per-block results of the compiled kernel (module doc), filled span by span."""
 
     counts: np.ndarray
     """nblocks x 3 int64: Δ == 0, |Δ| ≤ le, |Δ| ≤ lt."""
@@ -52,8 +51,17 @@ class BlockTotals:
     """nblocks float32: max |Δ|."""
     sums: np.ndarray
     """nblocks x 2 float64: Σ W0², Σ Δ²."""
-    nonfinite: np.ndarray
-    """nblocks bool: the block holds a NaN/Inf in either tensor."""
+    bad: np.ndarray
+    """nblocks int32: non-zero where the block holds a NaN/Inf in either tensor."""
+
+    @classmethod
+    def empty(cls, nblocks: int) -> BlockTotals:
+        return cls(
+            counts=np.zeros((nblocks, 3), np.int64),
+            max_abs=np.zeros(nblocks, np.float32),
+            sums=np.zeros((nblocks, 2), np.float64),
+            bad=np.zeros(nblocks, np.int32),
+        )
 
 
 def _f32_from_bf16_typing(typingctx: Any, u: Any) -> Any:
@@ -127,37 +135,14 @@ def _blocks(
         bad[blk] = flag
 
 
-def scan_blocks(
-    a: np.ndarray, b: np.ndarray, le: float, lt: float, block: int, workers: int
-) -> BlockTotals:
-    """Per-block totals of the bf16 pair with bit patterns ``a`` (W0) and ``b`` (W1), flat
-    uint16 arrays of one length, on ``workers`` threads (contiguous spans of blocks; the
-    kernel releases the GIL). ``le`` / ``lt``: the float32 bounds of
-    :func:`opdgeo.scan._atol_bounds` (-1: nothing qualifies)."""
-    n = a.size
-    nblocks = (n + block - 1) // block
-    out = BlockTotals(
-        counts=np.zeros((nblocks, 3), np.int64),
-        max_abs=np.zeros(nblocks, np.float32),
-        sums=np.zeros((nblocks, 2), np.float64),
-        nonfinite=np.zeros(nblocks, np.bool_),
-    )
+def scan_span(
+    a: np.ndarray, b: np.ndarray, le: float, lt: float, block: int, out: BlockTotals,
+    first: int, last: int,
+) -> None:  # fmt: skip
+    """Blocks ``first .. last - 1`` of the bf16 pair with bit patterns ``a`` (W0) and ``b``
+    (W1), flat uint16 arrays of one length, into ``out`` (the kernel releases the GIL, so
+    :func:`opdgeo.scan._run_workers` runs spans side by side). ``le`` / ``lt``: the float32
+    bounds of :func:`opdgeo.scan._atol_bounds` (-1: nothing qualifies)."""
     maxbits = out.max_abs.view(np.int32)
-    bad = np.zeros(nblocks, np.int32)
     le32, lt32 = np.float32(le), np.float32(lt)
-    bounds = [nblocks * i // workers for i in range(workers + 1)]
-
-    def run(i: int) -> None:
-        _blocks(a, b, le32, lt32, block, out.counts, maxbits, out.sums, bad, *bounds[i : i + 2])
-
-    _blocks(a, b, le32, lt32, block, out.counts, maxbits, out.sums, bad, 0, 0)  # compile once
-    if workers <= 1:
-        run(0)
-    else:  # spans 1.. on pool threads, span 0 on this one
-        with ThreadPoolExecutor(workers - 1, thread_name_prefix="opdgeo-scan") as pool:
-            futures = [pool.submit(run, i) for i in range(1, workers)]
-            run(0)
-            for future in futures:
-                future.result()
-    out.nonfinite[:] = bad != 0
-    return out
+    _blocks(a, b, le32, lt32, block, out.counts, maxbits, out.sums, out.bad, first, last)

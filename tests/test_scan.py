@@ -229,13 +229,13 @@ def test_small_comparisons_keep_the_torch_kernel(
     from opdgeo import scan_jit
 
     calls: list[int] = []
-    real = scan_jit.scan_blocks
+    real = scan_jit.scan_span
 
     def counted(*args: object) -> object:
         calls.append(1)
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(scan_jit, "scan_blocks", counted)
+    monkeypatch.setattr(scan_jit, "scan_span", counted)
     b, t = _bf16_pair(2 * BLOCK, seed=31)
     with scan.jit_for(scan.JIT_MIN_RUN_BYTES - 1):
         small = scan_pair(b, t, 1e-5)
@@ -259,7 +259,7 @@ def test_a_failing_compiled_kernel_falls_back_to_torch(
     def broken(*args: object) -> object:
         raise RuntimeError("LLVM ERROR: cannot select")
 
-    monkeypatch.setattr(scan_jit, "scan_blocks", broken)
+    monkeypatch.setattr(scan_jit, "scan_span", broken)
     monkeypatch.setattr(scan, "_JIT", [scan_jit])
     b, t = _bf16_pair(2 * BLOCK + 5, seed=37)
     with pytest.warns(OpdgeoWarning, match="numba kernel failed"):
