@@ -48,6 +48,12 @@ def _fail(path: Path, problem: str) -> FormatError:
     return FormatError(f"{path}: not a valid safetensors file: {problem}")
 
 
+def _truncated(path: Path, info: TensorInfo, nbytes: int, got: int) -> FormatError:
+    return _fail(
+        path, f"truncated: tensor {info.name!r} needs {nbytes} bytes, file ends after {got}"
+    )
+
+
 def _short(value: object, limit: int = 80) -> str:
     """``repr(value)``, cut to ``limit`` characters (header values can be huge)."""
     text = repr(value)
@@ -253,10 +259,7 @@ class TensorReader:
             fh.seek(info.start)
             got = fh.readinto(buf.numpy().data)
             if got != nbytes:
-                raise _fail(
-                    path,
-                    f"truncated: tensor {info.name!r} needs {nbytes} bytes, file ends after {got}",
-                )
+                raise _truncated(path, info, nbytes, got)
         return buf
 
     def _map(self, path: Path, info: TensorInfo, nbytes: int) -> torch.Tensor:
@@ -267,10 +270,7 @@ class TensorReader:
         fh = self._handle(path)
         size = os.fstat(fh.fileno()).st_size
         if size < info.start + nbytes:
-            got = max(0, size - info.start)
-            raise _fail(
-                path, f"truncated: tensor {info.name!r} needs {nbytes} bytes, file ends after {got}"
-            )
+            raise _truncated(path, info, nbytes, max(0, size - info.start))
         skip = info.start % mmap.ALLOCATIONGRANULARITY
         try:
             view = mmap.mmap(
