@@ -67,11 +67,11 @@ def open_checkpoint(spec: str, options: SourceOptions | None = None) -> Checkpoi
 def open_run(spec: str, base: Checkpoint, options: SourceOptions) -> Checkpoint:
     """A checkpoint to compare against ``base``: an adapter composed with it, else the
     checkpoint itself with its quantized weights decoded."""
-    from opdgeo.io.peft import is_lora_name, open_adapter
+    from opdgeo.io.peft import is_adapter, open_adapter
     from opdgeo.io.quant import dequantized
 
     ckpt = open_checkpoint(spec, options)
-    if ckpt.adapter is not None or any(is_lora_name(n) for n in ckpt.tensors):
+    if is_adapter(ckpt):
         return open_adapter(ckpt, base)
     return dequantized(ckpt)
 
@@ -79,11 +79,11 @@ def open_run(spec: str, base: Checkpoint, options: SourceOptions) -> Checkpoint:
 def open_base(spec: str, options: SourceOptions) -> Checkpoint:
     """The base of a comparison, its quantized weights decoded; an adapter is refused (it
     has no weights of its own to compare against)."""
-    from opdgeo.io.peft import is_lora_name
+    from opdgeo.io.peft import is_adapter
     from opdgeo.io.quant import dequantized
 
     ckpt = open_checkpoint(spec, options)
-    if ckpt.adapter is not None or any(is_lora_name(n) for n in ckpt.tensors):
+    if is_adapter(ckpt):
         ckpt.close()
         raise SourceError(
             f"{ckpt.label}: is a LoRA adapter, not a base model (give the base model first: "

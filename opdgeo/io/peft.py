@@ -62,6 +62,11 @@ def is_lora_name(name: str) -> bool:
     return bool(_LORA.match(name) or _DORA.match(name))
 
 
+def is_adapter(ckpt: Checkpoint) -> bool:
+    """Whether ``ckpt`` is a LoRA adapter: an ``adapter_config.json`` or LoRA tensor names."""
+    return ckpt.adapter is not None or any(is_lora_name(n) for n in ckpt.tensors)
+
+
 def pattern_key(keys: list[str], module: str) -> str | None:
     """The first ``rank_pattern`` / ``alpha_pattern`` key that names ``module`` (PEFT's rule)."""
     for key in keys:
