@@ -119,6 +119,16 @@ def _fp8_half_step(q: torch.Tensor, fmt: str) -> torch.Tensor:
     return torch.exp2(exponent - mantissa - 1)
 
 
+def _half_step(
+    codes: torch.Tensor, dtype: str, scale: torch.Tensor, block: tuple[int, int], shape: Any
+) -> torch.Tensor:
+    """Half the step at each entry of ``codes`` under ``scale``: fp8 spacing, or 1 (integers)."""
+    grid = _expand(scale, block, shape).abs()
+    if dtype in FP8_FORMATS:
+        return grid * _fp8_half_step(codes, dtype).reshape(shape)
+    return grid * 0.5
+
+
 @dataclass(frozen=True)
 class ScaledGrid:
     """``W = (q − zero) · scale`` with one scale per ``block`` of the last two axes."""
@@ -142,19 +152,11 @@ class ScaledGrid:
         dtype, block = self.parts[0].dtype, self.block
 
         def half_step() -> torch.Tensor:  # recomputed from the 1-byte codes and small scales
-            grid = _expand(scale, block, grid_shape).abs()
-            if dtype in FP8_FORMATS:
-                grid = grid * _fp8_half_step(weight, dtype).reshape(grid_shape)
-            else:  # integers: a uniform grid of spacing 1
-                grid = grid * 0.5
-            return grid.reshape(shape)
+            return _half_step(weight, dtype, scale, block, grid_shape).reshape(shape)
 
         def half_step_at(index: int) -> torch.Tensor:  # expert ``index`` of [E, m, n] alone
             own = scale if scale.numel() == 1 else scale.reshape(shape[0], -1)[index]
-            grid = _expand(own, block, shape[1:]).abs()
-            if dtype in FP8_FORMATS:
-                return grid * _fp8_half_step(weight.reshape(shape)[index], dtype)
-            return grid * 0.5
+            return _half_step(weight.reshape(shape)[index], dtype, own, block, shape[1:])
 
         at = half_step_at if len(shape) == 3 else None
         return annotate(out.reshape(shape), Decoded(self.method, half_step, at))
